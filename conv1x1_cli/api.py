@@ -1,0 +1,409 @@
+"""The Python API: layouts, dtypes, banks and chains, in memory or streamed chunk by chunk.
+
+Everything here works on pixels: a volume is viewed as (images, pixels per image, channels) for
+channels-last data or (images, channels, pixels) for channels-first data, and the kernel sees
+C-contiguous (pixels, channels) chunks. Numba is imported only when a convolution actually runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .accounting import ChainCost, Volume, chain_cost
+from .io import NpyInput, NpyOutput, chunk_ranges, load_array
+
+ACTIVATIONS = ("relu", "none")
+LAYOUTS = ("nhwc", "nchw")
+WEIGHT_LAYOUTS = ("cf", "fc")
+# Converted or intermediate chunks stay around this size, so memory does not grow with the input.
+CHUNK_BYTES = 32 * 2**20
+
+
+class ShapeError(ValueError):
+    """Arrays whose shapes or values cannot form the requested convolution."""
+
+
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """float64 stays float64; every other numeric type is computed (and written) as float32."""
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+def as_bank(weights: np.ndarray, layout: str = "cf", name: str = "weights") -> np.ndarray:
+    """A (C, F) view of a filter bank given as (C, F), (F, C) with layout "fc",
+    PyTorch (F, C, 1, 1) or Keras (1, 1, C, F).
+
+    >>> as_bank(np.zeros((32, 192, 1, 1))).shape
+    (192, 32)
+    """
+    weights = np.asarray(weights)
+    if layout not in WEIGHT_LAYOUTS:
+        raise ShapeError(f"{name}: weights layout must be one of {', '.join(WEIGHT_LAYOUTS)}, got {layout!r}")
+    if weights.ndim == 2:
+        return weights.T if layout == "fc" else weights
+    if weights.ndim == 4:
+        return _bank_from_4d(weights, name)
+    raise ShapeError(
+        f"{name}: a filter bank must be 2-D (C, F) or 4-D (F, C, 1, 1) / (1, 1, C, F), "
+        f"got {weights.ndim}-D shape {_shape_text(weights.shape)}"
+    )
+
+
+def _bank_from_4d(weights: np.ndarray, name: str) -> np.ndarray:
+    if weights.shape[2:] == (1, 1):  # PyTorch (F, C, 1, 1)
+        return weights[:, :, 0, 0].T
+    if weights.shape[:2] == (1, 1):  # Keras (1, 1, C, F)
+        return weights[0, 0]
+    pytorch_style = weights.shape[2] == weights.shape[3] or weights.shape[0] != weights.shape[1]
+    kernel = weights.shape[2:] if pytorch_style else weights.shape[:2]
+    raise ShapeError(
+        f"{name}: bank of shape {_shape_text(weights.shape)} has a {kernel[0]}x{kernel[1]} spatial kernel; "
+        "a 1x1 convolution needs (F, C, 1, 1) or (1, 1, C, F)"
+    )
+
+
+def as_bias(bias: np.ndarray, filters: int, name: str = "bias") -> np.ndarray:
+    bias = np.asarray(bias)
+    if bias.ndim != 1 or bias.shape[0] != filters:
+        raise ShapeError(
+            f"{name}: bias must have shape ({filters},) to match {filters} filters, got {_shape_text(bias.shape)}"
+        )
+    return bias
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One pointwise layer, in (C, F) form and the compute dtype."""
+
+    bank: np.ndarray
+    bias: np.ndarray | None
+    relu: bool
+
+    @property
+    def channels(self) -> int:
+        return self.bank.shape[0]
+
+    @property
+    def filters(self) -> int:
+        return self.bank.shape[1]
+
+
+def build_layers(
+    banks: Sequence[np.ndarray],
+    biases: Sequence[np.ndarray | None],
+    activation: str,
+    channels: int,
+    dtype: np.dtype,
+    *,
+    names: Sequence[str] = (),
+    input_name: str = "the input",
+    bias_names: Sequence[str] = (),
+) -> list[Layer]:
+    """Check that the banks chain from ``channels`` and put them in the compute dtype.
+
+    ReLU follows every layer; with activation "none" the last layer stays linear. ``biases`` may be
+    shorter than ``banks``: the first ones get them, in order.
+    """
+    if activation not in ACTIVATIONS:
+        raise ShapeError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+    if not banks:
+        raise ShapeError("at least one filter bank is needed")
+    if len(biases) > len(banks):
+        raise ShapeError(f"{len(biases)} biases given for {len(banks)} filter banks")
+    layers = []
+    for index, bank in enumerate(banks):
+        name = names[index] if index < len(names) else ("weights" if len(banks) == 1 else f"weights[{index}]")
+        if bank.shape[0] != channels:
+            feeder = input_name if index == 0 else f"the output of layer {index}"
+            raise ShapeError(f"{name}: bank expects {bank.shape[0]} input channels but {feeder} has {channels}")
+        bias = biases[index] if index < len(biases) else None
+        if bias is not None:
+            bias_name = bias_names[index] if index < len(bias_names) else "bias"
+            bias = as_bias(bias, bank.shape[1], bias_name).astype(dtype, copy=False)
+        relu = activation == "relu" or index < len(banks) - 1
+        layers.append(Layer(np.ascontiguousarray(bank, dtype=dtype), bias, relu))
+        channels = bank.shape[1]
+    return layers
+
+
+class Stack:
+    """Layers packed for the kernel once, then run over any number of pixel chunks."""
+
+    def __init__(self, layers: list[Layer], threads: int | None = None):
+        from . import kernel  # the first convolution pays for importing Numba, nothing before it
+
+        self._kernel = kernel
+        self.layers = layers
+        self.threads = threads
+        self._packed = [kernel.pack_bank(layer.bank, layer.bias) for layer in layers]
+        self.kernel_seconds = 0.0
+
+    @property
+    def filters(self) -> int:
+        return self.layers[-1].filters
+
+    def run(self, pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Apply every layer to a C-contiguous (pixels, channels) chunk; returns (pixels, filters)."""
+        started = time.perf_counter()
+        for index, (layer, packed) in enumerate(zip(self.layers, self._packed, strict=True)):
+            last = index == len(self.layers) - 1
+            target = out if last and out is not None else np.empty((len(pixels), layer.filters), pixels.dtype)
+            self._kernel.apply_packed(pixels, packed, target, layer.relu, threads=self.threads)
+            pixels = target
+        self.kernel_seconds += time.perf_counter() - started
+        return pixels
+
+
+def chunk_pixels(channels: int, filters: int, itemsize: int) -> int:
+    return max(1024, CHUNK_BYTES // (itemsize * max(channels, filters)))
+
+
+def conv1x1(
+    x: np.ndarray,
+    w: np.ndarray | Sequence[np.ndarray],
+    bias: np.ndarray | Sequence[np.ndarray | None] | None = None,
+    activation: str = "relu",
+    *,
+    layout: str = "nhwc",
+    threads: int | None = None,
+) -> np.ndarray:
+    """ReLU(x · w + bias) at every pixel: a 1x1 convolution.
+
+    ``x`` is channels-last ``(..., C)`` (or ``(N, C, H, W)`` / ``(C, H, W)`` with ``layout="nchw"``),
+    ``w`` a ``(C, F)`` bank (PyTorch ``(F, C, 1, 1)`` and Keras ``(1, 1, C, F)`` banks work too), or a
+    list of banks applied in order with ReLU after each. float64 input gives float64, anything else float32.
+
+    >>> x = np.array([[[1.0, -2.0]]])            # one pixel, two channels
+    >>> w = np.array([[1.0, 3.0], [1.0, 1.0]])   # (C=2, F=2)
+    >>> conv1x1(x, w)
+    array([[[0., 1.]]])
+    """
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise ShapeError(f"input has dtype {x.dtype}; a real numeric array is needed")
+    banks = [as_bank(bank) for bank in ([w] if isinstance(w, np.ndarray) else w)]
+    biases = [bias] if isinstance(bias, np.ndarray) else list(bias or [])
+    source = ArraySource(x, layout)
+    layers = build_layers(banks, biases, activation, source.channels, compute_dtype(x.dtype))
+    stack = Stack(layers, threads)
+    out = np.empty(source.output_shape(stack.filters), dtype=compute_dtype(x.dtype))
+    run(source, stack, ArraySink(out, layout, source))
+    return out
+
+
+class ArraySource:
+    """Pixels of an in-memory array, viewed without copying as (images, pixels, C) or (images, C, pixels)."""
+
+    def __init__(self, array: np.ndarray, layout: str = "nhwc"):
+        if layout not in LAYOUTS:
+            raise ShapeError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        if array.ndim < 1 or (layout == "nchw" and array.ndim < 2):
+            raise ShapeError(f"input of shape {_shape_text(array.shape)} has no channel axis")
+        self.array, self.layout, self.shape = array, layout, array.shape
+        self.dtype = compute_dtype(array.dtype)
+        if layout == "nhwc":
+            self.channels = array.shape[-1]
+            self.images, self.pixels_per_image = 1, int(np.prod(array.shape[:-1]))
+            self._view = array.reshape(1, self.pixels_per_image, self.channels)
+        else:
+            batch_axes = array.shape[:-3] if array.ndim >= 3 else ()
+            self.channels = array.shape[len(batch_axes)]
+            self.images = int(np.prod(batch_axes))
+            self.pixels_per_image = int(np.prod(array.shape[len(batch_axes) + 1 :]))
+            self._view = array.reshape(self.images, self.channels, self.pixels_per_image)
+
+    def output_shape(self, filters: int) -> tuple[int, ...]:
+        if self.layout == "nhwc":
+            return (*self.shape[:-1], filters)
+        batch_axes = self.shape[:-3] if len(self.shape) >= 3 else ()
+        return (*batch_axes, filters, *self.shape[len(batch_axes) + 1 :])
+
+    def whole(self) -> np.ndarray | None:
+        """All pixels as one C-contiguous (pixels, C) array in the compute dtype, if that needs no copy."""
+        view = self._view[0] if self.layout == "nhwc" and self.images == 1 else None
+        if view is not None and view.dtype == self.dtype and view.flags.c_contiguous:
+            return view
+        return None
+
+    def read(self, image: int, start: int, stop: int) -> np.ndarray:
+        if self.layout == "nhwc":
+            block = self._view[image, start:stop]
+        else:
+            block = self._view[image, :, start:stop].T
+        return np.ascontiguousarray(block, dtype=self.dtype)
+
+
+class ArraySink:
+    """Writes result chunks into a preallocated output array of the source's layout."""
+
+    def __init__(self, out: np.ndarray, layout: str, source: ArraySource):
+        filters = out.shape[-1] if layout == "nhwc" else out.shape[out.ndim - 3 if out.ndim >= 3 else 0]
+        self.layout = layout
+        if layout == "nhwc":
+            self._view = out.reshape(1, source.pixels_per_image * source.images, filters)
+        else:
+            self._view = out.reshape(source.images, filters, source.pixels_per_image)
+
+    def target(self, image: int, start: int, stop: int) -> np.ndarray | None:
+        """A C-contiguous slot the last layer can write straight into, when the layout allows one."""
+        return self._view[image, start:stop] if self.layout == "nhwc" else None
+
+    def write(self, image: int, start: int, values: np.ndarray) -> None:
+        if self.layout == "nchw":
+            self._view[image, :, start : start + len(values)] = values.T
+            return
+        slot = self._view[image, start : start + len(values)]
+        if not np.may_share_memory(slot, values):  # the kernel usually wrote straight into the slot
+            slot[...] = values
+
+
+def run(source, stack: Stack, sink, progress: Callable[[int], None] | None = None) -> None:
+    """Drive ``stack`` over every pixel of ``source`` into ``sink``, one bounded chunk at a time."""
+    whole = source.whole() if isinstance(source, ArraySource) else None
+    if whole is not None and len(stack.layers) == 1:
+        # The common case needs no chunking: one kernel call over the caller's own memory.
+        target = sink.target(0, 0, len(whole))
+        sink.write(0, 0, stack.run(whole, out=target))
+        if progress:
+            progress(len(whole))
+        return
+    widest = max(source.channels, *(layer.filters for layer in stack.layers))
+    step = chunk_pixels(widest, widest, source.dtype.itemsize)
+    for image in range(source.images):
+        for start, stop in chunk_ranges(source.pixels_per_image, step):
+            pixels = source.read(image, start, stop)
+            sink.write(image, start, stack.run(pixels, out=sink.target(image, start, stop)))
+            if progress:
+                progress(stop - start)
+
+
+class FileSource:
+    """Pixels read from a C-ordered .npy file chunk by chunk with plain reads: resident memory stays
+    at one chunk however large the file is (a memory map would grow the resident set instead)."""
+
+    def __init__(self, npy: NpyInput, volume: Volume):
+        self.npy, self.layout = npy, volume.layout
+        self.images, self.channels = volume.batch, volume.channels
+        self.pixels_per_image = volume.height * volume.width
+        self.dtype = compute_dtype(npy.header.dtype)
+
+    def read(self, image: int, start: int, stop: int) -> np.ndarray:
+        count = stop - start
+        stored = np.empty(
+            (count, self.channels) if self.layout == "nhwc" else (self.channels, count), dtype=self.npy.header.dtype
+        )
+        if self.layout == "nhwc":
+            self.npy.read_at(stored, (image * self.pixels_per_image + start) * self.channels)
+        else:
+            image_start = image * self.channels * self.pixels_per_image
+            for channel in range(self.channels):
+                self.npy.read_at(stored[channel], image_start + channel * self.pixels_per_image + start)
+            stored = stored.T
+        return np.ascontiguousarray(stored, dtype=self.dtype)
+
+
+class StreamSink:
+    """Writes result chunks, in order, to a .npy output (file or stdout) in the input's layout.
+
+    Channels-first output buffers one image's (F, pixels) plane, since its chunks interleave there."""
+
+    def __init__(self, output: NpyOutput, volume: Volume, filters: int, dtype: np.dtype):
+        self.output, self.layout = output, volume.layout
+        self.pixels_per_image = volume.height * volume.width
+        self._plane = np.empty((filters, self.pixels_per_image), dtype) if self.layout == "nchw" else None
+
+    def target(self, image: int, start: int, stop: int) -> None:
+        return None
+
+    def write(self, image: int, start: int, values: np.ndarray) -> None:
+        if self._plane is None:
+            self.output.write(values)
+            return
+        self._plane[:, start : start + len(values)] = values.T
+        if start + len(values) == self.pixels_per_image:
+            self.output.write(self._plane)
+
+
+def volume_of(shape: tuple[int, ...], layout: str, name: str) -> Volume:
+    """The (N, H, W, C) geometry of a 2-D one-channel image, a 3-D volume or a 4-D batch."""
+    if len(shape) not in (2, 3, 4):
+        raise ShapeError(f"{name}: input must be 2-D (H, W), 3-D or 4-D, got {len(shape)}-D shape {_shape_text(shape)}")
+    if len(shape) == 2:
+        return Volume(1, shape[0], shape[1], 1, layout, batched=False)
+    batched = len(shape) == 4
+    batch, rest = (shape[0], shape[1:]) if batched else (1, shape)
+    height, width, channels = (rest[1], rest[2], rest[0]) if layout == "nchw" else rest
+    return Volume(batch, height, width, channels, layout, batched)
+
+
+@dataclass(frozen=True)
+class ApplyReport:
+    """What one ``apply`` did, for the summary: shapes, exact counts and timings."""
+
+    input_shape: tuple[int, ...]
+    bank_shapes: list[tuple[int, ...]]
+    output_shape: tuple[int, ...]
+    cost: ChainCost
+    seconds: float
+    kernel_seconds: float
+
+
+def apply_files(
+    input_path: str,
+    weight_paths: Sequence[str],
+    output_path: str,
+    *,
+    bias_paths: Sequence[str] = (),
+    layout: str = "nhwc",
+    weights_layout: str = "cf",
+    activation: str = "relu",
+    threads: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ApplyReport:
+    """Read .npy input and banks, convolve, and write the .npy output atomically (``-`` = stdin/stdout)."""
+    started = time.perf_counter()
+    with NpyInput(input_path) as npy:
+        volume = volume_of(npy.header.shape, layout, npy.name)
+        banks = [as_bank(load_array(path, "weights"), weights_layout, path) for path in weight_paths]
+        biases = [load_array(path, "bias") for path in bias_paths]
+        dtype = compute_dtype(npy.header.dtype)
+        layers = build_layers(
+            banks,
+            biases,
+            activation,
+            volume.channels,
+            dtype,
+            names=list(weight_paths),
+            input_name=npy.name,
+            bias_names=list(bias_paths),
+        )
+        source = _source_for(npy, volume)
+        stack = Stack(layers, threads)
+        output_volume = volume.with_channels(stack.filters)
+        with NpyOutput(output_path, output_volume.shape(), dtype) as output:
+            run(source, stack, StreamSink(output, volume, stack.filters, dtype), progress)
+    cost = chain_cost(
+        volume, [layer.filters for layer in layers], bias=[layer.bias is not None for layer in layers], dtype=dtype.name
+    )
+    return ApplyReport(
+        npy.header.shape,
+        [bank.shape for bank in banks],
+        output_volume.shape(),
+        cost,
+        time.perf_counter() - started,
+        stack.kernel_seconds,
+    )
+
+
+def _source_for(npy: NpyInput, volume: Volume):
+    """Stream from seekable C-ordered files; read stdin and Fortran-ordered files whole."""
+    if npy.seekable and not npy.header.fortran_order:
+        return FileSource(npy, volume)
+    return ArraySource(npy.read_all().reshape(volume.shape()), volume.layout)

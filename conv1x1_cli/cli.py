@@ -1,0 +1,264 @@
+"""The ``conv1x1`` command: Click commands that parse arguments, call the API and hand results to render.
+
+Heavy modules (the API and its NumPy and Numba) are imported inside the commands that need them, so
+``conv1x1 --help`` and ``conv1x1 shapes`` start instantly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import sys
+
+import click
+
+from . import accounting
+from .accounting import SpecError
+
+LAYOUT_OPTION = click.option(
+    "--layout",
+    type=click.Choice(["nhwc", "nchw"]),
+    default="nhwc",
+    show_default=True,
+    help="Axis order of the data: channels last (NHWC / HWC) or first (NCHW / CHW).",
+)
+
+
+def stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def stdout_console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def user_errors():
+    """Turn the API's and the file layer's errors into one-line Click errors (no traceback)."""
+    from .api import ShapeError
+    from .io import InputError
+
+    return (InputError, ShapeError, SpecError)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="conv1x1", prog_name="conv1x1")
+def main() -> None:
+    """Apply, check and cost 1×1 (pointwise) convolutions on .npy arrays.
+
+    \b
+    conv1x1 apply in.npy w.npy -o out.npy      ReLU(x·w) at every pixel
+    conv1x1 shapes 28x28x192 --filters 32      shapes, params, MACs, FLOPs
+    conv1x1 show out.npy --channel 0           look at one channel
+    """
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT")
+@click.argument("weight_paths", metavar="WEIGHTS...", nargs=-1, required=True)
+@click.option("-o", "--output", "output_path", required=True, help="Output .npy path, or - for stdout.")
+@click.option(
+    "--bias", "bias_paths", multiple=True, metavar="B.npy", help="Bias of shape (F,); repeat once per bank, in order."
+)
+@LAYOUT_OPTION
+@click.option(
+    "--weights-layout",
+    type=click.Choice(["cf", "fc"]),
+    default="cf",
+    show_default=True,
+    help="Axis order of 2-D banks: (C, F) or (F, C). 4-D PyTorch and Keras banks are recognised.",
+)
+@click.option(
+    "--activation",
+    type=click.Choice(["relu", "none"]),
+    default="relu",
+    show_default=True,
+    help="ReLU after the (last) layer, or none.",
+)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Kernel threads [default: all cores].")
+@click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
+def apply(input_path, weight_paths, output_path, bias_paths, layout, weights_layout, activation, threads, quiet):
+    """Apply a 1×1 convolution (+ bias, + ReLU) to INPUT with each bank in WEIGHTS, in order.
+
+    INPUT is a .npy file or - for stdin: (H, W), (H, W, C) or (N, H, W, C) — or with --layout nchw,
+    (C, H, W) or (N, C, H, W). A bank is (C, F), (F, C) with --weights-layout fc, PyTorch (F, C, 1, 1)
+    or Keras (1, 1, C, F). The output keeps the input's layout; float64 input gives float64, anything
+    else float32. A short summary goes to stderr; stdout carries only data.
+
+    \b
+    Examples:
+      conv1x1 apply samples/volume_6x6x32.npy samples/bank_32x8.npy -o out.npy
+      cat in.npy | conv1x1 apply - w.npy -o - | conv1x1 apply - w2.npy -o out.npy
+    """
+    from .api import apply_files
+
+    with _progress(enabled=not quiet) as progress:
+        try:
+            report = apply_files(
+                input_path,
+                weight_paths,
+                output_path,
+                bias_paths=bias_paths,
+                layout=layout,
+                weights_layout=weights_layout,
+                activation=activation,
+                threads=threads,
+                progress=progress,
+            )
+        except user_errors() as error:
+            raise click.ClickException(str(error)) from None
+    if not quiet:
+        from .render import apply_summary
+
+        stderr_console().print(apply_summary(report))
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool):
+    """A progress bar on stderr for long runs, only when stderr is a terminal; yields a pixel callback."""
+    if not (enabled and sys.stderr.isatty()):
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("convolving"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn())
+    with Progress(*columns, console=stderr_console(), transient=True) as bar:
+        task = bar.add_task("pixels", total=None)
+        yield lambda done, total=None: bar.update(task, advance=done, total=total)
+
+
+@main.command()
+@click.argument("spec")
+@click.option(
+    "--filters",
+    "-f",
+    required=True,
+    metavar="F[,F...]",
+    help="Output channels; a comma-separated list for a chain of 1×1 layers.",
+)
+@LAYOUT_OPTION
+@click.option("--bias/--no-bias", default=True, show_default=True, help="Count a bias per filter.")
+@click.option(
+    "--dtype",
+    type=click.Choice(list(accounting.DTYPE_BYTES)),
+    default="float32",
+    show_default=True,
+    help="Element type for byte sizes.",
+)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+def shapes(spec, filters, layout, bias, dtype, fmt):
+    """Shapes, parameters, MACs and FLOPs of a 1×1 convolution, without touching data.
+
+    SPEC is HxWxC or NxHxWxC (with --layout nchw: CxHxW or NxCxHxW).
+
+    \b
+    Examples:
+      conv1x1 shapes 28x28x192 --filters 32
+      conv1x1 shapes 8x56x56x256 --filters 64 --format json
+      conv1x1 shapes 32x32x192 --filters 96,48,10
+    """
+    from .render import print_cost
+
+    try:
+        volume = accounting.parse_spec(spec, layout)
+    except SpecError as error:
+        raise click.BadParameter(str(error), param_hint="SPEC") from None
+    try:
+        filter_counts = accounting.parse_filters(filters)
+    except SpecError as error:
+        raise click.BadParameter(str(error), param_hint="'--filters'") from None
+    chain = accounting.chain_cost(volume, filter_counts, bias=bias, dtype=dtype)
+    print_cost(chain, fmt, dtype, stdout_console())
+
+
+@main.command()
+@click.argument("path", metavar="FILE")
+@click.option("--channel", "-c", type=click.IntRange(min=0), default=0, show_default=True, help="Channel to show.")
+@click.option("--batch", "-n", type=click.IntRange(min=0), default=0, show_default=True, help="Image of a 4-D batch.")
+@LAYOUT_OPTION
+@click.option(
+    "--max-rows",
+    type=click.IntRange(min=2),
+    default=24,
+    show_default=True,
+    help="Larger slices are previewed with a stride.",
+)
+def show(path, channel, batch, layout, max_rows):
+    """Print one 2-D channel of a .npy array as a heat-map table of its numbers.
+
+    \b
+    Examples:
+      conv1x1 show samples/lecture_6x6.npy
+      conv1x1 show out.npy --channel 3 --batch 0
+    """
+    import numpy as np
+
+    from .io import load_array
+    from .render import slice_table
+
+    console = stdout_console()
+    try:
+        array = load_array(path, "input")
+        plane = channel_plane(array, channel, batch, layout, path)
+    except user_errors() as error:
+        raise click.ClickException(str(error)) from None
+    cell_width = max(len(f"{value:.4g}") for value in (plane.min(), plane.max(), 123.4)) + 3 if plane.size else 6
+    max_columns = max(2, (console.width - 6) // cell_width)
+    stride = max(1, math.ceil(plane.shape[0] / max_rows), math.ceil(plane.shape[1] / max_columns))
+    rows, columns = range(0, plane.shape[0], stride), range(0, plane.shape[1], stride)
+    stats = {
+        "shape": plane.shape,
+        "min": float(np.min(plane)),
+        "max": float(np.max(plane)),
+        "mean": float(np.mean(plane, dtype=np.float64)),
+    }
+    title = f"{path} · channel {channel}" + (f" · image {batch}" if array.ndim == 4 else "")
+    console.print(slice_table(plane[::stride, ::stride], rows, columns, stats, title, stride))
+
+
+def channel_plane(array, channel: int, batch: int, layout: str, name: str):
+    """The (H, W) plane of one channel (and one image of a batch)."""
+    from .api import ShapeError
+
+    if array.ndim not in (2, 3, 4) or array.size == 0:
+        raise ShapeError(f"{name}: can show 2-D, 3-D or 4-D non-empty arrays, got shape {array.shape}")
+    if array.ndim == 4:
+        if batch >= array.shape[0]:
+            raise ShapeError(f"{name}: --batch {batch} is out of range: the batch has {array.shape[0]} images")
+        array = array[batch]
+    if array.ndim == 2:
+        if channel != 0:
+            raise ShapeError(f"{name}: --channel {channel} is out of range: a 2-D array has one channel")
+        return array
+    channels = array.shape[0] if layout == "nchw" else array.shape[-1]
+    if channel >= channels:
+        raise ShapeError(f"{name}: --channel {channel} is out of range: the array has {channels} channels")
+    return array[channel] if layout == "nchw" else array[..., channel]
+
+
+def run() -> None:
+    """Entry point: Click, plus exit 130 on Ctrl-C and quiet handling of a reader closing the pipe early."""
+    try:
+        status = main.main(standalone_mode=False)
+    except click.exceptions.Abort:  # Click's wrapper for KeyboardInterrupt
+        sys.stderr.write("Interrupted\n")
+        status = 128 + signal.SIGINT
+    except click.ClickException as error:
+        error.show()
+        status = error.exit_code
+    except BrokenPipeError:
+        _silence_stdout()
+        status = 128 + signal.SIGPIPE
+    sys.exit(status if isinstance(status, int) else 0)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so Python's final flush does not complain about the closed pipe."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())

@@ -1,0 +1,301 @@
+"""Reading and writing .npy data: files, stdin/stdout, pixel chunks and atomic writes.
+
+Headers are parsed with ``numpy.lib.format`` (never hand-parsed) and pickles are never loaded: object,
+structured and complex dtypes are refused before any data is read. Every problem becomes an
+``InputError`` whose message names the file, so the CLI can print it as one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from math import prod
+from typing import BinaryIO
+
+import numpy as np
+import numpy.lib.format as npy_format
+
+STDIO = "-"
+# A header larger than this is not a plausible array description (NumPy's own default guard).
+MAX_HEADER_BYTES = 10_000
+ZIP_MAGIC = b"PK\x03\x04"
+# Element kinds we compute with: booleans, signed and unsigned integers, floats.
+NUMERIC_KINDS = "biuf"
+
+
+class InputError(ValueError):
+    """Bad input or output: the message names the file and the problem in one line."""
+
+
+def display_name(path: str) -> str:
+    return "<stdin>" if path == STDIO else path
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool
+
+    @property
+    def nbytes(self) -> int:
+        return prod(self.shape) * self.dtype.itemsize
+
+
+def read_header(stream: BinaryIO, name: str) -> NpyHeader:
+    """Read and validate the magic string and header, leaving ``stream`` at the first data byte."""
+    start = stream.read(len(ZIP_MAGIC))
+    if not start:
+        raise InputError(f"{name}: file is empty, expected a .npy array")
+    if start == ZIP_MAGIC:
+        raise InputError(f"{name}: is a .npz archive (a zip of arrays); save one array with numpy.save instead")
+    try:
+        version = npy_format.read_magic(_Prefixed(start, stream))
+        reader = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+        shape, fortran_order, dtype = reader(stream, max_header_size=MAX_HEADER_BYTES)
+    except (ValueError, EOFError, SyntaxError, TypeError) as error:
+        raise InputError(f"{name}: not a valid .npy file ({_first_line(error)})") from None
+    _check_dtype(dtype, name)
+    return NpyHeader(tuple(int(size) for size in shape), dtype, bool(fortran_order))
+
+
+def _check_dtype(dtype: np.dtype, name: str) -> None:
+    if dtype.hasobject:
+        raise InputError(f"{name}: holds Python objects (pickled data), which is refused for safety")
+    if dtype.names is not None or dtype.subdtype is not None:
+        raise InputError(f"{name}: has a structured dtype {dtype}; a plain numeric array is needed")
+    if dtype.kind == "c":
+        raise InputError(f"{name}: has complex dtype {dtype}; a real-valued array is needed")
+    if dtype.kind not in NUMERIC_KINDS:
+        raise InputError(f"{name}: has non-numeric dtype {dtype}; a numeric array is needed")
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+class _Prefixed:
+    """A read-only stream that replays bytes already consumed, so stdin need not be seekable."""
+
+    def __init__(self, prefix: bytes, stream: BinaryIO):
+        self._prefix, self._stream = prefix, stream
+
+    def read(self, size: int = -1) -> bytes:
+        head, self._prefix = self._prefix[:size], self._prefix[size:]
+        return head + self._stream.read(size - len(head))
+
+
+def read_exact(stream: BinaryIO, buffer: np.ndarray, name: str) -> None:
+    """Fill ``buffer`` from ``stream``; a short read means the file was truncated."""
+    view = memoryview(buffer.reshape(-1).view(np.uint8))
+    filled = 0
+    while filled < len(view):
+        count = stream.readinto(view[filled:])
+        if not count:
+            raise InputError(f"{name}: data is truncated ({filled} of {len(view)} bytes present)")
+        filled += count
+
+
+class NpyInput:
+    """An opened .npy array: its validated header, and ways to read all of it or chunks of it."""
+
+    def __init__(self, path: str, what: str = "input"):
+        self.path = path
+        self.name = display_name(path)
+        self.what = what
+        self._stream = self._open()
+        try:
+            self.header = read_header(self._stream, self.name)
+            self._data_offset = self._stream.tell() if self.seekable else None
+            self._check_size()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> BinaryIO:
+        if self.path == STDIO:
+            return sys.stdin.buffer
+        if os.path.isdir(self.path):
+            raise InputError(f"{self.name}: is a directory, not a .npy file")
+        try:
+            return open(self.path, "rb")
+        except FileNotFoundError:
+            raise InputError(f"{self.name}: no such file") from None
+        except OSError as error:
+            raise InputError(f"{self.name}: cannot open ({error.strerror})") from None
+
+    @property
+    def seekable(self) -> bool:
+        return self.path != STDIO and self._stream.seekable()
+
+    def _check_size(self) -> None:
+        """Compare the header's claim with the file's size before reading a byte of data."""
+        if not self.seekable:
+            return
+        present = os.fstat(self._stream.fileno()).st_size - self._data_offset
+        if present < self.header.nbytes:
+            shape = "x".join(map(str, self.header.shape)) or "scalar"
+            raise InputError(
+                f"{self.name}: data is truncated: header claims shape {shape} ({self.header.nbytes:,} bytes) "
+                f"but only {present:,} bytes follow"
+            )
+
+    def read_all(self) -> np.ndarray:
+        """The whole array, in its stored dtype and memory order."""
+        header = self.header
+        if header.nbytes > 0 and not self.seekable:
+            _guard_allocation(header, self.name)
+        try:
+            array = np.empty(header.shape, dtype=header.dtype, order="F" if header.fortran_order else "C")
+        except (MemoryError, ValueError):
+            raise InputError(f"{self.name}: array of {header.nbytes:,} bytes does not fit in memory") from None
+        read_exact(self._stream, array, self.name)
+        return array
+
+    def read_at(self, buffer: np.ndarray, element_offset: int) -> None:
+        """Fill ``buffer`` with the elements that start ``element_offset`` items into the data."""
+        byte_offset = self._data_offset + element_offset * self.header.dtype.itemsize
+        view = memoryview(buffer.reshape(-1).view(np.uint8))
+        filled = 0
+        while filled < len(view):
+            count = os.preadv(self._stream.fileno(), [view[filled:]], byte_offset + filled)
+            if not count:
+                raise InputError(f"{self.name}: data is truncated (the file shrank while being read)")
+            filled += count
+
+    def close(self) -> None:
+        if self.path != STDIO:
+            self._stream.close()
+
+    def __enter__(self) -> NpyInput:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _guard_allocation(header: NpyHeader, name: str) -> None:
+    """Refuse stdin headers whose claimed size could never be read into this machine's memory."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return
+    if header.nbytes > physical:
+        raise InputError(f"{name}: header claims {header.nbytes:,} bytes of data, more than this machine's memory")
+
+
+def load_array(path: str, what: str) -> np.ndarray:
+    """Read a whole .npy file (or stdin for ``-``), validated and without unpickling."""
+    with NpyInput(path, what) as source:
+        return source.read_all()
+
+
+def npy_header_bytes(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+    """The .npy magic string and header (version 1.0) for a C-ordered array."""
+    buffer = io.BytesIO()
+    header = {"descr": npy_format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+    npy_format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue()
+
+
+class NpyOutput:
+    """A C-ordered .npy output written front to back: a file (atomically) or stdout.
+
+    For a file, data goes to a temporary file beside the destination, which replaces the destination
+    only in ``commit()``; ``discard()`` (or leaving the ``with`` block by an exception) removes it, so
+    a failure never leaves a half-written output or a stray temporary behind.
+    """
+
+    def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype):
+        self.path = path
+        self.name = "<stdout>" if path == STDIO else path
+        self._temp_path: str | None = None
+        self._stream = self._open()
+        self.write_bytes(npy_header_bytes(shape, dtype))
+
+    def _open(self) -> BinaryIO:
+        if self.path == STDIO:
+            if sys.stdout.isatty():
+                raise InputError(
+                    "<stdout>: refusing to write binary .npy data to a terminal; redirect it or use -o FILE"
+                )
+            return sys.stdout.buffer
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if os.path.isdir(self.path):
+            raise InputError(f"{self.name}: is a directory; give a file path for the output")
+        if not os.path.isdir(directory):
+            raise InputError(f"{self.name}: directory {directory} does not exist")
+        try:
+            handle, self._temp_path = tempfile.mkstemp(
+                dir=directory, prefix=f".{os.path.basename(self.path)}.", suffix=".tmp"
+            )
+        except OSError as error:
+            raise InputError(f"{self.name}: cannot write in {directory} ({error.strerror})") from None
+        return os.fdopen(handle, "wb")
+
+    def write_bytes(self, data) -> None:
+        try:
+            self._stream.write(data)
+        except OSError as error:
+            if isinstance(error, BrokenPipeError):
+                raise
+            raise InputError(f"{self.name}: write failed ({error.strerror or error})") from None
+
+    def write(self, values: np.ndarray) -> None:
+        """Append ``values`` (already in the output dtype) in C order."""
+        self.write_bytes(memoryview(np.ascontiguousarray(values)).cast("B"))
+
+    def commit(self) -> None:
+        try:
+            self._stream.flush()
+            if self._temp_path is None:
+                return
+            os.fsync(self._stream.fileno())
+            self._stream.close()
+            _keep_permissions(self.path, self._temp_path)
+            os.replace(self._temp_path, self.path)
+            self._temp_path = None
+        except OSError as error:
+            if isinstance(error, BrokenPipeError):
+                raise
+            raise InputError(f"{self.name}: write failed ({error.strerror or error})") from None
+
+    def discard(self) -> None:
+        if self._temp_path is None:
+            return
+        with contextlib.suppress(OSError):
+            self._stream.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self._temp_path)
+        self._temp_path = None
+
+    def __enter__(self) -> NpyOutput:
+        return self
+
+    def __exit__(self, exc_type, *exc_info) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def _keep_permissions(path: str, temp_path: str) -> None:
+    """mkstemp creates mode 0600; give the output the mode a plain open() would (or the old file's)."""
+    try:
+        mode = os.stat(path).st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.chmod(temp_path, mode)
+
+
+def chunk_ranges(total: int, chunk: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, total, chunk):
+        yield start, min(total, start + chunk)
