@@ -1,30 +1,355 @@
-"""The Numba kernel: fused 1x1 convolution + bias + ReLU. The only module that imports numba."""
+"""The Numba kernel: fused 1x1 convolution + bias + activation.
+
+    out[P, F] = act(pixels[P, C] @ bank[C, F] + bias[F]),  act = ReLU or identity
+
+This is the only module of the package that imports numba.  It knows nothing of
+files or screens: callers hand it C-contiguous arrays and a preallocated output.
+
+Design
+------
+* Packing (``pack_bank``, once per bank).  The bank is cut into column *panels*
+  of ``width`` filters (64 float32 = four 512-bit vectors when F is large, fewer
+  for narrow banks) and stored panel-major, ``panels[k, c, :]``, zero-padded to a
+  whole panel; the bias is padded the same way.  A panel row is then one
+  contiguous, aligned run that the micro-kernel loads as whole vectors.  Packing
+  costs about as much as the product itself on few-pixel, big-bank layers
+  (7x7x2048->512), so ``PackedBank`` lets the caller do it once and reuse it.
+* Micro-kernel.  A tile of ``rows`` pixels x one panel is accumulated over all
+  channels in an accumulator tile (e.g. 6x64 float32 = 24 zmm registers): per
+  channel, 4 vector loads of the panel row, 6 broadcasts of pixel values and 24
+  FMAs.  The accumulator lives in a stack allocation (``_stack_tile``) whose size
+  is a compile-time constant, so LLVM promotes it to registers; a heap
+  ``np.empty`` would keep it in memory and run at a fraction of the speed.  The
+  tile shape reaches the compiler through the *types* of two marker tuples
+  (``len`` of a tuple type is a constant), so one source serves every shape and
+  each shape is its own cached specialisation.  Bias initialises the
+  accumulators; ReLU is applied on the way out.
+* Remainders.  The last pixel tile is shifted back to end at P (it recomputes a
+  few rows with identical results instead of needing a scalar tail).  When
+  P < rows a one-row tile is used.  A partial last panel is computed at full
+  width (zero padding) and stored element by element.
+* Threading.  The parallel loop runs over work items = (group of pixel tiles,
+  panel).  Items are ordered pixel-major (a pixel block stays in cache while it
+  meets every panel) unless the bank is bigger than the pixel data, where they
+  are panel-major (a panel stays in L2 while it meets every tile); splitting
+  over filters as well as pixels keeps both cores busy when there are few pixels
+  (7x7=49).  Numba's ``omp`` threading layer is preferred (the ``workqueue``
+  layer ran at less than half the speed), falling back to tbb/workqueue if it
+  cannot be loaded, and only if the user has not chosen a layer and numba's
+  threads have not started yet.  GNU OpenMP is loaded with a passive wait
+  policy so that its workers sleep, rather than spin on the cores NumPy's BLAS
+  threads need, once a call returns (the environment is restored right after).
+* SLP vectoriser.  Without LLVM's SLP vectoriser (off by default in numba) the
+  fully unrolled tile compiles to scalar FMAs.  It is switched on only while
+  *our* kernels compile (``_compiled_kernel``), every compilation of them goes
+  through that function, and their names are distinct from any earlier build,
+  so numba's on-disk cache (whose key does not include the SLP setting) can only
+  hold SLP builds of them.  Compilation is lazy (nothing at import) and cached
+  to disk (``cache=True``; numba falls back to its user-wide cache directory when
+  the package directory is read-only).
+* Floating point.  Only the ``contract`` fast-math flag is used (fused
+  multiply-add); each output is its own accumulation chain in channel order, so
+  no reassociation is needed.  ReLU is ``0 if v < 0 else v``, which keeps NaN
+  (like ``np.maximum(v, 0)`` and PyTorch), and Inf/NaN propagate through FMA.
+"""
 
 from __future__ import annotations
 
+import os
+import threading
+from contextlib import contextmanager
+
 import numpy as np
-from numba import njit, prange
+import numba
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+# Fused multiply-add only: no flag that assumes away NaN/Inf or reorders sums.
+_FASTMATH = {"contract"}
+
+# Bytes of one SIMD register (AVX-512); panel widths are multiples of half of it.
+_VECTOR_BYTES = 64
+# A group of pixel tiles (one work item) aims at this many bytes of pixel data,
+# so that it stays in L2 while it meets every panel.
+_PIXEL_BLOCK_BYTES = 128 * 1024
 
 
-@njit(parallel=True, cache=True, fastmath=False)
-def _pointwise(pixels, bank, bias, relu, out):
-    n_pixels, n_channels = pixels.shape
-    n_filters = bank.shape[1]
-    for p in prange(n_pixels):
-        for f in range(n_filters):
-            out[p, f] = bias[f]
-        for c in range(n_channels):
-            value = pixels[p, c]
-            for f in range(n_filters):
-                out[p, f] += value * bank[c, f]
-        if relu:
-            for f in range(n_filters):
-                if out[p, f] < 0:
-                    out[p, f] = 0
+# --------------------------------------------------------------------------
+# Compiled part
+# --------------------------------------------------------------------------
+
+@intrinsic
+def _stack_tile(typingctx, row_marker, width_marker, like):
+    """Pointer to an uninitialised rows x width tile of like's dtype, on the stack.
+
+    The size comes from the lengths of the two marker tuple *types*, so it is a
+    compile-time constant and LLVM can promote the tile to registers.
+    """
+    dtype = like.dtype
+    count = len(row_marker) * len(width_marker)
+
+    def codegen(context, builder, signature, args):
+        return cgutils.alloca_once(builder, context.get_value_type(dtype), size=count)
+
+    return types.CPointer(dtype)(row_marker, width_marker, like), codegen
 
 
-def pointwise(pixels: np.ndarray, bank: np.ndarray, bias: np.ndarray | None, relu: bool, out: np.ndarray) -> None:
-    """out[P, F] = act(pixels[P, C] @ bank[C, F] + bias[F]), all one dtype, C-contiguous."""
+@njit(inline="always", fastmath=_FASTMATH)
+def _accumulate_tile(pixels, first_pixel, panel, panel_bias, acc):
+    """acc[r, :] = panel_bias + pixels[first_pixel + r, :] @ panel, all channels."""
+    rows, width = acc.shape
+    for r in range(rows):
+        for j in range(width):
+            acc[r, j] = panel_bias[j]
+    for c in range(pixels.shape[1]):
+        for r in range(rows):
+            value = pixels[first_pixel + r, c]
+            for j in range(width):
+                acc[r, j] += value * panel[c, j]
+
+
+@njit(inline="always")
+def _activate(value, relu):
+    # `0 if v < 0 else v` keeps NaN (NaN < 0 is False), like np.maximum(v, 0).
+    return 0 if (relu and value < 0) else value
+
+
+@njit(inline="always")
+def _store_tile(acc, out, first_pixel, first_filter, n_valid, relu):
+    """out[first_pixel + r, first_filter + j] = act(acc[r, j]) for the valid filters."""
+    rows, width = acc.shape
+    for r in range(rows):
+        # A slice (not out[p, f0 + j]) so the vector stores need no index checks.
+        dst = out[first_pixel + r, first_filter:first_filter + n_valid]
+        if n_valid == width:
+            for j in range(width):
+                dst[j] = _activate(acc[r, j], relu)
+        else:  # partial last panel
+            for j in range(n_valid):
+                dst[j] = _activate(acc[r, j], relu)
+
+
+@njit(inline="always", fastmath=_FASTMATH)
+def _tile(pixels, first_pixel, panels, panel_bias, k, out, relu, row_marker, width_marker):
+    """One tile: len(row_marker) pixels from first_pixel x panel k."""
+    rows, width = len(row_marker), len(width_marker)
+    acc = numba.carray(_stack_tile(row_marker, width_marker, pixels), (rows, width))
+    _accumulate_tile(pixels, first_pixel, panels[k], panel_bias[k], acc)
+    first_filter = k * width
+    n_valid = min(width, out.shape[1] - first_filter)
+    _store_tile(acc, out, first_pixel, first_filter, n_valid, relu)
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _pointwise_tiles_slp(pixels, panels, panel_bias, out, relu, tiles_per_group,
+                         panel_major, row_marker, width_marker):
+    """Parallel loop over work items (group of pixel tiles, panel)."""
+    n_pixels = pixels.shape[0]
+    rows = len(row_marker)
+    n_panels = panels.shape[0]
+    n_tiles = (n_pixels + rows - 1) // rows
+    n_groups = (n_tiles + tiles_per_group - 1) // tiles_per_group
+    for item in prange(n_groups * n_panels):
+        if panel_major:
+            k, group = item // n_groups, item % n_groups
+        else:
+            group, k = item // n_panels, item % n_panels
+        first_tile = group * tiles_per_group
+        for t in range(first_tile, min(first_tile + tiles_per_group, n_tiles)):
+            # The last tile is shifted back to end at n_pixels: it recomputes a
+            # few rows (same values) instead of needing a scalar remainder loop.
+            first_pixel = min(t * rows, n_pixels - rows)
+            _tile(pixels, first_pixel, panels, panel_bias, k, out, relu,
+                  row_marker, width_marker)
+
+
+# --------------------------------------------------------------------------
+# Compilation and threading set-up (lazy: nothing happens at import)
+# --------------------------------------------------------------------------
+
+_setup_lock = threading.RLock()
+_compiled_signatures: set = set()
+_threading_configured = False
+
+
+@contextmanager
+def _slp_vectorizer():
+    """Numba's SLP vectoriser on, for compilations inside this block only."""
+    previous = numba.config.SLP_VECTORIZE
+    numba.config.SLP_VECTORIZE = 1
+    try:
+        yield
+    finally:
+        numba.config.SLP_VECTORIZE = previous
+
+
+def _configure_threading() -> None:
+    """Prefer the omp layer with passive waiting, if numba's threads have not started."""
+    global _threading_configured
+    if _threading_configured:
+        return
+    _threading_configured = True
+    from numba.np.ufunc import parallel as numba_parallel
+
+    if getattr(numba_parallel, "_is_initialized", True):
+        return  # numba's threads already run: their layer cannot change any more
+    env = os.environ
+    if "NUMBA_THREADING_LAYER" not in env and "NUMBA_THREADING_LAYER_PRIORITY" not in env \
+            and str(numba.config.THREADING_LAYER).lower() == "default":
+        numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+    # GNU OpenMP reads its wait policy once, when it is loaded (which happens
+    # just below, when numba starts its threads).  Passive workers sleep as soon
+    # as a parallel region ends instead of spinning on the cores that NumPy's
+    # BLAS threads are about to use.  The user's own setting wins.
+    set_policy = "OMP_WAIT_POLICY" not in env
+    if set_policy:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        numba_parallel._launch_threads()
+    finally:
+        if set_policy:
+            del env["OMP_WAIT_POLICY"]
+
+
+def _compiled_kernel(args: tuple):
+    """The parallel kernel, compiled (or loaded from cache) with SLP for these argument types."""
+    signature = tuple(numba.typeof(a) for a in args)
+    if signature not in _compiled_signatures:
+        with _setup_lock:
+            _configure_threading()
+            if signature not in _compiled_signatures:
+                with _slp_vectorizer():
+                    _pointwise_tiles_slp.compile(signature)
+                _compiled_signatures.add(signature)
+    return _pointwise_tiles_slp
+
+
+# --------------------------------------------------------------------------
+# Public interface
+# --------------------------------------------------------------------------
+
+def _tile_shape(n_filters: int, itemsize: int) -> tuple[int, int]:
+    """(pixel rows, panel width) of the accumulator tile for this many filters.
+
+    Shapes keep 12-24 vector accumulators busy (enough independent FMA chains to
+    cover FMA latency) while leaving registers for panel loads and broadcasts.
+    """
+    lanes = _VECTOR_BYTES // itemsize  # 16 float32 or 8 float64 per zmm register
+    if n_filters > 2 * lanes:
+        return 6, 4 * lanes   # 6 x 4 vectors
+    if n_filters > lanes:
+        return 12, 2 * lanes  # 12 x 2 vectors
+    if n_filters > lanes // 2:
+        return 12, lanes      # 12 x 1 vector
+    return 8, lanes // 2      # 8 x half vector (e.g. F = 1..8 float32)
+
+
+class PackedBank:
+    """A bank and bias cut into zero-padded column panels, ready for apply_packed.
+
+    panels[k, c, j] = bank[c, k * width + j]; panel_bias[k, j] likewise.
+    """
+
+    __slots__ = ("panels", "panel_bias", "n_channels", "n_filters", "dtype", "rows", "width")
+
+    def __init__(self, panels, panel_bias, n_channels, n_filters, rows, width):
+        self.panels = panels
+        self.panel_bias = panel_bias
+        self.n_channels = n_channels
+        self.n_filters = n_filters
+        self.dtype = panels.dtype
+        self.rows = rows
+        self.width = width
+
+    def __repr__(self) -> str:
+        return (f"PackedBank(channels={self.n_channels}, filters={self.n_filters}, "
+                f"dtype={self.dtype}, tile={self.rows}x{self.width})")
+
+
+def pack_bank(bank: np.ndarray, bias: np.ndarray | None) -> PackedBank:
+    """Prepare bank (C, F) and bias (F,) or None, float32 or float64, for apply_packed."""
+    bank = np.asarray(bank)
+    if bank.ndim != 2:
+        raise ValueError(f"bank must be 2-D (channels, filters), got shape {bank.shape}")
+    if bank.dtype not in (np.float32, np.float64):
+        raise TypeError(f"bank must be float32 or float64, got {bank.dtype}")
+    n_channels, n_filters = bank.shape
     if bias is None:
-        bias = np.zeros(bank.shape[1], dtype=bank.dtype)
-    _pointwise(pixels, bank, bias, relu, out)
+        bias = np.zeros(n_filters, dtype=bank.dtype)
+    bias = np.asarray(bias)
+    if bias.shape != (n_filters,):
+        raise ValueError(f"bias must have shape ({n_filters},), got {bias.shape}")
+    if bias.dtype != bank.dtype:
+        raise TypeError(f"bias dtype {bias.dtype} differs from bank dtype {bank.dtype}")
+
+    rows, width = _tile_shape(n_filters, bank.dtype.itemsize)
+    n_panels = -(-n_filters // width)
+    padded = n_panels * width
+    panels = np.zeros((n_panels, n_channels, width), dtype=bank.dtype)
+    full = n_filters // width  # panels with no padding: one strided copy
+    if full:
+        panels[:full] = bank[:, :full * width].reshape(n_channels, full, width).transpose(1, 0, 2)
+    if full < n_panels:
+        panels[full, :, :n_filters - full * width] = bank[:, full * width:]
+    panel_bias = np.zeros(padded, dtype=bank.dtype)
+    panel_bias[:n_filters] = bias
+    return PackedBank(panels, panel_bias.reshape(n_panels, width), n_channels, n_filters,
+                      rows, width)
+
+
+def apply_packed(pixels: np.ndarray, packed: PackedBank, out: np.ndarray, relu: bool,
+                 threads: int | None = None) -> None:
+    """out[P, F] = act(pixels[P, C] @ bank + bias), written in place.
+
+    pixels (P, C) and out (P, F) are C-contiguous arrays of the bank's dtype.
+    threads=None uses all of numba's threads; an int limits this call to that many.
+    """
+    if not isinstance(packed, PackedBank):
+        raise TypeError("packed must come from pack_bank")
+    dtype = packed.dtype
+    for name, array in (("pixels", pixels), ("out", out)):
+        if not isinstance(array, np.ndarray) or array.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D NumPy array")
+        if array.dtype != dtype:
+            raise TypeError(f"{name} dtype {array.dtype} differs from the bank's {dtype}")
+        if not array.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous")
+    n_pixels = pixels.shape[0]
+    if pixels.shape[1] != packed.n_channels:
+        raise ValueError(f"pixels have {pixels.shape[1]} channels, bank has {packed.n_channels}")
+    if out.shape != (n_pixels, packed.n_filters):
+        raise ValueError(f"out must have shape {(n_pixels, packed.n_filters)}, got {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError("out must be writeable")
+    if n_pixels == 0 or packed.n_filters == 0:
+        return
+
+    rows = packed.rows if n_pixels >= packed.rows else 1
+    itemsize = dtype.itemsize
+    tiles_per_group = max(1, _PIXEL_BLOCK_BYTES // (rows * max(1, packed.n_channels) * itemsize))
+    # Panel-major when the bank outweighs the pixels: each panel then stays in
+    # cache while it meets every pixel tile.
+    panel_major = n_pixels < packed.n_filters
+    args = (pixels, packed.panels, packed.panel_bias, out, bool(relu), tiles_per_group,
+            panel_major, tuple(range(rows)), tuple(range(packed.width)))
+    kernel = _compiled_kernel(args)
+
+    if threads is None:
+        kernel(*args)
+        return
+    threads = int(threads)
+    if threads < 1:
+        raise ValueError("threads must be >= 1")
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        kernel(*args)
+    finally:
+        numba.set_num_threads(previous)
+
+
+def pointwise(pixels: np.ndarray, bank: np.ndarray, bias: np.ndarray | None, relu: bool,
+              out: np.ndarray, threads: int | None = None) -> None:
+    """out[P, F] = act(pixels[P, C] @ bank[C, F] + bias[F]), all one dtype, C-contiguous."""
+    apply_packed(pixels, pack_bank(bank, bias), out, relu, threads)
