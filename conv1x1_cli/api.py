@@ -144,6 +144,15 @@ class Stack:
         self.threads = threads
         self._packed = [kernel.pack_bank(layer.bank, layer.bias) for layer in layers]
         self.kernel_seconds = 0.0
+        self._load_compiled_code()
+
+    def _load_compiled_code(self) -> None:
+        """Run each layer on one pixel, so that loading (or compiling) the kernel is not timed as work."""
+        for layer, packed in zip(self.layers, self._packed, strict=True):
+            pixel = np.zeros((1, layer.channels), layer.bank.dtype)
+            self._kernel.apply_packed(
+                pixel, packed, np.empty((1, layer.filters), pixel.dtype), layer.relu, self.threads
+            )
 
     @property
     def filters(self) -> int:

@@ -91,9 +91,17 @@ class _Prefixed:
         return head + self._stream.read(size - len(head))
 
 
+def raw_bytes(buffer: np.ndarray) -> memoryview:
+    """A writable byte view of a C- or Fortran-contiguous array's memory (never a copy)."""
+    contiguous = buffer.T if not buffer.flags.c_contiguous else buffer  # Fortran order is C order transposed
+    if not contiguous.flags.c_contiguous:
+        raise ValueError("buffer must be contiguous")
+    return memoryview(contiguous.reshape(-1).view(np.uint8))
+
+
 def read_exact(stream: BinaryIO, buffer: np.ndarray, name: str) -> None:
     """Fill ``buffer`` from ``stream``; a short read means the file was truncated."""
-    view = memoryview(buffer.reshape(-1).view(np.uint8))
+    view = raw_bytes(buffer)
     filled = 0
     while filled < len(view):
         count = stream.readinto(view[filled:])
@@ -161,7 +169,7 @@ class NpyInput:
     def read_at(self, buffer: np.ndarray, element_offset: int) -> None:
         """Fill ``buffer`` with the elements that start ``element_offset`` items into the data."""
         byte_offset = self._data_offset + element_offset * self.header.dtype.itemsize
-        view = memoryview(buffer.reshape(-1).view(np.uint8))
+        view = raw_bytes(buffer)
         filled = 0
         while filled < len(view):
             count = os.preadv(self._stream.fileno(), [view[filled:]], byte_offset + filled)

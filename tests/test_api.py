@@ -1,0 +1,146 @@
+"""The Python API and its kernel against the float64 references in naive.py."""
+
+from __future__ import annotations
+
+import naive
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conv1x1_cli import conv1x1
+from conv1x1_cli.api import ShapeError, as_bank
+
+
+def assert_close_to_reference(result, pixels, bank, bias=None, relu=True):
+    expected = naive.pointwise(pixels, bank, bias, relu)
+    assert result.shape == expected.shape
+    if result.dtype == np.float64:
+        np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-12)
+        return
+    assert result.dtype == np.float32
+    error = np.abs(result.astype(np.float64) - expected)
+    tolerance = naive.float32_tolerance(pixels, bank, bias)
+    too_far = np.argwhere(~(error <= tolerance))
+    assert len(too_far) == 0, f"{len(too_far)} values off, first at {tuple(too_far[0])}: {result[tuple(too_far[0])]}"
+
+
+def test_lecture_example_doubles_every_value():
+    image = np.array([[1, 2, 3, 6, 5, 8], [3, 5, 5, 1, 3, 4]], dtype=np.float32)[..., None]
+    result = conv1x1(image, np.array([[2.0]], dtype=np.float32))
+    np.testing.assert_array_equal(result[..., 0], [[2, 4, 6, 12, 10, 16], [6, 10, 10, 2, 6, 8]])
+
+
+def test_hand_worked_pixel_with_bias_and_relu():
+    pixel = np.array([[1.0, -2.0, 0.5]])
+    bank = np.array([[1.0, 0.0], [1.0, 1.0], [2.0, -4.0]])  # (C=3, F=2)
+    # filter 0: 1 - 2 + 1 + 0.25 = 0.25; filter 1: 0 - 2 - 2 + 0.25 = -3.75 -> ReLU 0
+    result = conv1x1(pixel, bank, bias=np.array([0.25, 0.25]))
+    np.testing.assert_array_equal(result, [[0.25, 0.0]])
+    np.testing.assert_array_equal(conv1x1(pixel, bank, np.array([0.25, 0.25]), activation="none"), [[0.25, -3.75]])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pixels=st.integers(0, 300),
+    channels=st.integers(1, 70),
+    filters=st.integers(1, 70),
+    dtype=st.sampled_from(["float32", "float64"]),
+    with_bias=st.booleans(),
+    relu=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_matches_float64_reference(pixels, channels, filters, dtype, with_bias, relu, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((pixels, channels)).astype(dtype)
+    w = rng.standard_normal((channels, filters)).astype(dtype)
+    b = rng.standard_normal(filters).astype(dtype) if with_bias else None
+    result = conv1x1(x, w, b, activation="relu" if relu else "none")
+    assert_close_to_reference(result, x, w, b, relu)
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 3), (2, 5, 7, 3), (3,), (1, 1, 1, 3), (0, 4, 3)])
+def test_any_leading_axes_are_pixels(rng, shape):
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((3, 4)).astype(np.float32)
+    result = conv1x1(x, w)
+    assert result.shape == (*shape[:-1], 4)
+    assert_close_to_reference(result, x, w)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8", "uint8", "int16", "int32", ">f4", ">f8", "bool"])
+def test_other_dtypes_compute_as_float32_except_float64(rng, dtype):
+    x = (rng.standard_normal((4, 6, 5)) * 3).astype(dtype)
+    w = rng.standard_normal((5, 3)).astype(np.float32)
+    result = conv1x1(x, w)
+    expected_dtype = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    assert result.dtype == expected_dtype
+    assert_close_to_reference(result, x.astype(np.float64) if expected_dtype == np.float64 else x.astype(np.float32), w)
+
+
+def test_fortran_ordered_and_strided_inputs(rng):
+    x = np.asfortranarray(rng.standard_normal((9, 8, 6)).astype(np.float32))
+    w = rng.standard_normal((6, 5)).astype(np.float32)
+    assert_close_to_reference(conv1x1(x, w), x, w)
+    strided = rng.standard_normal((9, 16, 6)).astype(np.float32)[:, ::2]
+    assert_close_to_reference(conv1x1(strided, w), strided, w)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 5, 7), (6, 5, 7)])
+def test_nchw_input_keeps_its_layout(rng, shape):
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((shape[-3], 4)).astype(np.float32)
+    result = conv1x1(x, w, layout="nchw")
+    channels_last = np.moveaxis(x, -3, -1)
+    assert result.shape == (*shape[:-3], 4, *shape[-2:])
+    assert_close_to_reference(np.moveaxis(result, -3, -1), channels_last, w)
+
+
+def test_nan_and_inf_propagate_as_in_numpy():
+    x = np.array([[np.nan, 1.0], [np.inf, 1.0], [-np.inf, 1.0], [1.0, 1.0]], dtype=np.float32)
+    w = np.array([[1.0, -1.0, 0.0], [1.0, 1.0, 1.0]], dtype=np.float32)
+    result = conv1x1(x, w)
+    expected = naive.pointwise(x, w)
+    np.testing.assert_array_equal(np.isnan(result), np.isnan(expected))
+    assert np.isnan(result[0]).all()  # NaN in -> NaN out, through ReLU too
+    np.testing.assert_array_equal(result[1], [np.inf, 0.0, np.nan])  # inf*0 is NaN, -inf is clipped to 0
+    np.testing.assert_array_equal(result[2], [0.0, np.inf, np.nan])
+    np.testing.assert_array_equal(result[3], [2.0, 0.0, 1.0])
+
+
+def test_chain_matches_reference(rng):
+    x = rng.standard_normal((7, 9, 12)).astype(np.float64)
+    banks = [rng.standard_normal(shape) for shape in [(12, 8), (8, 5), (5, 3)]]
+    biases = [rng.standard_normal(8), rng.standard_normal(5)]
+    result = conv1x1(x, banks, biases, activation="none")
+    np.testing.assert_allclose(result, naive.chain(x, banks, biases, relu_last=False), rtol=1e-12, atol=1e-12)
+
+
+def test_pytorch_and_keras_banks_are_recognised(rng):
+    bank = rng.standard_normal((6, 4))
+    np.testing.assert_array_equal(as_bank(bank.T[:, :, None, None]), bank)  # PyTorch (F, C, 1, 1)
+    np.testing.assert_array_equal(as_bank(bank[None, None]), bank)  # Keras (1, 1, C, F)
+    np.testing.assert_array_equal(as_bank(bank.T, layout="fc"), bank)
+
+
+def test_spatial_kernels_are_refused():
+    with pytest.raises(ShapeError, match="3x3 spatial kernel"):
+        as_bank(np.zeros((32, 16, 3, 3)))
+    with pytest.raises(ShapeError, match="3x3 spatial kernel"):
+        as_bank(np.zeros((3, 3, 16, 32)))
+
+
+def test_channel_mismatch_names_both_counts(rng):
+    with pytest.raises(ShapeError, match="expects 4 input channels but the input has 3"):
+        conv1x1(np.zeros((2, 2, 3)), np.zeros((4, 2)))
+
+
+def test_bias_of_wrong_length_is_refused():
+    with pytest.raises(ShapeError, match=r"bias must have shape \(2,\)"):
+        conv1x1(np.zeros((2, 3)), np.zeros((3, 2)), bias=np.zeros(3))
+
+
+def test_threads_option_gives_the_same_answer(rng):
+    x = rng.standard_normal((1000, 16)).astype(np.float32)
+    w = rng.standard_normal((16, 24)).astype(np.float32)
+    np.testing.assert_array_equal(conv1x1(x, w, threads=1), conv1x1(x, w))
