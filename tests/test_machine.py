@@ -1,0 +1,109 @@
+"""The machine-limits cache: round trip, defaults, corrupt files, atomic writes, the roofline."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conv1x1_cli import machine
+from conv1x1_cli.machine import MachineLimits, cache_path, load_limits, save_limits
+
+MEASURED = MachineLimits(
+    peak_gflops=412.5, sgemm_gflops=301.25, bandwidth_gbs=18.5, threads=2, source="measured by a test on a CPU"
+)
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONV1X1_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_cache_dir_variable_overrides_xdg(cache_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_path() == cache_dir / "machine.json"
+
+
+def test_xdg_cache_home_is_used_without_override(monkeypatch, tmp_path):
+    monkeypatch.delenv("CONV1X1_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_path() == tmp_path / "xdg" / "conv1x1" / "machine.json"
+
+
+def test_home_cache_without_xdg(monkeypatch, tmp_path):
+    monkeypatch.delenv("CONV1X1_CACHE_DIR")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_path() == tmp_path / "home" / ".cache" / "conv1x1" / "machine.json"
+
+
+def test_save_then_load_returns_the_same_limits(cache_dir):
+    save_limits(MEASURED)
+    assert load_limits() == MEASURED
+    assert load_limits().measured
+    assert json.loads((cache_dir / "machine.json").read_text())["peak_gflops"] == 412.5
+
+
+def test_save_leaves_no_temporary_file_and_replaces_old_limits(cache_dir):
+    save_limits(MEASURED)
+    newer = MachineLimits(500.0, 400.0, 30.0, 4, "measured again")
+    save_limits(newer)
+    assert load_limits() == newer
+    assert [path.name for path in cache_dir.iterdir()] == ["machine.json"]
+
+
+def test_never_measured_gives_labelled_defaults():
+    limits = load_limits()
+    assert limits.source == machine.DEFAULT_SOURCE
+    assert not limits.measured
+    assert limits.peak_gflops > 0 and limits.bandwidth_gbs > 0 and limits.threads >= 1
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        "",
+        "[1, 2, 3]",
+        json.dumps({"peak_gflops": 100.0}),  # fields missing
+        json.dumps({**MEASURED.as_dict(), "peak_gflops": -1.0}),
+        json.dumps({**MEASURED.as_dict(), "bandwidth_gbs": "fast"}),
+        json.dumps({**MEASURED.as_dict(), "threads": 0}),
+    ],
+)
+def test_corrupt_cache_falls_back_to_defaults(cache_dir, content):
+    cache_dir.mkdir()
+    (cache_dir / "machine.json").write_text(content)
+    assert load_limits() == machine.default_limits()
+
+
+def test_unreadable_cache_falls_back_to_defaults(cache_dir):
+    (cache_dir / "machine.json").mkdir(parents=True)  # a directory where the file should be
+    assert load_limits() == machine.default_limits()
+
+
+def test_as_dict_has_exactly_the_interface_fields():
+    assert MEASURED.as_dict() == {
+        "peak_gflops": 412.5,
+        "sgemm_gflops": 301.25,
+        "bandwidth_gbs": 18.5,
+        "threads": 2,
+        "source": "measured by a test on a CPU",
+    }
+
+
+def test_roofline_on_hand_numbers():
+    limits = MachineLimits(peak_gflops=200.0, sgemm_gflops=150.0, bandwidth_gbs=20.0, threads=2, source="hand")
+    assert limits.ridge_intensity == 10.0
+    assert limits.attainable_gflops(2.5) == 50.0  # memory-bound: 2.5 FLOP/byte x 20 GB/s
+    assert limits.attainable_gflops(10.0) == 200.0  # at the ridge
+    assert limits.attainable_gflops(64.0) == 200.0  # compute-bound: capped at the peak
+
+
+def test_import_loads_neither_numpy_nor_numba():
+    code = "import sys, conv1x1_cli.machine; print(sorted({'numpy', 'numba'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
