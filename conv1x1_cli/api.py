@@ -40,6 +40,10 @@ def as_bank(weights: np.ndarray, layout: str = "cf", name: str = "weights") -> n
     (192, 32)
     """
     weights = np.asarray(weights)
+    if weights.dtype.kind not in "biuf":
+        raise ShapeError(f"{name}: bank has dtype {weights.dtype}; a real numeric array is needed")
+    if weights.size == 0:
+        raise ShapeError(f"{name}: bank of shape {_shape_text(weights.shape)} is empty")
     if layout not in WEIGHT_LAYOUTS:
         raise ShapeError(f"{name}: weights layout must be one of {', '.join(WEIGHT_LAYOUTS)}, got {layout!r}")
     if weights.ndim == 2:
@@ -273,15 +277,18 @@ class ArraySink:
             slot[...] = values
 
 
-def run(source, stack: Stack, sink, progress: Callable[[int], None] | None = None) -> None:
-    """Drive ``stack`` over every pixel of ``source`` into ``sink``, one bounded chunk at a time."""
+def run(source, stack: Stack, sink, progress: Callable[[int, int], None] | None = None) -> None:
+    """Drive ``stack`` over every pixel of ``source`` into ``sink``, one bounded chunk at a time.
+
+    ``progress(pixels_done_now, pixels_in_all)`` is called after every chunk."""
+    total = source.images * source.pixels_per_image
     whole = source.whole() if isinstance(source, ArraySource) else None
     if whole is not None and len(stack.layers) == 1:
         # The common case needs no chunking: one kernel call over the caller's own memory.
         target = sink.target(0, 0, len(whole))
         sink.write(0, 0, stack.run(whole, out=target))
         if progress:
-            progress(len(whole))
+            progress(len(whole), total)
         return
     widest = max(source.channels, *(layer.filters for layer in stack.layers))
     step = chunk_pixels(widest, widest, source.dtype.itemsize)
@@ -290,7 +297,7 @@ def run(source, stack: Stack, sink, progress: Callable[[int], None] | None = Non
             pixels = source.read(image, start, stop)
             sink.write(image, start, stack.run(pixels, out=sink.target(image, start, stop)))
             if progress:
-                progress(stop - start)
+                progress(stop - start, total)
 
 
 class FileSource:

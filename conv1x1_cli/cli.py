@@ -243,6 +243,7 @@ def channel_plane(array, channel: int, batch: int, layout: str, name: str):
 
 def run() -> None:
     """Entry point: Click, plus exit 130 on Ctrl-C and quiet handling of a reader closing the pipe early."""
+    _signals_become_exceptions()
     try:
         status = main.main(standalone_mode=False)
     except click.exceptions.Abort:  # Click's wrapper for KeyboardInterrupt
@@ -255,6 +256,21 @@ def run() -> None:
         _silence_stdout()
         status = 128 + signal.SIGPIPE
     sys.exit(status if isinstance(status, int) else 0)
+
+
+def _signals_become_exceptions() -> None:
+    """Let every way of stopping us run the clean-up code (temporary outputs are removed on the way out).
+
+    A file-size limit would otherwise kill the process with SIGXFSZ mid-write; ignored, the write fails
+    with EFBIG and is reported. SIGTERM unwinds like Ctrl-C, with the conventional status 143.
+    """
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    sys.stderr.write("Terminated\n")
+    raise SystemExit(128 + signal.SIGTERM)
 
 
 def _silence_stdout() -> None:

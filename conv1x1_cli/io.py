@@ -58,9 +58,13 @@ def read_header(stream: BinaryIO, name: str) -> NpyHeader:
         version = npy_format.read_magic(_Prefixed(start, stream))
         reader = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
         shape, fortran_order, dtype = reader(stream, max_header_size=MAX_HEADER_BYTES)
-    except (ValueError, EOFError, SyntaxError, TypeError) as error:
+    except OSError:
+        raise
+    except Exception as error:  # NumPy's parser raises many types for garbage; all mean "not .npy"
         raise InputError(f"{name}: not a valid .npy file ({_first_line(error)})") from None
     _check_dtype(dtype, name)
+    if any(size < 0 for size in shape):
+        raise InputError(f"{name}: not a valid .npy file (negative size in shape {shape})")
     return NpyHeader(tuple(int(size) for size in shape), dtype, bool(fortran_order))
 
 

@@ -1,0 +1,386 @@
+"""Pipelines, signals, limits and hostile input: real processes wherever the process behaviour matters."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import naive
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conv1x1_cli.accounting import SpecError, parse_spec
+from conv1x1_cli.io import InputError, NpyInput, read_header
+
+COMMAND = [sys.executable, "-m", "conv1x1_cli"]
+
+
+def cli(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([*COMMAND, *map(str, args)], capture_output=True, **kwargs)
+
+
+def save(directory, name, array):
+    path = directory / name
+    np.save(path, array)
+    return path
+
+
+@pytest.fixture
+def volume(tmp_path, rng):
+    """A 2-channel-wide problem big enough to take a moment, with its bank."""
+    x = save(tmp_path, "x.npy", rng.standard_normal((1500, 1000, 16)).astype(np.float32))
+    w = save(tmp_path, "w.npy", rng.standard_normal((16, 16)).astype(np.float32))
+    return x, w
+
+
+def leftovers(directory):
+    return sorted(name for name in os.listdir(directory) if name.endswith(".tmp"))
+
+
+def assert_one_error_line(result, *fragments):
+    lines = result.stderr.decode().strip().splitlines()
+    assert result.returncode != 0
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr.decode()
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert b"Traceback" not in result.stderr
+
+
+# --- pipelines -------------------------------------------------------------------------------------------
+
+
+def test_three_stage_pipeline_from_cat(tmp_path, rng):
+    x = rng.standard_normal((9, 7, 5)).astype(np.float32)
+    banks = [rng.standard_normal((5, 6)).astype(np.float32), rng.standard_normal((6, 2)).astype(np.float32)]
+    paths = [save(tmp_path, name, array) for name, array in (("x.npy", x), ("w1.npy", banks[0]), ("w2.npy", banks[1]))]
+    out = tmp_path / "out.npy"
+    script = (
+        f"cat {paths[0]} | {sys.executable} -m conv1x1_cli apply - {paths[1]} -o - -q | "
+        f"{sys.executable} -m conv1x1_cli apply - {paths[2]} -o {out} -q"
+    )
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", script], capture_output=True)
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_allclose(np.load(out), naive.chain(x, banks), rtol=1e-5, atol=1e-5)
+
+
+def test_reader_closing_the_pipe_early_is_quiet(volume):
+    x, w = volume
+    producer = subprocess.Popen(
+        [*COMMAND, "apply", str(x), str(w), "-o", "-", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    head = producer.stdout.read(100)
+    producer.stdout.close()
+    stderr = producer.stderr.read()
+    producer.wait(timeout=60)
+    assert head.startswith(b"\x93NUMPY")
+    assert stderr == b"", stderr  # no traceback, no "Exception ignored" noise
+
+
+def test_stdout_to_a_terminal_is_refused_and_binary_never_sprays(tmp_path, samples_dir):
+    import pty
+
+    leader, follower = pty.openpty()
+    result = subprocess.run(
+        [*COMMAND, "apply", str(samples_dir / "lecture_6x6.npy"), str(samples_dir / "times2.npy"), "-o", "-"],
+        stdout=follower,
+        stderr=subprocess.PIPE,
+    )
+    os.close(follower)
+    os.close(leader)
+    assert result.returncode == 1 and b"terminal" in result.stderr
+
+
+def test_no_color_and_piped_stderr_have_no_escape_codes(samples_dir, tmp_path):
+    result = cli(
+        "apply",
+        samples_dir / "lecture_6x6.npy",
+        samples_dir / "times2.npy",
+        "-o",
+        tmp_path / "o.npy",
+        env={**os.environ, "NO_COLOR": "1", "FORCE_COLOR": ""},
+    )
+    assert result.returncode == 0 and b"\x1b[" not in result.stderr and b"MACs" in result.stderr
+    shown = cli("show", samples_dir / "lecture_6x6.npy", env={**os.environ, "NO_COLOR": "1"})
+    assert b"\x1b[" not in shown.stdout
+
+
+# --- signals and limits ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delay", [0.4, 0.9])
+def test_ctrl_c_exits_130_and_leaves_nothing(volume, tmp_path, delay):
+    x, w = volume
+    out = tmp_path / "out.npy"
+    process = subprocess.Popen([*COMMAND, "apply", str(x), str(w), "-o", str(out), "-q"], stderr=subprocess.PIPE)
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    if process.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    # 130 from our handler; a signal in the interpreter's last moments kills it outright, which the shell
+    # also reports as 130. Either way: no traceback, no temporary, and no partial output.
+    assert process.returncode in (130, -signal.SIGINT)
+    assert b"Traceback" not in stderr
+    assert leftovers(tmp_path) == []
+    if out.exists():  # only when the signal came after the atomic rename: then the output is whole
+        assert np.load(out).shape == (1500, 1000, 16)
+
+
+def test_sigterm_cleans_up_too(volume, tmp_path):
+    x, w = volume
+    out = tmp_path / "out.npy"
+    process = subprocess.Popen([*COMMAND, "apply", str(x), str(w), "-o", str(out), "-q"], stderr=subprocess.PIPE)
+    time.sleep(0.8)
+    process.terminate()
+    _, stderr = process.communicate(timeout=60)
+    if process.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert process.returncode == 143 and b"Traceback" not in stderr
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_file_size_limit_keeps_the_old_file_and_no_temporary(volume, tmp_path):
+    x, w = volume
+    out = save(tmp_path, "out.npy", np.arange(5))
+    limit = 1_000_000
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run(
+        [*COMMAND, "apply", str(x), str(w), "-o", str(out), "-q"], capture_output=True, preexec_fn=small_files
+    )
+    assert_one_error_line(result, str(out), "File too large")
+    np.testing.assert_array_equal(np.load(out), np.arange(5))
+    assert leftovers(tmp_path) == []
+
+
+def test_full_device_on_stdout_is_a_clean_error(samples_dir):
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(
+            [
+                *COMMAND,
+                "apply",
+                str(samples_dir / "volume_6x6x32.npy"),
+                str(samples_dir / "bank_32x8.npy"),
+                "-o",
+                "-",
+                "-q",
+            ],
+            stdout=full,
+            stderr=subprocess.PIPE,
+        )
+    assert_one_error_line(result, "<stdout>", "No space left on device")
+
+
+# --- output safety ---------------------------------------------------------------------------------------
+
+
+def test_output_may_be_the_input_file(tmp_path, rng):
+    x = rng.standard_normal((20, 30, 4)).astype(np.float32)
+    w = rng.standard_normal((4, 4)).astype(np.float32)
+    path = save(tmp_path, "x.npy", x)
+    assert cli("apply", path, save(tmp_path, "w.npy", w), "-o", path, "-q").returncode == 0
+    np.testing.assert_allclose(np.load(path), naive.pointwise(x, w), rtol=1e-5, atol=1e-5)
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(("target", "message"), [("missing/out.npy", "does not exist"), (".", "is a directory")])
+def test_bad_output_paths(samples_dir, tmp_path, target, message):
+    result = cli("apply", samples_dir / "lecture_6x6.npy", samples_dir / "times2.npy", "-o", tmp_path / target)
+    assert_one_error_line(result, message)
+
+
+# --- bad input -------------------------------------------------------------------------------------------
+
+
+def hostile_inputs(directory):
+    """(description, bytes or array, expected fragment of the message)."""
+    header = io.BytesIO()
+    np.save(header, np.zeros((4, 4, 3), np.float32))
+    truncated = header.getvalue()[:-10]
+    enormous = io.BytesIO()
+    np.lib.format.write_array_header_1_0(enormous, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6, 3)})
+    zipped = io.BytesIO()
+    np.savez(zipped, x=np.zeros(3))
+    return [
+        ("text", b"just some text\n", "not a valid .npy file"),
+        ("empty", b"", "file is empty"),
+        ("truncated", truncated, "truncated"),
+        ("enormous", enormous.getvalue() + b"\0" * 64, "header claims"),
+        ("npz", zipped.getvalue(), ".npz archive"),
+        ("object", np.array([1, "a"], dtype=object), "Python objects"),
+        ("structured", np.zeros(4, dtype=[("a", "<f4")]), "structured dtype"),
+        ("complex", np.zeros((2, 2, 3), np.complex128), "complex dtype"),
+        ("six dimensions", np.zeros((1, 1, 1, 1, 1, 3), np.float32), "6-D"),
+        ("one dimension", np.zeros(3, np.float32), "1-D"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(10))
+def test_hostile_inputs_from_files_and_stdin(tmp_path, samples_dir, case):
+    _, content, fragment = hostile_inputs(tmp_path)[case]
+    path = tmp_path / "bad.npy"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        np.save(path, content, allow_pickle=True)
+    weights = save(tmp_path, "w.npy", np.ones((3, 2), np.float32))
+    out = tmp_path / "out.npy"
+    from_file = cli("apply", path, weights, "-o", out)
+    assert_one_error_line(from_file, str(path), fragment)
+    from_stdin = cli("apply", "-", weights, "-o", out, input=path.read_bytes())
+    assert_one_error_line(from_stdin, "<stdin>", fragment)
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("bank", "fragment"),
+    [
+        (np.ones((2, 3, 3, 3)), "3x3 spatial kernel"),
+        (np.ones((3,)), "must be 2-D"),
+        (np.ones((1, 3, 2)), "3-D"),
+        (np.ones((3, 0)), "is empty"),
+    ],
+)
+def test_bad_banks(tmp_path, samples_dir, bank, fragment):
+    x = save(tmp_path, "x.npy", np.ones((4, 4, 3), np.float32))
+    w = save(tmp_path, "w.npy", bank)
+    assert_one_error_line(cli("apply", x, w, "-o", tmp_path / "o.npy"), str(w), fragment)
+
+
+def test_bias_of_wrong_length_names_the_file(tmp_path):
+    x = save(tmp_path, "x.npy", np.ones((4, 4, 3), np.float32))
+    w = save(tmp_path, "w.npy", np.ones((3, 2), np.float32))
+    b = save(tmp_path, "b.npy", np.ones(5, np.float32))
+    assert_one_error_line(cli("apply", x, w, "--bias", b, "-o", tmp_path / "o.npy"), str(b), "shape (2,)")
+
+
+def test_empty_stdin(tmp_path, samples_dir):
+    result = cli("apply", "-", samples_dir / "times2.npy", "-o", tmp_path / "o.npy", input=b"")
+    assert_one_error_line(result, "<stdin>", "empty")
+
+
+def test_every_readable_kind_of_file_is_read(tmp_path, rng):
+    """Big-endian, Fortran order, integer images and float16 all compute correctly."""
+    w = rng.standard_normal((3, 2)).astype(np.float32)
+    weights = save(tmp_path, "w.npy", w)
+    for index, x in enumerate(
+        [
+            rng.standard_normal((5, 6, 3)).astype(">f4"),
+            np.asfortranarray(rng.standard_normal((5, 6, 3)).astype(np.float32)),
+            rng.integers(0, 255, (5, 6, 3)).astype(np.uint8),
+            rng.standard_normal((5, 6, 3)).astype(np.float16),
+        ]
+    ):
+        out = tmp_path / f"o{index}.npy"
+        assert cli("apply", save(tmp_path, f"x{index}.npy", x), weights, "-o", out, "-q").returncode == 0
+        result = np.load(out)
+        assert result.dtype == np.float32
+        np.testing.assert_allclose(result, naive.pointwise(x.astype(np.float32), w), rtol=1e-5, atol=1e-4)
+
+
+def test_nan_and_inf_survive_the_command_line(tmp_path):
+    x = np.array([[[np.nan, 1.0], [np.inf, -1.0], [-np.inf, 0.0]]], np.float32)
+    w = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    out = tmp_path / "o.npy"
+    assert cli("apply", save(tmp_path, "x.npy", x), save(tmp_path, "w.npy", w), "-o", out, "-q").returncode == 0
+    with np.errstate(invalid="ignore"):  # inf * 0 is NaN, on purpose
+        expected = np.maximum(x.astype(np.float64) @ w, 0).astype(np.float32)
+    np.testing.assert_array_equal(np.load(out), expected)
+
+
+# --- concurrency -----------------------------------------------------------------------------------------
+
+
+def test_simultaneous_runs_on_a_cold_cache(tmp_path, rng):
+    x = rng.standard_normal((30, 40, 12)).astype(np.float32)
+    w = rng.standard_normal((12, 20)).astype(np.float32)
+    inputs = save(tmp_path, "x.npy", x), save(tmp_path, "w.npy", w)
+    environment = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cold-cache")}
+    processes = [
+        subprocess.Popen(
+            [*COMMAND, "apply", *map(str, inputs), "-o", str(tmp_path / f"o{index}.npy"), "-q"],
+            stderr=subprocess.PIPE,
+            env=environment,
+        )
+        for index in range(4)
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr.decode()
+    for index in range(4):
+        np.testing.assert_allclose(np.load(tmp_path / f"o{index}.npy"), naive.pointwise(x, w), rtol=1e-5, atol=1e-5)
+    assert any((tmp_path / "cold-cache").rglob("*.nbi"))
+
+
+# --- property-based: the SPEC parser and the .npy reader ------------------------------------------------
+
+sizes = st.integers(1, 10**30)
+
+
+@given(st.lists(sizes, min_size=3, max_size=4), st.sampled_from(["x", "X", "×", " x "]))
+def test_spec_parser_round_trips(values, separator):
+    volume = parse_spec(separator.join(map(str, values)))
+    assert volume.shape() == tuple(values)
+    assert volume.pixels == (values[0] if len(values) == 4 else 1) * values[-3] * values[-2]
+
+
+@given(st.text(max_size=40))
+def test_spec_parser_never_crashes(text):
+    try:
+        volume = parse_spec(text)
+    except SpecError:
+        return
+    assert all(size >= 1 for size in volume.shape()) and len(volume.shape()) in (3, 4)
+
+
+valid_npy = st.builds(
+    lambda shape, dtype, fortran: np.zeros(shape, dtype=dtype, order="F" if fortran else "C"),
+    st.lists(st.integers(0, 4), min_size=0, max_size=4).map(tuple),
+    st.sampled_from(["<f4", ">f8", "<i2", "|u1", "<f2", "|b1"]),
+    st.booleans(),
+)
+
+
+def npy_of(array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        valid_npy.map(npy_of),
+        st.tuples(valid_npy.map(npy_of), st.integers(0, 400), st.binary(max_size=8)).map(
+            lambda parts: parts[0][: parts[1]] + parts[2]
+        ),
+    )
+)
+def test_npy_reader_reads_or_fails_cleanly_on_any_bytes(tmp_path, data):
+    path = tmp_path / "fuzz.npy"
+    path.write_bytes(data)
+    try:
+        with NpyInput(str(path)) as source:
+            array = source.read_all()
+    except InputError:
+        return
+    expected = np.load(io.BytesIO(data), allow_pickle=False)  # what we read, NumPy reads the same
+    assert array.dtype == expected.dtype and array.shape == expected.shape
+    np.testing.assert_array_equal(array, expected)
+
+
+@given(st.binary(max_size=200))
+def test_header_parser_on_streams_fails_only_with_input_error(data):
+    with contextlib.suppress(InputError):
+        read_header(io.BytesIO(data), "<stdin>")
