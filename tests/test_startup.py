@@ -1,0 +1,75 @@
+"""Start-up: what the light commands import, and where the compiled kernel is cached."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "conv1x1_cli"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["shapes", "28x28x192", "--filters", "32"],
+        ["shapes", "28x28x192", "--filters", "32", "--format", "json"],
+    ],
+)
+def test_light_commands_never_import_numba(args):
+    code = (
+        "import sys\n"
+        "from conv1x1_cli.cli import main\n"
+        f"main({args!r}, standalone_mode=False)\n"
+        "assert 'numba' not in sys.modules, 'numba was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def read_only_mount_available() -> bool:
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount --bind -o ro / / 2>/dev/null"], capture_output=True)
+    return probe.returncode == 0
+
+
+CONVOLVE = (
+    "import numpy as np\n"
+    "from conv1x1_cli import conv1x1\n"
+    "print(conv1x1(np.ones((2, 3), np.float32), np.ones((3, 2), np.float32)).tolist())\n"
+)
+
+
+@pytest.mark.skipif(not read_only_mount_available(), reason="needs root and unshare to make a read-only mount")
+def test_read_only_package_caches_in_the_user_cache_directory(tmp_path):
+    site, home = tmp_path / "site", tmp_path / "home"
+    shutil.copytree(PACKAGE, site / "conv1x1_cli", ignore=shutil.ignore_patterns("__pycache__"))
+    home.mkdir()
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(("NUMBA_", "XDG_"))}
+    environment.update(HOME=str(home), PYTHONPATH=str(site), NUMBA_DEBUG_CACHE="1")
+    script = f'mount --bind -o ro "{site}" "{site}" && exec "{sys.executable}" -c "$0"'
+
+    def convolve():
+        result = subprocess.run(
+            ["unshare", "-m", "sh", "-c", script, CONVOLVE],
+            capture_output=True,
+            text=True,
+            env=environment,
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.strip().endswith("[[3.0, 3.0], [3.0, 3.0]]")
+        return result.stdout
+
+    first = convolve()
+    assert not list((site / "conv1x1_cli").rglob("*.nbi")), "nothing may be written into the package"
+    cached = list((home / ".cache").rglob("*.nbi"))
+    assert cached, f"no cache index under {home}/.cache; numba said:\n{first[-2000:]}"
+    second = convolve()
+    assert "data loaded from" in second and "data saved to" not in second
