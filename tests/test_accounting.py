@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from conv1x1_cli.accounting import SpecError, chain_cost, layer_cost, parse_filters, parse_spec
+from conv1x1_cli.accounting import (
+    SpecError,
+    bottleneck_cost,
+    chain_cost,
+    inception_cost,
+    layer_cost,
+    max_pool_cost,
+    parse_filters,
+    parse_spec,
+)
 
 
 def test_lecture_layer_28x28x192_to_32():
@@ -43,6 +52,74 @@ def test_chain_totals_are_sums_of_layers():
     assert chain.total("macs") == 1024 * (192 * 96 + 96 * 48 + 48 * 10)
     summary = chain.as_dict()
     assert summary["output"] == [32, 32, 10] and len(summary["layers"]) == 3
+
+
+def test_kxk_same_convolution_keeps_the_shape_and_costs_k_squared_more():
+    cost = layer_cost(parse_spec("28x28x192"), 32, kernel=5)
+    assert cost.output == (28, 28, 32) and cost.kernel == 5
+    assert (cost.weights, cost.params) == (5 * 5 * 192 * 32, 5 * 5 * 192 * 32 + 32) == (153_600, 153_632)
+    assert cost.macs == 28 * 28 * 32 * 5 * 5 * 192 == 120_422_400
+
+
+def test_lecture_bottleneck_28x28x192_reduce_16_kernel_5_filters_32():
+    cost = bottleneck_cost(parse_spec("28x28x192"), reduce=16, kernel=5, filters=32)
+    assert cost.direct.total("macs") == 28 * 28 * 32 * 5 * 5 * 192 == 120_422_400
+    assert [layer.macs for layer in cost.bottleneck.layers] == [28 * 28 * 16 * 192, 28 * 28 * 32 * 5 * 5 * 16]
+    assert cost.bottleneck.total("macs") == 2_408_448 + 10_035_200 == 12_443_648
+    assert cost.direct.output == cost.bottleneck.output == (28, 28, 32)
+    assert (cost.direct.total("params"), cost.bottleneck.total("params")) == (153_632, 3_072 + 16 + 12_800 + 32)
+    assert cost.saving("macs") == 120_422_400 / 12_443_648
+    data = cost.as_dict()
+    assert data["direct"]["macs"] == 120_422_400 and data["bottleneck"]["params"] == 15_920
+    assert data["saving"]["macs"] == pytest.approx(9.6774, abs=1e-4)
+    assert data["saving"]["params"] == pytest.approx(153_632 / 15_920)
+
+
+def test_inception_3a_branch_by_branch():
+    module = inception_cost(parse_spec("28x28x192"), [64, 96, 128, 16, 32, 32])
+    assert module.output == (28, 28, 64 + 128 + 32 + 32)
+    names = [branch.name for branch in module.branches]
+    weights = [branch.layers.total("weights") for branch in module.branches]
+    macs = [branch.layers.total("macs") for branch in module.branches]
+    assert names == ["1×1", "3×3", "5×5", "pool proj"]
+    assert weights == [192 * 64, 192 * 96 + 9 * 96 * 128, 192 * 16 + 25 * 16 * 32, 192 * 32]
+    assert weights == [12_288, 129_024, 15_872, 6_144]
+    assert macs == [784 * weight for weight in weights]
+    assert (module.total("weights"), module.total("bias"), module.total("params")) == (163_328, 368, 163_696)
+    assert module.total("macs") == 128_049_152
+    data = module.as_dict()
+    assert data["output"] == [28, 28, 256] and data["macs"] == 128_049_152
+    assert [branch["output_channels"] for branch in data["branches"]] == [64, 128, 32, 32]
+
+
+def test_max_pool_branch_has_no_params_and_no_macs():
+    module = inception_cost(parse_spec("2x28x28x192"), [64, 96, 128, 16, 32, 32], bias=False)
+    pool, projection = module.branches[3].layers.layers
+    assert (pool.op, pool.output, pool.params, pool.macs, pool.flops) == ("max-pool", (2, 28, 28, 192), 0, 0, 0)
+    assert projection.macs == 2 * 784 * 192 * 32 and module.total("bias") == 0
+    assert max_pool_cost(parse_spec("7x7x832")).conventions.ptflops == 2 * 49 * 832
+
+
+def test_inception_needs_six_columns():
+    with pytest.raises(SpecError, match="6 columns"):
+        inception_cost(parse_spec("28x28x192"), [64, 96, 128])
+
+
+def test_roofline_intensity_is_flops_per_byte_moved():
+    class Limits:
+        ridge_intensity = 10.0
+
+        def as_dict(self):
+            return {"peak_gflops": 200.0, "bandwidth_gbs": 20.0}
+
+    chain = chain_cost(parse_spec("28x28x192"), [32, 8])
+    data = chain.as_dict(Limits())
+    first = chain.layers[0]
+    assert data["layers"][0]["intensity"] == first.flops / (602_112 + 100_352 + 24_704)
+    assert data["layers"][0]["bound"] == "compute" and data["layers"][1]["bound"] == "memory"
+    fused = 602_112 + 28 * 28 * 8 * 4 + (6_176 + 264) * 4
+    assert data["intensity"] == chain.total("flops") / fused
+    assert data["roofline"] == {"peak_gflops": 200.0, "bandwidth_gbs": 20.0, "ridge_intensity": 10.0}
 
 
 def test_astronomical_sizes_stay_exact():
