@@ -106,11 +106,23 @@ def _share_kernel_threading() -> None:
         configure()
 
 
+def available_threads() -> int:
+    """How many threads numba runs parallel loops on when not told otherwise."""
+    return numba.config.NUMBA_NUM_THREADS
+
+
+def numba_threads_started() -> bool:
+    """Whether numba's thread pool exists (after which its threading layer can no longer change)."""
+    from numba.np.ufunc import parallel as numba_parallel
+
+    return bool(getattr(numba_parallel, "_is_initialized", False))
+
+
 def fma_peak_gflops(threads: int | None = None, seconds: float = 0.3) -> float:
     """Best-of-N float32 FMA rate in GFLOP/s (2 flops per lane per FMA) on ``threads`` threads
     (default: all of numba's), measured for about ``seconds``."""
     kernel = _kernel()
-    available = numba.config.NUMBA_NUM_THREADS
+    available = available_threads()
     workers = available if threads is None else max(1, min(int(threads), available))
     previous = numba.get_num_threads()
     numba.set_num_threads(workers)

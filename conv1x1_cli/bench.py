@@ -1,0 +1,588 @@
+"""The speed suite behind ``conv1x1 bench``: real pointwise layers, ours against NumPy and PyTorch.
+
+Data only: ``run_bench`` returns a ``BenchReport`` of dataclasses (``as_dict()`` for JSON); it
+never prints. The table is ``render``'s job, or ``benchmarks/bench_suite.py``'s.
+
+What is timed, per layer, in one process, interleaved round by round (the order rotates each round):
+
+- ours: ``conv1x1(x, w, threads=threads)`` through the public API, float32, output allocation included;
+- NumPy: ``np.maximum(x.reshape(-1, C) @ w, 0)`` at NumPy's default BLAS threads, allocations included;
+- PyTorch (when importable): ``torch.relu_(F.conv2d(x, weight))`` with ``x`` in ``channels_last``
+  memory format (NumPy's NHWC memory, no copy), torch's default threads, no autograd.
+
+Medians of repeats, after warm-up; GFLOP/s count ``flops = 2·N·H·W·C·F`` (no bias). The roofline
+moves ``(input + output + weights) × 4`` bytes per layer; attainable = min(FMA peak, intensity ×
+bandwidth), with the limits measured in the same run (and saved for ``conv1x1 shapes``).
+
+>>> layer = BenchLayer("GoogLeNet 3a 1x1", 1, 28, 28, 192, 64)
+>>> layer.flops, layer.bytes_moved
+(19267584, 851968)
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import importlib.util
+import itertools
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .accounting import Volume, layer_cost
+from .machine import MachineLimits, save_limits
+
+ITEMSIZE = 4  # float32 throughout
+OPENBLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+@dataclass(frozen=True)
+class BenchLayer:
+    """One pointwise layer of the suite: N images of H x W pixels, C channels in, F filters out."""
+
+    name: str
+    batch: int
+    height: int
+    width: int
+    channels: int
+    filters: int
+
+    @property
+    def volume(self) -> Volume:
+        return Volume(self.batch, self.height, self.width, self.channels, batched=self.batch > 1)
+
+    @property
+    def spec(self) -> str:
+        batch = f"{self.batch}x" if self.batch > 1 else ""
+        return f"{batch}{self.height}x{self.width}x{self.channels}→{self.filters}"
+
+    @property
+    def flops(self) -> int:
+        """2·N·H·W·C·F: a multiply and an add per MAC; the suite runs without bias."""
+        return layer_cost(self.volume, self.filters, bias=False).flops
+
+    @property
+    def bytes_moved(self) -> int:
+        """float32 input + output + weights, each read or written once."""
+        cost = layer_cost(self.volume, self.filters, bias=False, dtype="float32")
+        return cost.input_bytes + cost.output_bytes + cost.weight_bytes
+
+    @property
+    def intensity(self) -> float:
+        """FLOPs per byte moved (arithmetic intensity)."""
+        return self.flops / self.bytes_moved
+
+
+SUITE: tuple[BenchLayer, ...] = (
+    BenchLayer("GoogLeNet 3a 1x1", 1, 28, 28, 192, 64),
+    BenchLayer("GoogLeNet 3a 5x5 reduce", 1, 28, 28, 192, 16),
+    BenchLayer("GoogLeNet 4a 1x1", 1, 14, 14, 480, 192),
+    BenchLayer("GoogLeNet 5b 1x1", 1, 7, 7, 832, 384),
+    BenchLayer("ResNet-50 conv2 expand", 1, 56, 56, 64, 256),
+    BenchLayer("ResNet-50 conv2 reduce", 1, 56, 56, 256, 64),
+    BenchLayer("ResNet-50 conv3 reduce", 1, 28, 28, 512, 128),
+    BenchLayer("ResNet-50 conv4 reduce", 1, 14, 14, 1024, 256),
+    BenchLayer("ResNet-50 conv5 reduce", 1, 7, 7, 2048, 512),
+    BenchLayer("MobileNet pw 2", 1, 112, 112, 32, 64),
+    BenchLayer("MobileNet pw 8", 1, 14, 14, 512, 512),
+    BenchLayer("RGB stem", 1, 224, 224, 3, 64),
+    BenchLayer("hyperspectral 200→8", 1, 512, 512, 200, 8),
+    BenchLayer("ResNet-50 conv2 reduce N=8", 8, 56, 56, 256, 64),
+    BenchLayer("GoogLeNet 3a 1x1 N=32", 32, 28, 28, 192, 64),
+    BenchLayer("ResNet-50 conv5 reduce N=32", 32, 7, 7, 2048, 512),
+)
+QUICK_NAMES = ("GoogLeNet 3a 1x1", "ResNet-50 conv2 reduce", "ResNet-50 conv5 reduce")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long the repeats should run: about ``target_seconds`` per contender, at least ``min_repeats``."""
+
+    target_seconds: float = 0.3
+    layer_budget_seconds: float = 1.5  # cap on the layer's whole interleaved loop
+    min_repeats: int = 5
+    warmups: int = 2
+
+    def repeats(self, call_seconds: Sequence[float]) -> int:
+        fastest, together = min(call_seconds), sum(call_seconds)
+        wanted = math.ceil(self.target_seconds / max(fastest, 1e-7))
+        affordable = math.ceil(self.layer_budget_seconds / max(together, 1e-7))
+        return max(self.min_repeats, min(wanted, affordable))
+
+
+FULL_TIMING = Timing()
+QUICK_TIMING = Timing(target_seconds=0.05, layer_budget_seconds=0.3, min_repeats=5, warmups=1)
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """Where a layer sits on this machine's roofline."""
+
+    intensity: float  # FLOPs per byte moved
+    attainable_gflops: float  # min(peak, intensity x bandwidth)
+    bound: str  # "compute" or "memory"
+
+
+def roofline(layer: BenchLayer, limits: MachineLimits) -> Roofline:
+    """>>> limits = MachineLimits(200.0, 150.0, 20.0, 2, "hand")
+    >>> roofline(BenchLayer("tiny", 1, 1, 1, 3, 2), limits)  # 12 flops, (3 + 2 + 6) x 4 = 44 bytes
+    Roofline(intensity=0.2727272727272727, attainable_gflops=5.454545454545454, bound='memory')
+    """
+    intensity = layer.intensity
+    memory_limit = intensity * limits.bandwidth_gbs
+    bound = "compute" if memory_limit >= limits.peak_gflops else "memory"
+    return Roofline(intensity, min(limits.peak_gflops, memory_limit), bound)
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """Median seconds per call of each contender on one layer, and what they mean."""
+
+    layer: BenchLayer
+    repeats: int
+    ours_seconds: float
+    numpy_seconds: float
+    torch_seconds: float | None
+    verified: bool  # ours agrees with NumPy within float32 rounding bounds
+    max_error_ratio: float  # largest |ours - NumPy| / its rounding bound (<= 1 when verified)
+    roofline: Roofline
+    peak_gflops: float
+
+    def gflops(self, seconds: float | None) -> float | None:
+        return None if seconds is None else self.layer.flops / seconds / 1e9
+
+    @property
+    def ours_gflops(self) -> float:
+        return self.layer.flops / self.ours_seconds / 1e9
+
+    @property
+    def numpy_gflops(self) -> float:
+        return self.layer.flops / self.numpy_seconds / 1e9
+
+    @property
+    def torch_gflops(self) -> float | None:
+        return self.gflops(self.torch_seconds)
+
+    @property
+    def vs_numpy(self) -> float:
+        """Our speed over NumPy's (> 1: we are faster)."""
+        return self.numpy_seconds / self.ours_seconds
+
+    @property
+    def vs_torch(self) -> float | None:
+        return None if self.torch_seconds is None else self.torch_seconds / self.ours_seconds
+
+    @property
+    def vs_best(self) -> float:
+        """Our speed over the faster of NumPy and PyTorch."""
+        others = [seconds for seconds in (self.numpy_seconds, self.torch_seconds) if seconds is not None]
+        return min(others) / self.ours_seconds
+
+    @property
+    def percent_of_attainable(self) -> float:
+        return 100 * self.ours_gflops / self.roofline.attainable_gflops
+
+    @property
+    def percent_of_peak(self) -> float:
+        return 100 * self.ours_gflops / self.peak_gflops
+
+    def as_dict(self) -> dict:
+        return {
+            **asdict(self.layer),
+            "spec": self.layer.spec,
+            "flops": self.layer.flops,
+            "bytes_moved": self.layer.bytes_moved,
+            "repeats": self.repeats,
+            "ours_seconds": self.ours_seconds,
+            "numpy_seconds": self.numpy_seconds,
+            "torch_seconds": self.torch_seconds,
+            "ours_gflops": self.ours_gflops,
+            "numpy_gflops": self.numpy_gflops,
+            "torch_gflops": self.torch_gflops,
+            "vs_numpy": self.vs_numpy,
+            "vs_torch": self.vs_torch,
+            "verified": self.verified,
+            "max_error_ratio": self.max_error_ratio,
+            **asdict(self.roofline),
+            "percent_of_attainable": self.percent_of_attainable,
+            "percent_of_peak": self.percent_of_peak,
+        }
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    """What the numbers were measured on; ``warnings`` name conditions that distort them."""
+
+    cpu: str
+    logical_cores: int
+    python: str
+    numpy: str
+    numba: str
+    torch: str | None
+    blas: list[dict]  # NumPy's BLAS as threadpoolctl reports it: internal_api, architecture, num_threads, ...
+    openblas_overrides: dict[str, str]  # OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE when set
+    load_average: float | None  # 1-minute load average when the run started
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Summary:
+    median_vs_numpy: float
+    min_vs_numpy: float
+    median_vs_torch: float | None
+    min_vs_torch: float | None
+    worst_layer: str  # lowest speed against the faster of NumPy and PyTorch
+    worst_vs_best: float
+    median_percent_of_peak_compute_bound: float | None
+    mismatches: list[str]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    machine: MachineInfo
+    limits: MachineLimits
+    limits_saved: bool
+    threads: int | None
+    rows: list[LayerResult]
+    summary: Summary
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return {
+            "flops": "2*N*H*W*C*F per layer (no bias); GFLOP/s = 1e9 FLOP/s; medians of repeats",
+            "machine": self.machine.as_dict(),
+            "limits": self.limits.as_dict(),
+            "limits_saved": self.limits_saved,
+            "threads": self.threads,
+            "layers": [row.as_dict() for row in self.rows],
+            "summary": self.summary.as_dict(),
+            "seconds": self.seconds,
+        }
+
+
+Progress = Callable[[str, int, int], None]  # (what is being measured, steps done, steps in all)
+
+
+def run_bench(
+    quick: bool = False,
+    threads: int | None = None,
+    torch: bool = True,
+    progress: Progress | None = None,
+    *,
+    layers: Sequence[BenchLayer] | None = None,
+    save: bool = True,
+) -> BenchReport:
+    """Measure the machine's limits, then every layer of the suite (``layers`` overrides it);
+    with ``save`` the limits go to the cache for ``conv1x1 shapes`` when measured on all cores."""
+    started = time.perf_counter()
+    if layers is None:
+        layers = [layer for layer in SUITE if layer.name in QUICK_NAMES] if quick else list(SUITE)
+    timing = QUICK_TIMING if quick else FULL_TIMING
+    steps = len(layers) + 1
+    report_progress = progress or (lambda what, done, total: None)
+
+    machine = describe_machine(torch)
+    _start_kernel_threads(machine, threads)  # before torch is imported: see _start_kernel_threads
+    torch_module = _import_torch() if torch else None
+
+    report_progress("machine limits", 0, steps)
+    limits = measure_limits(threads, quick)
+    limits_saved = False
+    if save and (threads is None or threads >= (os.cpu_count() or 1)):
+        try:
+            save_limits(limits)
+            limits_saved = True
+        except OSError as error:
+            machine.warnings.append(f"could not save the machine limits: {error}")
+
+    rows = []
+    for index, layer in enumerate(layers):
+        report_progress(layer.name, index + 1, steps)
+        rows.append(measure_layer(layer, limits, threads, torch_module, timing, seed=index))
+    report_progress("done", steps, steps)
+    return BenchReport(machine, limits, limits_saved, threads, rows, summarize(rows), time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------
+# The machine
+# --------------------------------------------------------------------------
+
+
+def describe_machine(torch: bool = True) -> MachineInfo:
+    torch_version = _version("torch") if torch and importlib.util.find_spec("torch") is not None else None
+    overrides = {name: os.environ[name] for name in OPENBLAS_OVERRIDES if name in os.environ}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    cores = os.cpu_count() or 1
+    info = MachineInfo(
+        cpu=cpu_model(),
+        logical_cores=cores,
+        python=platform.python_version(),
+        numpy=np.__version__,
+        numba=_version("numba") or "unknown",
+        torch=torch_version,
+        blas=numpy_blas(),
+        openblas_overrides=overrides,
+        load_average=load,
+    )
+    if overrides:
+        settings = ", ".join(f"{name}={value}" for name, value in overrides.items())
+        info.warnings.append(
+            f"{settings} is set: it forces an older OpenBLAS kernel and makes NumPy look slow; "
+            "rerun with env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE"
+        )
+    if load is not None and load > 0.5 * cores:
+        info.warnings.append(f"load average {load:.1f} on {cores} logical cores: other work may distort the timings")
+    return info
+
+
+def _version(package: str) -> str | None:
+    """An installed package's version, without importing it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def numpy_blas() -> list[dict]:
+    """NumPy's BLAS libraries as threadpoolctl sees them (empty when threadpoolctl is missing)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    keys = ("internal_api", "architecture", "num_threads", "version", "threading_layer", "filepath")
+    return [
+        {key: entry.get(key) for key in keys}
+        for entry in threadpool_info()
+        if entry.get("user_api") == "blas" and "torch" not in str(entry.get("filepath", ""))
+    ]
+
+
+def measure_limits(threads: int | None = None, quick: bool = False) -> MachineLimits:
+    """Measure the FMA peak (Numba), NumPy's sgemm rate and the memory bandwidth, now."""
+    from . import probe
+
+    peak = probe.fma_peak_gflops(threads, seconds=0.1 if quick else 0.5)
+    used = threads or probe.available_threads()
+    date = datetime.date.today().isoformat()
+    return MachineLimits(
+        peak_gflops=peak,
+        sgemm_gflops=sgemm_gflops(768 if quick else 2048),
+        bandwidth_gbs=bandwidth_gbs(used, 64 if quick else 256),
+        threads=used,
+        source=f"measured {date} by conv1x1 bench on {cpu_model()}, {used} threads",
+    )
+
+
+def sgemm_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """Best-of-N rate of NumPy's float32 ``size``-square matrix product, at its default threads."""
+    rng = np.random.default_rng(0)
+    left, right = rng.random((size, size), np.float32), rng.random((size, size), np.float32)
+    product = np.empty((size, size), np.float32)
+    np.matmul(left, right, out=product)
+    best = min(_seconds(lambda: np.matmul(left, right, out=product)) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def bandwidth_gbs(threads: int = 1, mebibytes: int = 256, repeats: int = 5) -> float:
+    """Best-of-N streaming copy between two ``mebibytes`` arrays, counting bytes read + written.
+
+    The copy is split into ``threads`` slices copied at once (NumPy releases the GIL), since one
+    core alone rarely saturates memory. Write-allocate traffic is not counted."""
+    count = mebibytes * 2**20 // ITEMSIZE
+    source, target = np.ones(count, np.float32), np.zeros(count, np.float32)
+    bounds = [count * part // threads for part in range(threads + 1)]
+    slices = [slice(start, stop) for start, stop in itertools.pairwise(bounds)]
+
+    def copy_slice(part: slice) -> None:
+        np.copyto(target[part], source[part])
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+
+        def copy_all() -> None:
+            list(pool.map(copy_slice, slices))
+
+        copy_all()
+        best = min(_seconds(copy_all) for _ in range(repeats))
+    return 2 * count * ITEMSIZE / best / 1e9
+
+
+# --------------------------------------------------------------------------
+# One layer
+# --------------------------------------------------------------------------
+
+
+def measure_layer(
+    layer: BenchLayer,
+    limits: MachineLimits,
+    threads: int | None = None,
+    torch_module=None,
+    timing: Timing = FULL_TIMING,
+    seed: int = 0,
+) -> LayerResult:
+    """Time ours, NumPy (and PyTorch) on ``layer``, interleaved; verify ours against NumPy once."""
+    from .api import conv1x1
+
+    pixels, bank = layer_data(layer, seed)
+    contenders = {
+        "ours": lambda: conv1x1(pixels, bank, threads=threads),
+        "numpy": lambda: np.maximum(pixels.reshape(-1, layer.channels) @ bank, 0),
+    }
+    if torch_module is not None:
+        contenders["torch"] = _torch_contender(torch_module, pixels, bank)
+
+    verified, error_ratio = verify(contenders["ours"](), contenders["numpy"](), pixels, bank)
+    medians, repeats = _interleaved_medians(contenders, timing)
+    return LayerResult(
+        layer=layer,
+        repeats=repeats,
+        ours_seconds=medians["ours"],
+        numpy_seconds=medians["numpy"],
+        torch_seconds=medians.get("torch"),
+        verified=verified,
+        max_error_ratio=error_ratio,
+        roofline=roofline(layer, limits),
+        peak_gflops=limits.peak_gflops,
+    )
+
+
+def layer_data(layer: BenchLayer, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """NHWC float32 input in [-1, 1) and a (C, F) bank scaled so outputs stay near 1."""
+    rng = np.random.default_rng(seed)
+    shape = (layer.batch, layer.height, layer.width, layer.channels)
+    pixels = rng.random(shape, np.float32)
+    pixels *= 2
+    pixels -= 1
+    bank = (rng.random((layer.channels, layer.filters), np.float32) - 0.5) * np.float32(2 / math.sqrt(layer.channels))
+    return pixels, bank
+
+
+def verify(ours: np.ndarray, reference: np.ndarray, pixels: np.ndarray, bank: np.ndarray) -> tuple[bool, float]:
+    """Whether ours matches the reference within float32 rounding, and the worst error / bound.
+
+    Each output is a C-term dot product; both sides may round it differently, each within
+    C·eps·Σ|x_c·w_c| ≤ C·eps·‖x‖·‖w‖ (Cauchy-Schwarz). A wrong term shows up far above that."""
+    ours = ours.reshape(reference.shape)
+    channels = bank.shape[0]
+    eps = float(np.finfo(np.float32).eps)
+    pixel_norms = np.linalg.norm(pixels.reshape(-1, channels), axis=1).astype(np.float32)
+    filter_norms = np.linalg.norm(bank, axis=0).astype(np.float32)
+    bound = np.float32(2 * channels * eps) * np.outer(pixel_norms, filter_norms) + np.float32(1e-30)
+    error = np.abs(ours - reference)
+    if not np.array_equal(np.isnan(ours), np.isnan(reference)):
+        return False, math.inf
+    ratio = float(np.nanmax(error / bound)) if error.size else 0.0
+    return ratio <= 1.0, ratio
+
+
+def _torch_contender(torch_module, pixels: np.ndarray, bank: np.ndarray) -> Callable[[], object]:
+    functional = torch_module.nn.functional
+    # NHWC memory seen as an NCHW tensor: exactly torch's channels_last format, no copy.
+    images = torch_module.from_numpy(pixels).permute(0, 3, 1, 2)
+    images = images.contiguous(memory_format=torch_module.channels_last)  # a no-op, as intended
+    weight = torch_module.from_numpy(np.ascontiguousarray(bank.T)).reshape(bank.shape[1], bank.shape[0], 1, 1)
+
+    def run() -> object:
+        with torch_module.inference_mode():
+            return torch_module.relu_(functional.conv2d(images, weight))
+
+    return run
+
+
+def _interleaved_medians(contenders: dict[str, Callable[[], object]], timing: Timing) -> tuple[dict[str, float], int]:
+    """Median seconds per call of each contender, timed round-robin with the order rotating each round."""
+    names = list(contenders)
+    for _ in range(timing.warmups):
+        for name in names:
+            contenders[name]()
+    estimate = [_seconds(contenders[name]) for name in names]
+    repeats = timing.repeats(estimate)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    collecting = gc.isenabled()
+    gc.disable()  # a collection landing inside one contender's call would be charged to it
+    try:
+        for round_index in range(repeats):
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                samples[name].append(_seconds(contenders[name]))
+    finally:
+        if collecting:
+            gc.enable()
+    return {name: statistics.median(times) for name, times in samples.items()}, repeats
+
+
+def _seconds(call: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def _start_kernel_threads(machine: MachineInfo, threads: int | None) -> None:
+    """Run one tiny convolution so numba's threads start with the kernel's settings (the ``omp``
+    layer, passive waiting) before torch loads: torch brings its own libgomp, and if it is loaded
+    first every OpenMP worker spins after each call, on the cores NumPy's BLAS threads need."""
+    from . import probe
+    from .api import conv1x1
+
+    if "torch" in sys.modules and not probe.numba_threads_started():
+        machine.warnings.append(
+            "torch was imported before numba's threads started: OpenMP workers may spin between calls "
+            "and distort every contender's timings"
+        )
+    conv1x1(np.zeros((4, 4, 8), np.float32), np.zeros((8, 8), np.float32), threads=threads)
+
+
+def _import_torch():
+    try:
+        import torch as torch_module
+    except ImportError:
+        return None
+    return torch_module
+
+
+# --------------------------------------------------------------------------
+# Summary
+# --------------------------------------------------------------------------
+
+
+def summarize(rows: Sequence[LayerResult]) -> Summary:
+    vs_numpy = [row.vs_numpy for row in rows]
+    vs_torch = [row.vs_torch for row in rows if row.vs_torch is not None]
+    worst = min(rows, key=lambda row: row.vs_best)
+    compute_bound = [row.percent_of_peak for row in rows if row.roofline.bound == "compute"]
+    return Summary(
+        median_vs_numpy=statistics.median(vs_numpy),
+        min_vs_numpy=min(vs_numpy),
+        median_vs_torch=statistics.median(vs_torch) if vs_torch else None,
+        min_vs_torch=min(vs_torch) if vs_torch else None,
+        worst_layer=worst.layer.name,
+        worst_vs_best=worst.vs_best,
+        median_percent_of_peak_compute_bound=statistics.median(compute_bound) if compute_bound else None,
+        mismatches=[row.layer.name for row in rows if not row.verified],
+    )

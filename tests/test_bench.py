@@ -1,0 +1,158 @@
+"""The speed suite's arithmetic and data shapes (no timing assertions: speeds vary by machine)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from conv1x1_cli import bench, probe
+from conv1x1_cli.bench import BenchLayer, LayerResult, Timing, roofline, summarize, verify
+from conv1x1_cli.machine import MachineLimits, load_limits
+
+HAND_LIMITS = MachineLimits(peak_gflops=200.0, sgemm_gflops=150.0, bandwidth_gbs=20.0, threads=2, source="hand")
+# 2 images of 3x4 pixels, 5 channels -> 6 filters: 24 pixels.
+HAND_LAYER = BenchLayer("hand", 2, 3, 4, 5, 6)
+
+
+def test_hand_worked_layer_flops_bytes_and_intensity():
+    assert HAND_LAYER.flops == 2 * 24 * 5 * 6 == 1440
+    # input 24x5, output 24x6, weights 5x6 float32 values
+    assert HAND_LAYER.bytes_moved == (120 + 144 + 30) * 4 == 1176
+    assert HAND_LAYER.intensity == pytest.approx(1440 / 1176)
+    assert HAND_LAYER.spec == "2x3x4x5→6"
+
+
+def test_suite_layers_count_the_known_googlenet_and_resnet_costs():
+    layers = {layer.name: layer for layer in bench.SUITE}
+    assert layers["GoogLeNet 3a 1x1"].flops == 2 * 28 * 28 * 192 * 64 == 19_267_584
+    resnet5 = layers["ResNet-50 conv5 reduce"]
+    assert resnet5.bytes_moved == (7 * 7 * 2048 + 7 * 7 * 512 + 2048 * 512) * 4
+    assert layers["ResNet-50 conv5 reduce N=32"].flops == 32 * resnet5.flops
+    assert set(bench.QUICK_NAMES) <= set(layers)
+
+
+def test_roofline_memory_bound_layer_on_hand_numbers():
+    # 1440 flops / 1176 bytes = 1.2245 flop/byte x 20 GB/s = 24.49 GFLOP/s < 200 peak
+    line = roofline(HAND_LAYER, HAND_LIMITS)
+    assert line.bound == "memory"
+    assert line.attainable_gflops == pytest.approx(1440 / 1176 * 20)
+
+
+def test_roofline_compute_bound_layer_is_capped_at_the_peak():
+    big = BenchLayer("big", 1, 7, 7, 2048, 512)  # ~21.9 flop/byte x 20 GB/s = 438 > 200
+    line = roofline(big, HAND_LIMITS)
+    assert line.bound == "compute"
+    assert line.attainable_gflops == 200.0
+
+
+def hand_result(ours: float, numpy: float, torch: float | None, layer: BenchLayer = HAND_LAYER) -> LayerResult:
+    return LayerResult(
+        layer=layer,
+        repeats=5,
+        ours_seconds=ours,
+        numpy_seconds=numpy,
+        torch_seconds=torch,
+        verified=True,
+        max_error_ratio=0.0,
+        roofline=roofline(layer, HAND_LIMITS),
+        peak_gflops=HAND_LIMITS.peak_gflops,
+    )
+
+
+def test_layer_result_rates_ratios_and_percentages():
+    row = hand_result(ours=1440e-9 / 12.0, numpy=1440e-9 / 6.0, torch=1440e-9 / 24.0)  # 12, 6, 24 GFLOP/s
+    assert row.ours_gflops == pytest.approx(12.0)
+    assert row.numpy_gflops == pytest.approx(6.0)
+    assert row.torch_gflops == pytest.approx(24.0)
+    assert row.vs_numpy == pytest.approx(2.0)
+    assert row.vs_torch == pytest.approx(0.5)
+    assert row.vs_best == pytest.approx(0.5)
+    assert row.percent_of_attainable == pytest.approx(100 * 12.0 / (1440 / 1176 * 20))
+    assert row.percent_of_peak == pytest.approx(6.0)
+    as_dict = row.as_dict()
+    assert as_dict["flops"] == 1440 and as_dict["bound"] == "memory" and as_dict["channels"] == 5
+
+
+def test_layer_result_without_torch_compares_with_numpy_only():
+    row = hand_result(ours=2.0, numpy=3.0, torch=None)
+    assert row.vs_torch is None and row.torch_gflops is None
+    assert row.vs_best == pytest.approx(1.5)
+
+
+def test_summary_medians_minimum_and_worst_layer():
+    compute = BenchLayer("compute", 1, 7, 7, 2048, 512)
+    rows = [
+        hand_result(1.0, 2.0, 1.0),  # 2x NumPy, 1x torch
+        hand_result(1.0, 4.0, 0.5),  # 4x NumPy, 0.5x torch: the worst
+        hand_result(1.0, 1.0, 3.0, layer=compute),
+    ]
+    summary = summarize(rows)
+    assert summary.median_vs_numpy == 2.0
+    assert summary.min_vs_numpy == 1.0
+    assert summary.median_vs_torch == 1.0
+    assert summary.min_vs_torch == 0.5
+    assert summary.worst_layer == "hand" and summary.worst_vs_best == 0.5
+    assert summary.median_percent_of_peak_compute_bound == pytest.approx(100 * compute.flops / 1e9 / 200.0)
+    assert summary.mismatches == []
+
+
+def test_timing_repeats_aim_at_the_target_within_the_budget():
+    timing = Timing(target_seconds=0.3, layer_budget_seconds=1.5, min_repeats=5)
+    assert timing.repeats([0.001, 0.002]) == 300  # fastest contender runs ~0.3 s
+    assert timing.repeats([0.01, 0.5]) == 5  # too slow for the budget: the minimum
+    assert timing.repeats([0.001, 0.01]) == 137  # budget 1.5 s / 0.011 s per round
+
+
+def test_verify_accepts_float32_rounding_and_flags_a_wrong_value(rng):
+    pixels = rng.standard_normal((50, 64)).astype(np.float32)
+    bank = rng.standard_normal((64, 8)).astype(np.float32)
+    exact = np.maximum(pixels.astype(np.float64) @ bank.astype(np.float64), 0)
+    rounded = np.maximum(pixels @ bank, 0)
+    ok, ratio = verify(rounded, exact.astype(np.float32), pixels, bank)
+    assert ok and ratio <= 1.0
+    wrong = rounded.copy()
+    wrong[7, 3] += 0.01 * np.abs(bank[:, 3]).max()  # one term's worth of error
+    assert not verify(wrong, rounded, pixels, bank)[0]
+
+
+def test_verify_flags_nan_where_the_reference_has_none(rng):
+    pixels = rng.standard_normal((4, 3)).astype(np.float32)
+    bank = rng.standard_normal((3, 2)).astype(np.float32)
+    reference = pixels @ bank
+    broken = reference.copy()
+    broken[0, 0] = np.nan
+    assert verify(broken, reference, pixels, bank) == (False, math.inf)
+
+
+def test_openblas_override_is_named_in_a_warning(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    monkeypatch.delenv("OPENBLAS_L2_SIZE", raising=False)
+    machine = bench.describe_machine(torch=False)
+    assert machine.openblas_overrides == {"OPENBLAS_CORETYPE": "Haswell"}
+    assert any("OPENBLAS_CORETYPE=Haswell" in warning for warning in machine.warnings)
+
+
+def test_quick_run_on_a_tiny_suite_returns_verified_rows_and_saves_limits(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONV1X1_CACHE_DIR", str(tmp_path))
+    tiny = [BenchLayer("tiny", 1, 8, 8, 16, 8), BenchLayer("tiny batch", 3, 5, 5, 40, 24)]
+    steps = []
+    report = bench.run_bench(quick=True, torch=False, layers=tiny, progress=lambda *step: steps.append(step))
+    assert [row.layer for row in report.rows] == tiny
+    for row in report.rows:
+        assert row.verified and row.repeats >= 5
+        assert row.torch_seconds is None
+        assert row.ours_seconds > 0 and row.numpy_seconds > 0
+    assert steps[0] == ("machine limits", 0, 3) and steps[-1] == ("done", 3, 3)
+    assert report.limits_saved and load_limits() == report.limits
+    assert report.limits.source.startswith("measured ")
+    assert report.summary.mismatches == []
+    data = report.as_dict()
+    assert [layer["name"] for layer in data["layers"]] == ["tiny", "tiny batch"]
+    assert data["machine"]["torch"] is None
+
+
+def test_fma_peak_is_a_positive_finite_rate():
+    rate = probe.fma_peak_gflops(threads=1, seconds=0.02)
+    assert math.isfinite(rate) and rate > 0
