@@ -70,9 +70,9 @@ _FASTMATH = {"contract"}
 
 # Bytes of one SIMD register (AVX-512); panel widths are multiples of half of it.
 _VECTOR_BYTES = 64
-# A group of pixel tiles (one work item) aims at this many bytes of pixel data,
-# so that it stays in L2 while it meets every panel.
-_PIXEL_BLOCK_BYTES = 128 * 1024
+# Below this many multiply-adds a call runs on one thread: waking a sleeping
+# OpenMP worker costs tens of microseconds, more than it saves.
+_SERIAL_WORK = 1 << 20
 
 
 # --------------------------------------------------------------------------
@@ -102,11 +102,15 @@ def _accumulate_tile(pixels, first_pixel, panel, panel_bias, acc):
     for r in range(rows):
         for j in range(width):
             acc[r, j] = panel_bias[j]
+    # Filters go in chunks of at most 32 so that LLVM fully unrolls the row and
+    # filter loops (a 64-trip loop is not), which the SLP vectoriser needs.
+    chunk = min(width, 32)
     for c in range(pixels.shape[1]):
         for r in range(rows):
             value = pixels[first_pixel + r, c]
-            for j in range(width):
-                acc[r, j] += value * panel[c, j]
+            for j0 in range(0, width, chunk):
+                for j in range(j0, j0 + chunk):
+                    acc[r, j] += value * panel[c, j]
 
 
 @njit(inline="always")
@@ -142,21 +146,24 @@ def _tile(pixels, first_pixel, panels, panel_bias, k, out, relu, row_marker, wid
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _pointwise_tiles_slp(pixels, panels, panel_bias, out, relu, tiles_per_group,
-                         panel_major, row_marker, width_marker):
-    """Parallel loop over work items (group of pixel tiles, panel)."""
+def _pointwise_tiles_slp(pixels, panels, panel_bias, out, relu, n_chunks, panel_major,
+                         row_marker, width_marker):
+    """All (pixel tile, panel) pairs, in n_chunks equal contiguous runs, one per thread.
+
+    Pixel-major order walks one pixel tile (in L1) past every panel; panel-major
+    order walks one panel (in L2) past every pixel tile.
+    """
     n_pixels = pixels.shape[0]
     rows = len(row_marker)
     n_panels = panels.shape[0]
     n_tiles = (n_pixels + rows - 1) // rows
-    n_groups = (n_tiles + tiles_per_group - 1) // tiles_per_group
-    for item in prange(n_groups * n_panels):
-        if panel_major:
-            k, group = item // n_groups, item % n_groups
-        else:
-            group, k = item // n_panels, item % n_panels
-        first_tile = group * tiles_per_group
-        for t in range(first_tile, min(first_tile + tiles_per_group, n_tiles)):
+    n_pairs = n_tiles * n_panels
+    for chunk in prange(n_chunks):
+        for pair in range(chunk * n_pairs // n_chunks, (chunk + 1) * n_pairs // n_chunks):
+            if panel_major:
+                k, t = pair // n_tiles, pair % n_tiles
+            else:
+                t, k = pair // n_panels, pair % n_panels
             # The last tile is shifted back to end at n_pixels: it recomputes a
             # few rows (same values) instead of needing a scalar remainder loop.
             first_pixel = min(t * rows, n_pixels - rows)
@@ -169,19 +176,24 @@ def _pointwise_tiles_slp(pixels, panels, panel_bias, out, relu, tiles_per_group,
 # --------------------------------------------------------------------------
 
 _setup_lock = threading.RLock()
-_compiled_signatures: set = set()
+_compiled_keys: set = set()
 _threading_configured = False
 
 
 @contextmanager
-def _slp_vectorizer():
-    """Numba's SLP vectoriser on, for compilations inside this block only."""
-    previous = numba.config.SLP_VECTORIZE
-    numba.config.SLP_VECTORIZE = 1
+def _vectorizer_settings():
+    """SLP vectoriser on, loop vectoriser off, for compilations inside this block only.
+
+    The tile loops are unrolled and then packed into vectors by SLP.  Left on,
+    the loop vectoriser sometimes picks the wrong loop of a narrow tile (the
+    row or channel loop, with gathers and scatters) and runs 50x slower.
+    """
+    previous = numba.config.SLP_VECTORIZE, numba.config.LOOP_VECTORIZE
+    numba.config.SLP_VECTORIZE, numba.config.LOOP_VECTORIZE = 1, 0
     try:
         yield
     finally:
-        numba.config.SLP_VECTORIZE = previous
+        numba.config.SLP_VECTORIZE, numba.config.LOOP_VECTORIZE = previous
 
 
 def _configure_threading() -> None:
@@ -189,7 +201,13 @@ def _configure_threading() -> None:
     global _threading_configured
     if _threading_configured:
         return
-    _threading_configured = True
+    with _setup_lock:
+        if not _threading_configured:
+            _launch_numba_threads()
+            _threading_configured = True
+
+
+def _launch_numba_threads() -> None:
     from numba.np.ufunc import parallel as numba_parallel
 
     if getattr(numba_parallel, "_is_initialized", True):
@@ -212,17 +230,40 @@ def _configure_threading() -> None:
             del env["OMP_WAIT_POLICY"]
 
 
-def _compiled_kernel(args: tuple):
-    """The parallel kernel, compiled (or loaded from cache) with SLP for these argument types."""
+def _compile(args: tuple) -> None:
+    """Compile (or load from numba's disk cache) the kernel for these argument types.
+
+    Once a signature exists, implicit compilation by the dispatcher is disabled
+    outside this function, so a call with unforeseen argument types raises
+    (and comes back here) instead of silently compiling without the vectoriser
+    settings.
+    """
     signature = tuple(numba.typeof(a) for a in args)
-    if signature not in _compiled_signatures:
-        with _setup_lock:
-            _configure_threading()
-            if signature not in _compiled_signatures:
-                with _slp_vectorizer():
-                    _pointwise_tiles_slp.compile(signature)
-                _compiled_signatures.add(signature)
-    return _pointwise_tiles_slp
+    with _setup_lock:
+        _pointwise_tiles_slp.disable_compile(False)
+        try:
+            with _vectorizer_settings():
+                _pointwise_tiles_slp.compile(signature)
+        finally:
+            _pointwise_tiles_slp.disable_compile(True)
+
+
+def _run_kernel(args: tuple) -> None:
+    """Call the kernel, compiling it first for argument types not seen before."""
+    pixels, out = args[0], args[3]
+    # numba.typeof is slow (tens of microseconds); this key decides the same types.
+    key = (pixels.dtype, pixels.flags.writeable, pixels.flags.aligned, out.flags.aligned,
+           len(args[-2]), len(args[-1]))
+    if key not in _compiled_keys:
+        _compile(args)
+        _compiled_keys.add(key)
+    try:
+        _pointwise_tiles_slp(*args)
+    except TypeError as error:  # types the key did not foresee
+        if "compilation disabled" not in str(error) and "No matching" not in str(error):
+            raise
+        _compile(args)
+        _pointwise_tiles_slp(*args)
 
 
 # --------------------------------------------------------------------------
@@ -251,7 +292,8 @@ class PackedBank:
     panels[k, c, j] = bank[c, k * width + j]; panel_bias[k, j] likewise.
     """
 
-    __slots__ = ("panels", "panel_bias", "n_channels", "n_filters", "dtype", "rows", "width")
+    __slots__ = ("panels", "panel_bias", "n_channels", "n_filters", "dtype", "rows", "width",
+                 "row_marker", "width_marker")
 
     def __init__(self, panels, panel_bias, n_channels, n_filters, rows, width):
         self.panels = panels
@@ -261,6 +303,9 @@ class PackedBank:
         self.dtype = panels.dtype
         self.rows = rows
         self.width = width
+        # Tuples whose lengths tell the compiler the tile shape (see _stack_tile).
+        self.row_marker = tuple(range(rows))
+        self.width_marker = tuple(range(width))
 
     def __repr__(self) -> str:
         return (f"PackedBank(channels={self.n_channels}, filters={self.n_filters}, "
@@ -326,25 +371,28 @@ def apply_packed(pixels: np.ndarray, packed: PackedBank, out: np.ndarray, relu: 
         return
 
     rows = packed.rows if n_pixels >= packed.rows else 1
-    itemsize = dtype.itemsize
-    tiles_per_group = max(1, _PIXEL_BLOCK_BYTES // (rows * max(1, packed.n_channels) * itemsize))
+    _configure_threading()  # before anything starts numba's threads
+    available = numba.get_num_threads()  # all of numba's threads unless the user lowered it
+    if threads is None:
+        n_threads = available
+    elif int(threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    else:
+        n_threads = min(int(threads), numba.config.NUMBA_NUM_THREADS)
+    if n_pixels * packed.n_channels * packed.n_filters < _SERIAL_WORK:
+        n_threads = 1
     # Panel-major when the bank outweighs the pixels: each panel then stays in
     # cache while it meets every pixel tile.
     panel_major = n_pixels < packed.n_filters
-    args = (pixels, packed.panels, packed.panel_bias, out, bool(relu), tiles_per_group,
-            panel_major, tuple(range(rows)), tuple(range(packed.width)))
-    kernel = _compiled_kernel(args)
-
-    if threads is None:
-        kernel(*args)
+    args = (pixels, packed.panels, packed.panel_bias, out, bool(relu), n_threads, panel_major,
+            packed.row_marker if rows == packed.rows else (0,), packed.width_marker)
+    if n_threads == available:
+        _run_kernel(args)
         return
-    threads = int(threads)
-    if threads < 1:
-        raise ValueError("threads must be >= 1")
     previous = numba.get_num_threads()
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n_threads)
     try:
-        kernel(*args)
+        _run_kernel(args)
     finally:
         numba.set_num_threads(previous)
 
