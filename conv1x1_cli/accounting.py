@@ -392,6 +392,7 @@ class InceptionCost:
 
     def as_dict(self) -> dict:
         totals: dict = {"input": list(self.input), "output": list(self.output)}
+        totals["output_channels"] = sum(branch.layers.layers[-1].filters for branch in self.branches)
         for field in ("weights", "bias", "params", "macs", "flops"):
             totals[field] = self.total(field)
         totals["conventions"] = self.conventions.as_dict()

@@ -8,14 +8,14 @@ import json
 import math
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
+from rich.measure import Measurement
 from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from .accounting import ChainCost
-
 FORMATS = ("table", "json", "csv")
+TOOL_COLUMNS = ("torchinfo", "fvcore", "ptflops", "ptflops_aten", "thop")
 COST_COLUMNS = (
     "input",
     "output",
@@ -27,10 +27,19 @@ COST_COLUMNS = (
     "input_bytes",
     "output_bytes",
     "weight_bytes",
+    "intensity",
+    "bound",
+    *TOOL_COLUMNS,
 )
-CONVENTIONS_CAPTION = (
-    "MACs = N·H·W·C·F multiply-accumulates\nFLOPs = 2·MACs + N·H·W·F bias additions (when biased)\n"
-    "params = weights C·F + bias F"
+MACS_NOTES = (
+    "MACs = N·H·W·K²·C·F weight multiply-accumulates; bias, ReLU and max-pool are not MACs",
+    "FLOPs = 2·MACs + N·H·W·F bias additions (when biased); params = weights K²·C·F + bias F",
+)
+TOOLS_NOTES = (
+    'each tool called the usual way, on the layers with a ReLU after each (README: Whose "FLOPs"?)',
+    "torchinfo: weights and bias, × N · fvcore, thop: weights only, × N",
+    "ptflops: weights, bias, and every ReLU and max-pool twice, for 1 image",
+    "ptflops aten: weights and bias, for 1 image",
 )
 
 
@@ -42,6 +51,10 @@ def count_text(value: int) -> str:
     return f"{value:,}"
 
 
+def ratio_text(value: float) -> str:
+    return f"{value:,.2f}×"
+
+
 def bytes_text(value: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if value < 1024 or unit == "PiB":
@@ -50,63 +63,206 @@ def bytes_text(value: int) -> str:
     raise AssertionError("unreachable")
 
 
-def cost_json(chain: ChainCost) -> str:
-    return json.dumps(chain.as_dict(), indent=2)
+def layer_text(layer: dict) -> str:
+    """``3×3 96→128`` for a convolution, ``3×3 max-pool`` for a pool."""
+    kernel = f"{layer['kernel']}×{layer['kernel']}"
+    if layer["op"] == "max-pool":
+        return f"{kernel} max-pool"
+    return f"{kernel} {layer['channels']}→{layer['filters']}"
 
 
-def cost_csv(chain: ChainCost) -> str:
-    """One row per layer, then a total row when there is more than one layer."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["layer", *COST_COLUMNS])
-    rows = [(str(index + 1), layer.as_dict()) for index, layer in enumerate(chain.layers)]
-    if len(chain.layers) > 1:
-        rows.append(("total", chain.as_dict()))
-    for label, row in rows:
-        writer.writerow(
-            [label, *("x".join(map(str, row[key])) if key in ("input", "output") else row[key] for key in COST_COLUMNS)]
-        )
-    return buffer.getvalue()
-
-
-def cost_table(chain: ChainCost, dtype: str) -> Table:
-    """One row per layer (and a total for chains); memory in the caption, to stay within 80 columns."""
-    totals = chain.as_dict()
-    memory = (
-        f"{dtype} memory: input {bytes_text(totals['input_bytes'])}, output {bytes_text(totals['output_bytes'])}, "
-        f"params {bytes_text(totals['weight_bytes'])}"
-    )
-    table = Table(
-        title="1×1 convolution cost",
-        caption=f"{memory}\n{CONVENTIONS_CAPTION}",
-        box=box.SIMPLE_HEAD,
-        padding=(0, 1),
-        pad_edge=False,
-    )
-    for header in ("#", "input", "output", "weights", "bias", "params", "MACs", "FLOPs"):
-        table.add_column(header, justify="left" if header in ("#", "input", "output") else "right", no_wrap=True)
-    for index, layer in enumerate(chain.layers, start=1):
-        table.add_row(
-            str(index), shape_text(layer.input), shape_text(layer.output), *_count_cells(totals=None, row=layer)
-        )
-    if len(chain.layers) > 1:
-        table.add_section()
-        table.add_row("Σ", shape_text(chain.input), shape_text(chain.output), *_count_cells(totals, None), style="bold")
-    return table
-
-
-def _count_cells(totals: dict | None, row) -> list[str]:
-    keys = ("weights", "bias", "params", "macs", "flops")
-    return [count_text(totals[key] if totals is not None else getattr(row, key)) for key in keys]
-
-
-def print_cost(chain: ChainCost, fmt: str, dtype: str, console: Console) -> None:
+def print_report(data: dict, fmt: str, console: Console, *, table, csv_rows) -> None:
+    """One report, three renderings: ``data`` as JSON, ``csv_rows(data)`` as CSV, ``table(data)`` for people."""
     if fmt == "json":
-        console.file.write(cost_json(chain) + "\n")
+        console.file.write(json.dumps(data, indent=2) + "\n")
     elif fmt == "csv":
-        console.file.write(cost_csv(chain))
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows(csv_rows(data))
+        console.file.write(buffer.getvalue())
     else:
-        console.print(cost_table(chain, dtype))
+        renderable = table(data)
+        # Never squeeze a table of counts below its natural width, where rich would cut digits off:
+        # piped output is 80 columns to rich, and a narrow terminal had better wrap lines than lose them.
+        natural = Measurement.get(console, console.options.update(width=10_000), renderable).maximum
+        console.width = max(console.width, natural)
+        console.print(renderable)
+
+
+def _new_table(title: str) -> Table:
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+
+
+def _notes(*lines: str) -> Text:
+    """Notes under a table, as plain lines rather than a caption, so they need not fit its width."""
+    return Text("\n".join(lines) + "\n", style="dim")
+
+
+def _add_columns(table: Table, headers, left: int) -> None:
+    """The first ``left`` columns are labels (left-aligned), the rest numbers."""
+    for index, header in enumerate(headers):
+        table.add_column(header, justify="left" if index < left else "right", no_wrap=True)
+
+
+def _csv_cell(key: str, value):
+    return "x".join(map(str, value)) if key in ("input", "output") else value
+
+
+def _tool_cells(conventions: dict) -> list[str]:
+    return [count_text(conventions[tool]) for tool in TOOL_COLUMNS]
+
+
+def _tools_table(title: str, rows: list[tuple[str, dict]], totals: dict | None) -> Group:
+    """Our MACs beside each tool's count, one row per entry in ``rows`` (label, entry) and a Σ row."""
+    table = _new_table(title)
+    _add_columns(table, ("", "our MACs", "torchinfo", "fvcore", "ptflops", "ptflops aten", "thop"), left=1)
+    for label, entry in rows:
+        table.add_row(label, count_text(entry["macs"]), *_tool_cells(entry["conventions"]))
+    if totals is not None:
+        table.add_section()
+        table.add_row("Σ", count_text(totals["macs"]), *_tool_cells(totals["conventions"]), style="bold")
+    return Group(table, _notes(*TOOLS_NOTES))
+
+
+# ---- shapes: a chain of 1×1 layers ---------------------------------------------------------------
+
+
+def shapes_csv_rows(data: dict) -> list[list]:
+    """One row per layer, then a total row when there is more than one layer."""
+    entries = [(str(index + 1), layer) for index, layer in enumerate(data["layers"])]
+    if len(entries) > 1:
+        entries.append(("total", data))
+    rows: list[list] = [["layer", *COST_COLUMNS]]
+    for label, entry in entries:
+        flat = {**entry, **entry["conventions"]}
+        rows.append([label, *(_csv_cell(key, flat.get(key, "")) for key in COST_COLUMNS)])
+    return rows
+
+
+def shapes_table(data: dict, dtype: str = "float32") -> Group:
+    """One row per layer (and a total for chains) with its roofline; other tools' counts underneath.
+    Memory and the roofline's limits go in notes under it, to stay within 100 columns."""
+    memory = (
+        f"{dtype} memory: input {bytes_text(data['input_bytes'])}, output {bytes_text(data['output_bytes'])}, "
+        f"params {bytes_text(data['weight_bytes'])}"
+    )
+    notes = [memory, *MACS_NOTES]
+    if "roofline" in data:
+        notes += _roofline_notes(data["roofline"], chain=len(data["layers"]) > 1)
+    table = _new_table("1×1 convolution cost")
+    headers = ["#", "input", "output", "weights", "bias", "params", "MACs", "FLOPs"]
+    if "roofline" in data:
+        headers += ["FLOP/B", "bound"]
+    _add_columns(table, headers, left=3)
+    for index, layer in enumerate(data["layers"], start=1):
+        table.add_row(str(index), *_shapes_cells(layer))
+    if len(data["layers"]) > 1:
+        table.add_section()
+        table.add_row("Σ", *_shapes_cells(data), style="bold")
+    rows = [(str(index), layer) for index, layer in enumerate(data["layers"], start=1)]
+    tools = _tools_table("The same layers as other tools count them", rows, data if len(rows) > 1 else None)
+    return Group(table, _notes(*notes), tools)
+
+
+def _shapes_cells(entry: dict) -> list[str]:
+    cells = [shape_text(entry["input"]), shape_text(entry["output"])]
+    cells += [count_text(entry[key]) for key in ("weights", "bias", "params", "macs", "flops")]
+    if "intensity" in entry:
+        cells += [f"{entry['intensity']:,.1f}", entry["bound"]]
+    return cells
+
+
+def _roofline_notes(limits: dict, chain: bool) -> list[str]:
+    ridge, peak, bandwidth = limits["ridge_intensity"], limits["peak_gflops"], limits["bandwidth_gbs"]
+    notes = [
+        f"FLOP/B = FLOPs per byte of input, output and params; compute-bound at ≥ {ridge:,.1f} FLOP/B, the ridge",
+        f"point: {peak:,.1f} GFLOP/s peak ÷ {bandwidth:,.1f} GB/s bandwidth; limits: {limits['source']}",
+    ]
+    if chain:
+        notes.append("Σ: the chain fused, intermediates kept in memory (as apply does)")
+    return notes
+
+
+# ---- bottleneck: direct K×K against 1×1 reduce + K×K ----------------------------------------------
+
+BOTTLENECK_QUANTITIES = ("weights", "bias", "params", "macs", "flops")
+QUANTITY_LABELS = {"weights": "weights", "bias": "bias", "params": "params", "macs": "MACs", "flops": "FLOPs"}
+
+
+def _design_text(design: dict) -> str:
+    return " + ".join(map(layer_text, design["layers"]))
+
+
+def bottleneck_csv_rows(data: dict) -> list[list]:
+    """The table's rows: one per quantity, the two designs side by side, then the saving."""
+    direct, reduced, saving = data["direct"], data["bottleneck"], data["saving"]
+    rows: list[list] = [["quantity", "direct", "bottleneck", "saving"]]
+    rows.append(["layers", _design_text(direct), _design_text(reduced), ""])
+    rows.append(["output", _csv_cell("output", direct["output"]), _csv_cell("output", reduced["output"]), ""])
+    rows += [[key, direct[key], reduced[key], saving.get(key, "")] for key in BOTTLENECK_QUANTITIES]
+    rows += [[tool, direct["conventions"][tool], reduced["conventions"][tool], ""] for tool in TOOL_COLUMNS]
+    return rows
+
+
+def bottleneck_table(data: dict) -> Group:
+    """The two designs side by side, one row per quantity, with the saving; other tools' counts below."""
+    direct, reduced, saving = data["direct"], data["bottleneck"], data["saving"]
+    reduce_layer, kernel_layer = reduced["layers"]
+    kernel = f"{kernel_layer['kernel']}×{kernel_layer['kernel']}"
+    table = _new_table(f"Direct {kernel} convolution against a 1×1 bottleneck, on {shape_text(direct['input'])}")
+    _add_columns(table, ("", f"direct {kernel}", f"1×1 reduce + {kernel}", "saving"), left=1)
+    table.add_row("layers", _design_text(direct), _design_text(reduced), "")
+    table.add_row("output", shape_text(direct["output"]), shape_text(reduced["output"]), "")
+    for key in BOTTLENECK_QUANTITIES:
+        ratio = ratio_text(saving[key]) if key in saving else ""
+        table.add_row(QUANTITY_LABELS[key], count_text(direct[key]), count_text(reduced[key]), ratio)
+    table.add_section()
+    for tool in TOOL_COLUMNS:
+        counts = (direct["conventions"][tool], reduced["conventions"][tool])
+        table.add_row(tool.replace("_", " "), *map(count_text, counts), "")
+    notes = (
+        f"bottleneck MACs = {layer_text(reduce_layer)} {count_text(reduce_layer['macs'])} + "
+        f"{layer_text(kernel_layer)} {count_text(kernel_layer['macs'])}; saving = direct ÷ bottleneck",
+        *MACS_NOTES,
+        *TOOLS_NOTES,
+    )
+    return Group(table, _notes(*notes))
+
+
+# ---- inception: four branches, concatenated -------------------------------------------------------
+
+INCEPTION_CSV_COLUMNS = ("output", "output_channels", "weights", "bias", "params", "macs", "flops", *TOOL_COLUMNS)
+
+
+def inception_csv_rows(data: dict) -> list[list]:
+    """One row per branch, then the module's total (whose output is the concatenation)."""
+    rows: list[list] = [["branch", "layers", *INCEPTION_CSV_COLUMNS]]
+    total = {**data, "name": "total", "layers": []}
+    for entry in [*data["branches"], total]:
+        flat = {**entry, **entry["conventions"]}
+        rows.append([entry["name"], _design_text(entry), *(_csv_cell(key, flat[key]) for key in INCEPTION_CSV_COLUMNS)])
+    return rows
+
+
+def inception_table(data: dict) -> Group:
+    """One row per branch and the module's total; other tools' counts below."""
+    table = _new_table(f"Inception module on {shape_text(data['input'])}")
+    _add_columns(table, ("branch", "layers", "out", "weights", "bias", "params", "MACs"), left=2)
+    for branch in data["branches"]:
+        table.add_row(branch["name"], _design_text(branch), str(branch["output_channels"]), *_module_cells(branch))
+    table.add_section()
+    concat = f"concat → {shape_text(data['output'])}"
+    table.add_row("Σ", concat, str(data["output_channels"]), *_module_cells(data), style="bold")
+    notes = (
+        "out = output channels; the module's output concatenates the four branches along the channels",
+        *MACS_NOTES,
+        "max-pool: 3×3, stride 1, 'same': no params, no MACs, no FLOPs (it only compares)",
+    )
+    rows = [(branch["name"], branch) for branch in data["branches"]]
+    return Group(table, _notes(*notes), _tools_table("The same module as other tools count it", rows, data))
+
+
+def _module_cells(entry: dict) -> list[str]:
+    return [count_text(entry[key]) for key in ("weights", "bias", "params", "macs")]
 
 
 def apply_summary(report) -> Table:

@@ -179,6 +179,97 @@ def test_shapes_bad_arguments_are_usage_errors(runner, args, message):
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
 
 
+@pytest.fixture
+def default_limits(monkeypatch, tmp_path):
+    """No bench results: the roofline uses the labelled defaults."""
+    monkeypatch.setenv("CONV1X1_CACHE_DIR", str(tmp_path))
+    from conv1x1_cli.machine import default_limits
+
+    return default_limits()
+
+
+def test_shapes_chain_json_totals_layers_conventions_and_roofline(runner, default_limits):
+    data = json.loads(invoke(runner, "shapes", "32x32x192", "--filters", "96,48,10", "--format", "json").output)
+    assert data["output"] == [32, 32, 10] and data["layers"][0]["output"] == [32, 32, 96]
+    assert data["params"] == 23_674 and data["macs"] == 1024 * (192 * 96 + 96 * 48 + 48 * 10) == 24_084_480
+    assert data["conventions"] == {
+        "torchinfo": 24_242_176,
+        "fvcore": 24_084_480,
+        "ptflops": 24_557_568,
+        "ptflops_aten": 24_242_176,
+        "thop": 24_084_480,
+    }
+    assert sum(layer["conventions"]["ptflops"] for layer in data["layers"]) == 24_557_568
+    first = data["layers"][0]
+    bytes_moved = first["input_bytes"] + first["output_bytes"] + first["weight_bytes"]
+    assert first["intensity"] == first["flops"] / bytes_moved
+    assert data["roofline"]["ridge_intensity"] == default_limits.peak_gflops / default_limits.bandwidth_gbs
+    assert data["roofline"]["source"] == default_limits.source
+    assert all(entry["bound"] in ("compute", "memory") for entry in [data, *data["layers"]])
+
+
+def test_shapes_activation_none_drops_ptflops_last_relu(runner, default_limits):
+    args = ("shapes", "4x32x32x192", "--filters", "96,48,10", "--format", "json")
+    relu, linear = (json.loads(invoke(runner, *args, "--activation", act).output) for act in ("relu", "none"))
+    assert relu["conventions"]["ptflops"] - linear["conventions"]["ptflops"] == 2 * 32 * 32 * 10
+    assert relu["macs"] == linear["macs"] == 4 * 24_084_480 and relu["conventions"]["thop"] == 4 * 24_084_480
+
+
+def test_shapes_table_has_a_row_per_layer_a_total_and_other_tools(runner, default_limits):
+    output = invoke(runner, "shapes", "32x32x192", "--filters", "96,48,10").output
+    for text in ("32×32×96", "32×32×48", "Σ", "23,674", "24,084,480", "FLOP/B", "compute", "24,557,568"):
+        assert text in output
+    assert "defaults" in output and "…" not in output
+
+
+def test_bottleneck_json_reproduces_the_lecture(runner):
+    args = ("bottleneck", "28x28x192", "--reduce", "16", "--kernel", "5", "--filters", "32", "--format", "json")
+    data = json.loads(invoke(runner, *args).output)
+    assert data["direct"]["macs"] == 28 * 28 * 32 * 5 * 5 * 192 == 120_422_400
+    assert data["bottleneck"]["macs"] == 28 * 28 * 16 * 192 + 28 * 28 * 32 * 5 * 5 * 16 == 12_443_648
+    assert (data["direct"]["params"], data["bottleneck"]["params"]) == (153_632, 15_920)
+    assert data["direct"]["output"] == data["bottleneck"]["output"] == [28, 28, 32]
+    assert data["saving"]["macs"] == 120_422_400 / 12_443_648
+
+
+def test_bottleneck_table_and_csv(runner):
+    args = ("bottleneck", "2x192x28x28", "-r", "16", "-k", "5", "-f", "32", "--layout", "nchw")
+    table = invoke(runner, *args).output
+    assert "2×32×28×28" in table and f"{2 * 120_422_400:,}" in table and f"{2 * 12_443_648:,}" in table
+    rows = {line.split(",")[0]: line.split(",") for line in invoke(runner, *args, "--format", "csv").output.split()}
+    assert rows["params"][1:3] == ["153632", "15920"]
+
+
+def test_inception_3a_json(runner):
+    data = json.loads(invoke(runner, "inception", "28x28x192", 64, 96, 128, 16, 32, 32, "--format", "json").output)
+    assert data["output"] == [28, 28, 256]
+    assert (data["weights"], data["bias"], data["params"], data["macs"]) == (163_328, 368, 163_696, 128_049_152)
+    assert [branch["output_channels"] for branch in data["branches"]] == [64, 128, 32, 32]
+    assert [branch["macs"] for branch in data["branches"]] == [9_633_792, 101_154_816, 12_443_648, 4_816_896]
+    assert data["conventions"]["ptflops"] == 128_049_152 + 368 * 784 + 2 * 368 * 784 + 2 * 192 * 784
+
+
+def test_inception_table_and_csv(runner):
+    table = invoke(runner, "inception", "28x28x192", 64, 96, 128, 16, 32, 32, "--no-bias").output
+    assert "28×28×256" in table and "163,328" in table and "128,049,152" in table and "max-pool" in table
+    csv_text = invoke(runner, "inception", "28x28x192", 64, 96, 128, 16, 32, 32, "--format", "csv").output
+    assert csv_text.splitlines()[-1].startswith("total,,28x28x256,256,163328,368,163696,128049152,")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bottleneck", "28x28x192", "--reduce", "0", "--filters", "32"], "0 is not in the range"),
+        (["bottleneck", "28x28", "--reduce", "16", "--filters", "32"], "must be HxWxC"),
+        (["inception", "28x28x192", "64", "96", "128"], "six columns #1×1, #3×3 reduce"),
+        (["inception", "28x28x192", "64", "96", "128", "16", "32", "0"], "0 is not in the range"),
+    ],
+)
+def test_bottleneck_and_inception_bad_arguments_are_usage_errors(runner, args, message):
+    result = runner.invoke(main, args)
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
 def test_show_prints_the_numbers(runner, samples_dir):
     result = invoke(runner, "show", samples_dir / "lecture_6x6.npy")
     assert result.exit_code == 0
