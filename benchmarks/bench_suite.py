@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
-from conv1x1_cli.bench import BenchReport, run_bench
+from conv1x1_cli.bench import BackgroundLoad, BenchReport, run_bench
 
 
 def ratio(value: float | None) -> str:
@@ -20,6 +21,10 @@ def ratio(value: float | None) -> str:
 
 def rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def format_report(report: BenchReport) -> str:
@@ -37,12 +42,13 @@ def format_report(report: BenchReport) -> str:
         + (" (saved)" if report.limits_saved else " (not saved)"),
         *(f"WARNING  {warning}" for warning in machine.warnings),
         "",
-        "GFLOP/s = 2*N*H*W*C*F / median seconds (no bias); ratios are our speed over theirs",
+        "GFLOP/s = 2*N*H*W*C*F / median seconds (no bias); ratios are our speed over theirs;",
+        "bg% = CPU other processes used while the layer ran (anything but ~0 disturbs the timings)",
         "",
     ]
     header = (
         f"{'layer':<28} {'shape':<19} {'ours':>7} {'numpy':>7} {'torch':>7} {'/numpy':>7} {'/torch':>7} "
-        f"{'flop/B':>6} {'bound':<7} {'%roof':>5} {'%peak':>5} {'reps':>5} ok"
+        f"{'flop/B':>6} {'bound':<7} {'%roof':>5} {'%peak':>5} {'reps':>5} {'bg%':>4} ok"
     )
     lines += [header, "-" * len(header)]
     for row in report.rows:
@@ -50,7 +56,8 @@ def format_report(report: BenchReport) -> str:
             f"{row.layer.name:<28} {row.layer.spec:<19} {rate(row.ours_gflops):>7} {rate(row.numpy_gflops):>7} "
             f"{rate(row.torch_gflops):>7} {ratio(row.vs_numpy):>7} {ratio(row.vs_torch):>7} "
             f"{row.roofline.intensity:>6.1f} {row.roofline.bound:<7} {row.percent_of_attainable:>5.0f} "
-            f"{row.percent_of_peak:>5.0f} {row.repeats:>5} {'yes' if row.verified else 'NO'}"
+            f"{row.percent_of_peak:>5.0f} {row.repeats:>5} {percent(row.other_cpu_percent):>4} "
+            f"{'yes' if row.verified else 'NO'}"
         )
     peak = summary.median_percent_of_peak_compute_bound
     lines += [
@@ -60,9 +67,22 @@ def format_report(report: BenchReport) -> str:
         f"worst layer (vs the faster of NumPy and torch): {summary.worst_layer} at {ratio(summary.worst_vs_best)}",
         f"median % of FMA peak on compute-bound layers: {'-' if peak is None else f'{peak:.0f}%'}",
         f"results differing from NumPy: {', '.join(summary.mismatches) or 'none'}",
-        f"run took {report.seconds:.1f} s",
+        f"run took {report.seconds:.1f} s; other processes used {percent(report.other_cpu_percent)}% of the CPU",
     ]
     return "\n".join(lines)
+
+
+def wait_until_idle(limit_seconds: float, threshold_percent: float = 10.0) -> None:
+    deadline = time.monotonic() + limit_seconds
+    while True:
+        window = BackgroundLoad()
+        time.sleep(1.0)
+        busy = window.percent()
+        if busy is None or busy < threshold_percent:
+            return
+        if time.monotonic() > deadline:
+            print(f"still {busy:.0f}% busy after {limit_seconds:.0f} s; measuring anyway", file=sys.stderr)
+            return
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="our kernel's threads (default: all)")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out even when installed")
     parser.add_argument("--json", metavar="PATH", help="also write the full report as JSON ('-' for stdout)")
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="first wait up to SECONDS for other processes to use under 10%% of the CPU",
+    )
     args = parser.parse_args(argv)
+    if args.wait_idle > 0:
+        wait_until_idle(args.wait_idle)
 
     def progress(what: str, done: int, total: int) -> None:
         print(f"[{done}/{total}] {what}", file=sys.stderr, flush=True)

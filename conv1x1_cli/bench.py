@@ -155,6 +155,7 @@ class LayerResult:
     max_error_ratio: float  # largest |ours - NumPy| / its rounding bound (<= 1 when verified)
     roofline: Roofline
     peak_gflops: float
+    other_cpu_percent: float | None = None  # CPU the rest of the machine used while this layer ran
 
     def gflops(self, seconds: float | None) -> float | None:
         return None if seconds is None else self.layer.flops / seconds / 1e9
@@ -214,6 +215,7 @@ class LayerResult:
             **asdict(self.roofline),
             "percent_of_attainable": self.percent_of_attainable,
             "percent_of_peak": self.percent_of_peak,
+            "other_cpu_percent": self.other_cpu_percent,
         }
 
 
@@ -260,6 +262,7 @@ class BenchReport:
     rows: list[LayerResult]
     summary: Summary
     seconds: float
+    other_cpu_percent: float | None = None  # CPU other processes used during the whole run
 
     def as_dict(self) -> dict:
         return {
@@ -271,6 +274,7 @@ class BenchReport:
             "layers": [row.as_dict() for row in self.rows],
             "summary": self.summary.as_dict(),
             "seconds": self.seconds,
+            "other_cpu_percent": self.other_cpu_percent,
         }
 
 
@@ -289,6 +293,7 @@ def run_bench(
     """Measure the machine's limits, then every layer of the suite (``layers`` overrides it);
     with ``save`` the limits go to the cache for ``conv1x1 shapes`` when measured on all cores."""
     started = time.perf_counter()
+    background = BackgroundLoad()
     if layers is None:
         layers = [layer for layer in SUITE if layer.name in QUICK_NAMES] if quick else list(SUITE)
     timing = QUICK_TIMING if quick else FULL_TIMING
@@ -314,7 +319,11 @@ def run_bench(
         report_progress(layer.name, index + 1, steps)
         rows.append(measure_layer(layer, limits, threads, torch_module, timing, seed=index))
     report_progress("done", steps, steps)
-    return BenchReport(machine, limits, limits_saved, threads, rows, summarize(rows), time.perf_counter() - started)
+    other = background.percent()
+    if other is not None and other > 10:
+        machine.warnings.append(f"other processes used {other:.0f}% of the CPU during the run: timings are disturbed")
+    seconds = time.perf_counter() - started
+    return BenchReport(machine, limits, limits_saved, threads, rows, summarize(rows), seconds, other)
 
 
 # --------------------------------------------------------------------------
@@ -433,6 +442,34 @@ def bandwidth_gbs(threads: int = 1, mebibytes: int = 256, repeats: int = 5) -> f
     return 2 * count * ITEMSIZE / best / 1e9
 
 
+class BackgroundLoad:
+    """How much CPU the rest of the machine used since creation, as a % of all cores (Linux only):
+    busy time from /proc/stat minus this process's own CPU time."""
+
+    def __init__(self) -> None:
+        self._start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as stat:
+                ticks = [int(value) for value in stat.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+        busy = (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # fields past steal double-count guests
+        own = sum(os.times()[:2])
+        return time.perf_counter(), busy, own
+
+    def percent(self) -> float | None:
+        now = self._sample()
+        if self._start is None or now is None:
+            return None
+        wall = now[0] - self._start[0]
+        other = (now[1] - self._start[1]) - (now[2] - self._start[2])
+        return max(0.0, 100 * other / (wall * (os.cpu_count() or 1))) if wall > 0 else None
+
+
 # --------------------------------------------------------------------------
 # One layer
 # --------------------------------------------------------------------------
@@ -450,6 +487,7 @@ def measure_layer(
     from .api import conv1x1
 
     pixels, bank = layer_data(layer, seed)
+    background = BackgroundLoad()
     contenders = {
         "ours": lambda: conv1x1(pixels, bank, threads=threads),
         "numpy": lambda: np.maximum(pixels.reshape(-1, layer.channels) @ bank, 0),
@@ -469,6 +507,7 @@ def measure_layer(
         max_error_ratio=error_ratio,
         roofline=roofline(layer, limits),
         peak_gflops=limits.peak_gflops,
+        other_cpu_percent=background.percent(),
     )
 
 

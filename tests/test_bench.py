@@ -156,3 +156,8 @@ def test_quick_run_on_a_tiny_suite_returns_verified_rows_and_saves_limits(tmp_pa
 def test_fma_peak_is_a_positive_finite_rate():
     rate = probe.fma_peak_gflops(threads=1, seconds=0.02)
     assert math.isfinite(rate) and rate > 0
+
+
+def test_background_load_is_a_percentage_or_unknown():
+    share = bench.BackgroundLoad().percent()
+    assert share is None or share >= 0
