@@ -79,8 +79,6 @@ def channel_axis(ndim: int, layout: str) -> int:
 
 def convolve_layers(x, layers: Sequence[Layer], *, layout: str = "nhwc", threads: int | None = None):
     """The lazy block-wise graph for layers already checked by ``api.build_layers``."""
-    import dask.base
-
     axis = channel_axis(x.ndim, layout)
     if len(x.chunks[axis]) > 1:
         warnings.warn(
@@ -92,9 +90,7 @@ def convolve_layers(x, layers: Sequence[Layer], *, layout: str = "nhwc", threads
         x = x.rechunk({axis: -1})
     dtype = compute_dtype(x.dtype)
     filters = layers[-1].filters
-    kernel_threads = threads or 1
-    token = dask.base.tokenize([(layer.bank, layer.bias, layer.relu) for layer in layers], kernel_threads)
-    spec = StackSpec(token, tuple(layers), kernel_threads)
+    spec = StackSpec(stack_token(layers, threads), tuple(layers), threads or 1)
     chunks = (*x.chunks[:axis], (filters,), *x.chunks[axis + 1 :])
     return x.map_blocks(
         convolve_block,
@@ -103,8 +99,15 @@ def convolve_layers(x, layers: Sequence[Layer], *, layout: str = "nhwc", threads
         dtype=dtype,
         chunks=chunks,
         meta=np.empty((0,) * x.ndim, dtype),
-        name=f"conv1x1-{token[:8]}",
+        token="conv1x1",
     )
+
+
+def stack_token(layers: Sequence[Layer], threads: int | None = None) -> str:
+    """A name for these layers run with this many kernel threads (the key of the per-worker cache)."""
+    import dask.base
+
+    return dask.base.tokenize([(layer.bank, layer.bias, layer.relu) for layer in layers], threads or 1)
 
 
 def convolve_block(block: np.ndarray, spec: StackSpec, axis: int) -> np.ndarray:

@@ -1,0 +1,256 @@
+"""Zarr stores and .npy files as Dask arrays, and Dask arrays written back to them safely.
+
+- A zarr (format 3) store, a local path or an fsspec URL (``s3://bucket/x.zarr``), opens as a Dask
+  array with the store's own chunks. A .npy file opens as one too, cut into blocks of whole pixels
+  that the workers read themselves (so a local .npy file needs a file system the workers share).
+- A store is written beside its destination and renamed into place only when every block is in it;
+  on object storage, where nothing renames atomically, the array's metadata (``zarr.json``) is written
+  last, so until the run succeeds no reader sees an array there. A failed run removes what it wrote.
+- A .npy output is streamed in C order through ``io.NpyOutput`` (atomic too): the blocks of one band
+  of rows are computed, written and dropped before the band after next is asked for.
+
+Dask and zarr are imported by the functions that need them: ``require_dask`` turns their absence into
+one line naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from math import prod
+
+import numpy as np
+
+from .io import NUMERIC_KINDS, STDIO, InputError, NpyInput, NpyOutput
+
+EXTRA = 'pip install "conv1x1[dask]"'
+# Slabs of output asked for ahead of the one being written: enough to keep the workers busy.
+SLABS_AHEAD_PER_THREAD = 2
+
+
+def is_store(path: str) -> bool:
+    """Whether ``path`` names a zarr store (``.zarr``, local or an fsspec URL); cheap, imports nothing."""
+    return path.rstrip("/").lower().endswith(".zarr")
+
+
+def is_url(path: str) -> bool:
+    return "://" in path
+
+
+def require_dask(name: str, action: str = "reading") -> None:
+    """Raise one ``InputError`` line naming the extra if dask, distributed or zarr cannot be imported."""
+    try:
+        import dask.array  # noqa: F401
+        import distributed  # noqa: F401
+        import zarr  # noqa: F401
+    except ImportError:
+        raise InputError(f"{name}: {action} .zarr stores needs the dask extra: {EXTRA}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading
+
+
+def open_store(path: str):
+    """The zarr array at ``path`` as a Dask array with the store's chunks (nothing read yet)."""
+    import dask.array as da
+    import zarr
+
+    try:
+        array = zarr.open_array(store=path, mode="r")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such zarr store") from None
+    except Exception as error:  # zarr raises many types for a group, v2 metadata or garbage
+        raise InputError(f"{path}: not a zarr array ({_first_line(error)})") from None
+    if array.dtype.kind not in NUMERIC_KINDS:
+        raise InputError(f"{path}: has dtype {array.dtype}; a real numeric array is needed")
+    return da.from_zarr(array)
+
+
+def open_npy(path: str, block_shape: Callable[[tuple[int, ...]], tuple[int, ...]]):
+    """A .npy file as a Dask array whose blocks the workers read with plain reads.
+
+    ``block_shape(shape)`` gives the block shape; standard input is read whole first (it cannot be
+    re-read by workers), and a Fortran-ordered file is read through a memory map.
+    """
+    import dask.array as da
+
+    with NpyInput(path) as npy:
+        header = npy.header
+        chunks = da.core.normalize_chunks(block_shape(header.shape), header.shape)
+        if path == STDIO:
+            return da.from_array(npy.read_all(), chunks=chunks)
+    return da.map_blocks(
+        read_npy_block,
+        os.path.abspath(path),
+        header.shape,
+        header.fortran_order,
+        dtype=header.dtype,
+        chunks=chunks,
+        meta=np.empty((0,) * len(header.shape), header.dtype),
+        token="read-npy",
+    )
+
+
+def read_npy_block(path: str, shape: tuple[int, ...], fortran_order: bool, block_info=None) -> np.ndarray:
+    """One block of a .npy file, read with one plain read per contiguous run of its elements."""
+    location = block_info[None]["array-location"]
+    box = tuple(slice(start, stop) for start, stop in location)
+    if fortran_order:
+        return np.array(np.load(path, mmap_mode="r", allow_pickle=False)[box])
+    with NpyInput(path) as npy:
+        if npy.header.shape != shape:
+            raise InputError(f"{path}: changed while being read (shape {npy.header.shape}, was {shape})")
+        block = np.empty([stop - start for start, stop in location], npy.header.dtype)
+        # Axes from ``inner`` on are whole in the block except ``inner`` itself: one run per outer index.
+        inner = max([0] + [axis for axis in range(len(shape)) if location[axis] != (0, shape[axis])])
+        strides = [prod(shape[axis + 1 :]) for axis in range(len(shape))]
+        for outer in np.ndindex(*block.shape[:inner]):
+            offset = sum((location[axis][0] + index) * strides[axis] for axis, index in enumerate(outer))
+            npy.read_at(block[outer].reshape(-1), offset + location[inner][0] * strides[inner])
+    return block
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing a store
+
+
+def write_store(result, path: str, compute: Callable[[object], None]) -> None:
+    """Write Dask array ``result`` to a zarr v3 store at ``path``, all or nothing.
+
+    ``compute(delayed)`` runs the write graph (on a cluster, with progress); whatever it raises, and
+    Ctrl-C, leaves neither a half-written store nor a temporary one behind.
+    """
+    if is_url(path):
+        _write_remote_store(result, path, compute)
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    _check_replaceable(path, directory)
+    temp = tempfile.mkdtemp(dir=directory, prefix=f".{os.path.basename(path.rstrip('/'))}.", suffix=".tmp")
+    try:
+        compute(_store_graph(result, _create_array(temp, result)))
+        _keep_permissions(temp)
+        _rename_into_place(temp, path.rstrip("/"))
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+
+
+def _create_array(store, result):
+    import zarr
+
+    return zarr.create_array(
+        store=store, shape=result.shape, chunks=result.chunksize, dtype=result.dtype, zarr_format=3, overwrite=True
+    )
+
+
+def _store_graph(result, target):
+    """One write per block into the zarr chunk of the same shape. (``to_zarr`` on an existing array
+    would first rechunk to Dask's 128 MiB "auto" chunks, merging blocks and the memory they need.)"""
+    import dask.array as da
+
+    regular = all(len(set(sizes[:-1])) <= 1 and sizes[-1] <= sizes[0] for sizes in result.chunks)
+    if not regular:
+        result = result.rechunk(result.chunksize)
+    return da.store(result, target, lock=False, compute=False)
+
+
+def _check_replaceable(path: str, directory: str) -> None:
+    if not os.path.isdir(directory):
+        raise InputError(f"{path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise InputError(f"{path}: cannot write in {directory}")
+    if os.path.lexists(path) and not os.path.isfile(os.path.join(path, "zarr.json")):
+        raise InputError(f"{path}: exists and is not a zarr store; refusing to replace it")
+
+
+def _rename_into_place(temp: str, path: str) -> None:
+    """A directory cannot replace another in one rename: the old store steps aside for a moment."""
+    if not os.path.lexists(path):
+        os.rename(temp, path)
+        return
+    old = f"{temp}.old"
+    os.rename(path, old)
+    try:
+        os.rename(temp, path)
+    except BaseException:
+        os.rename(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _keep_permissions(temp: str) -> None:
+    """mkdtemp makes a 0700 directory; give the store the mode a plain mkdir would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp, 0o777 & ~umask)
+
+
+def _write_remote_store(result, url: str, compute: Callable[[object], None]) -> None:
+    """Object storage has no atomic rename: write the chunks first and ``zarr.json`` last."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    if fs.exists(root):
+        raise InputError(f"{url}: already exists; remove it first (stores on object storage are not replaced)")
+    target = _create_array(url, result)
+    metadata_key = f"{root.rstrip('/')}/zarr.json"
+    metadata = fs.cat_file(metadata_key)
+    try:
+        fs.rm_file(metadata_key)  # the array object keeps its metadata in memory, workers included
+        compute(_store_graph(result, target))
+        fs.pipe_file(metadata_key, metadata)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            fs.rm(root, recursive=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------------
+# Streaming to .npy
+
+
+def stream_to_npy(result, path: str, client, done: Callable[[int], None] | None = None) -> None:
+    """Write ``result`` to a .npy file (or ``-``) in C order, a slab of blocks at a time.
+
+    The cluster works ``SLABS_AHEAD_PER_THREAD`` slabs per worker thread ahead of the writer, so at
+    most that many computed slabs wait in memory. ``done(blocks)`` is called after each slab.
+    """
+    slabs = list(_contiguous_slabs(result.shape, result.chunks))
+    threads = max(1, sum(client.nthreads().values()))
+    ahead = SLABS_AHEAD_PER_THREAD * threads
+    pending = []
+    with NpyOutput(path, result.shape, result.dtype) as output:
+        try:
+            for index in range(len(slabs)):
+                while len(pending) < ahead and index + len(pending) < len(slabs):
+                    pending.append(client.compute(result[slabs[index + len(pending)]]))
+                output.write(pending.pop(0).result())
+                if done:
+                    done(_blocks_in(result, slabs[index]))
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _contiguous_slabs(shape: tuple[int, ...], chunks: tuple[tuple[int, ...], ...]) -> Iterator[tuple]:
+    """Boxes that follow each other in C order: single indices along the leading axes whose chunks
+    are all 1 (images of a batch), one chunk's range along the next axis, the trailing axes whole."""
+    split = next((axis for axis, sizes in enumerate(chunks) if any(size != 1 for size in sizes)), len(shape) - 1)
+    for outer in np.ndindex(*shape[:split]):
+        start = 0
+        for size in chunks[split]:
+            yield (*outer, slice(start, start + size))
+            start += size
+
+
+def _blocks_in(result, slab: tuple) -> int:
+    return prod(len(sizes) for sizes in result[slab].chunks)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
