@@ -333,7 +333,24 @@ def run() -> None:
     except BrokenPipeError:
         _silence_stdout()
         status = 128 + signal.SIGPIPE
+    except Exception as error:
+        # A signal that lands inside a library (Numba compiling, say) can surface as that library's own
+        # error raised while the KeyboardInterrupt or SystemExit unwound: it is still an interruption.
+        status = _interruption_status(error)
+        if status is None:
+            raise
     sys.exit(status if isinstance(status, int) else 0)
+
+
+def _interruption_status(error: BaseException) -> int | None:
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt | click.exceptions.Abort):
+            sys.stderr.write("Interrupted\n")
+            return 128 + signal.SIGINT
+        if isinstance(error, SystemExit) and error.code == 128 + signal.SIGTERM:
+            return error.code
+        error = error.__context__
+    return None
 
 
 def _signals_become_exceptions() -> None:

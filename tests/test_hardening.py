@@ -147,6 +147,34 @@ def test_sigterm_cleans_up_too(volume, tmp_path):
     assert not out.exists() and leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize(("stop", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_during_the_first_compile_is_clean(samples_dir, tmp_path, stop, status):
+    """On a cold cache the first seconds go to Numba's compiler: a signal there must end just as cleanly."""
+    out = tmp_path / "out.npy"
+    environment = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cold-cache")}
+    process = subprocess.Popen(
+        [
+            *COMMAND,
+            "apply",
+            str(samples_dir / "lecture_6x6.npy"),
+            str(samples_dir / "times2.npy"),
+            "-o",
+            str(out),
+            "-q",
+        ],
+        stderr=subprocess.PIPE,
+        env=environment,
+    )
+    time.sleep(1.5)
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=120)
+    if process.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert process.returncode in (status, -stop), stderr.decode()
+    assert b"Traceback" not in stderr, stderr.decode()
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
 def test_file_size_limit_keeps_the_old_file_and_no_temporary(volume, tmp_path):
     x, w = volume
     out = save(tmp_path, "out.npy", np.arange(5))
