@@ -1,0 +1,465 @@
+"""The Dask path: dask arrays, zarr stores and .npy files on a real two-process LocalCluster.
+
+One cluster serves the whole module (starting one costs seconds); its workers are separate processes
+on loopback with a real memory limit, and the fault tests kill them for real.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import glob
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import naive
+import numpy as np
+import pytest
+
+from conv1x1_cli.accounting import SpecError, parse_spec
+from conv1x1_cli.chunking import chunk_plan, default_chunks, parse_chunks
+from conv1x1_cli.io import InputError
+
+WORKER_MEMORY = 450 * 2**20
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------------------------------
+# Chunk plans: pure arithmetic, no dask needed
+
+
+def test_chunk_plan_counts_blocks_of_every_image():
+    plan = chunk_plan(parse_spec("3x1000x1000x200"), [8], parse_chunks("256x512"))
+    assert plan.tasks == 3 * 4 * 2
+    assert plan.block_pixels == 256 * 512
+    assert plan.input_block_bytes == 256 * 512 * 200 * 4
+    assert plan.output_block_bytes == 256 * 512 * 8 * 4
+
+
+def test_chunk_plan_memory_of_a_chain_holds_two_consecutive_layers():
+    plan = chunk_plan(parse_spec("100x100x64"), [256, 32, 16], (100, 100), dtype="float64")
+    pixels = 100 * 100
+    assert plan.intermediate_bytes == pixels * (256 + 32) * 8 - pixels * 16 * 8
+    banks = (65 * 256 + 257 * 32 + 33 * 16) * 8  # F padded to whole 8-double vectors
+    assert plan.per_task_bytes == pixels * 64 * 8 + pixels * (256 + 32) * 8 + banks
+
+
+def test_chunks_larger_than_the_image_are_one_block_per_image():
+    plan = chunk_plan(parse_spec("2x10x10x3"), [4], (4096, 4096))
+    assert plan.tasks == 2 and plan.chunks == (10, 10)
+
+
+def test_bad_chunk_specs_are_refused():
+    for spec in ("256", "0x4", "axb", "1x2x3"):
+        with pytest.raises(SpecError):
+            parse_chunks(spec)
+
+
+def test_default_chunks_are_whole_row_bands_near_the_target():
+    rows, cols = default_chunks(parse_spec("1000x1000x200"), [8])
+    assert cols == 1000 and 0.9 < rows * cols * 208 * 4 / (64 * 2**20) <= 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# The cluster
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    pytest.importorskip("zarr")
+    dask = pytest.importorskip("dask")
+    pytest.importorskip("distributed")
+    import cloudpickle
+
+    from conv1x1_cli.cluster import local_cluster
+
+    # The workers cannot import this test module: ship its helper functions by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    # A task whose worker dies twice is given up (the default, 3, only makes the fault tests slower).
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 1}),
+        local_cluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", memory_limit=WORKER_MEMORY) as cluster,
+    ):
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def client(cluster):
+    from distributed import Client
+
+    with Client(cluster) as client:
+        yield client
+
+
+def write_store(path, array, chunks):
+    import zarr
+
+    store = zarr.create_array(store=str(path), shape=array.shape, chunks=chunks, dtype=array.dtype, compressors=None)
+    store[...] = array
+    return str(path)
+
+
+def assert_close_to_float64(result, reference, pixels, bank, bias=None):
+    tolerance = naive.float32_tolerance(pixels, bank, bias)
+    assert result.dtype == np.float32
+    assert np.all(np.abs(result - reference) <= tolerance)
+
+
+def leftovers(directory):
+    return sorted(name for name in os.listdir(directory) if name.endswith(".tmp") or ".tmp." in name)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Results
+
+
+def test_store_of_many_chunks_equals_the_float64_reference(cluster, tmp_path, rng):
+    import zarr
+
+    from conv1x1_cli.cluster import apply_stores
+
+    x = rng.standard_normal((4, 64, 48, 16)).astype(np.float32)
+    bank, bias = rng.standard_normal((16, 24)).astype(np.float32), rng.standard_normal(24).astype(np.float32)
+    source = write_store(tmp_path / "in.zarr", x, (1, 16, 16, 16))  # 48 chunks
+    np.save(tmp_path / "w.npy", bank)
+    np.save(tmp_path / "b.npy", bias)
+    report = apply_stores(
+        source,
+        [str(tmp_path / "w.npy")],
+        str(tmp_path / "out.zarr"),
+        bias_paths=[str(tmp_path / "b.npy")],
+        scheduler=cluster.scheduler_address,
+    )
+    out = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")
+    assert out.chunks == (1, 16, 16, 24)  # the input's chunking along pixels is kept
+    assert report.output_shape == (4, 64, 48, 24) and report.cost.total("macs") == 4 * 64 * 48 * 16 * 24
+    assert_close_to_float64(out[...], naive.pointwise(x, bank, bias), x, bank, bias)
+    assert leftovers(tmp_path) == []
+
+
+def test_chain_with_biases_from_store_to_npy(cluster, tmp_path, rng):
+    from conv1x1_cli.cluster import apply_stores
+
+    x = rng.standard_normal((70, 50, 12)).astype(np.float32)
+    banks = [rng.standard_normal((12, 20)).astype(np.float32), rng.standard_normal((20, 6)).astype(np.float32)]
+    biases = [rng.standard_normal(20).astype(np.float32), rng.standard_normal(6).astype(np.float32)]
+    source = write_store(tmp_path / "in.zarr", x, (16, 20, 12))  # bands of blocks across W
+    paths = []
+    for index, array in enumerate([*banks, *biases]):
+        paths.append(str(tmp_path / f"{index}.npy"))
+        np.save(paths[-1], array)
+    apply_stores(
+        source,
+        paths[:2],
+        str(tmp_path / "out.npy"),
+        bias_paths=paths[2:],
+        activation="none",
+        scheduler=cluster.scheduler_address,
+    )
+    reference = naive.chain(x, banks, biases, relu_last=False)
+    result = np.load(tmp_path / "out.npy")
+    hidden = naive.pointwise(x, banks[0], biases[0])
+    assert result.shape == (70, 50, 6)
+    assert_close_to_float64(result, reference, hidden, banks[1], biases[1])
+
+
+def test_npy_to_zarr_and_back_round_trips_channels_first(cluster, tmp_path, rng):
+    import zarr
+
+    from conv1x1_cli.cluster import apply_stores
+
+    x = rng.standard_normal((2, 5, 33, 27)).astype(np.float16)  # (N, C, H, W), computed as float32
+    np.save(tmp_path / "x.npy", x)
+    identity = np.eye(5, dtype=np.float32)
+    np.save(tmp_path / "id.npy", identity)
+    options = {"layout": "nchw", "activation": "none", "scheduler": cluster.scheduler_address}
+    apply_stores(
+        str(tmp_path / "x.npy"), [str(tmp_path / "id.npy")], str(tmp_path / "x.zarr"), chunks=(8, 9), **options
+    )
+    assert zarr.open_array(str(tmp_path / "x.zarr")).chunks == (1, 5, 8, 9)
+    apply_stores(str(tmp_path / "x.zarr"), [str(tmp_path / "id.npy")], str(tmp_path / "back.npy"), **options)
+    back = np.load(tmp_path / "back.npy")
+    assert back.dtype == np.float32
+    np.testing.assert_array_equal(back, x.astype(np.float32))
+
+
+def test_one_channel_image_gives_height_width_filters(cluster, tmp_path, rng):
+    from conv1x1_cli.cluster import apply_stores
+
+    image = rng.random((37, 29))
+    np.save(tmp_path / "img.npy", image)
+    np.save(tmp_path / "w.npy", np.array([[2.0, -1.0]]))
+    report = apply_stores(
+        str(tmp_path / "img.npy"),
+        [str(tmp_path / "w.npy")],
+        str(tmp_path / "out.zarr"),
+        chunks=(10, 10),
+        scheduler=cluster.scheduler_address,
+    )
+    import zarr
+
+    out = zarr.open_array(str(tmp_path / "out.zarr"))[...]
+    assert report.output_shape == (37, 29, 2) and out.dtype == np.float64  # float64 stays float64
+    np.testing.assert_allclose(out, np.stack([2 * image, np.zeros_like(image)], axis=-1))
+
+
+def test_dask_array_matches_the_in_memory_api_in_both_layouts(client, rng):
+    import dask.array as da
+
+    from conv1x1_cli.api import conv1x1
+
+    bank = rng.standard_normal((6, 9))
+    for layout, shape, chunks in (("nhwc", (3, 20, 16, 6), (1, 7, 16, 6)), ("nchw", (3, 6, 20, 16), (2, 6, 5, 8))):
+        x = rng.standard_normal(shape).astype(np.float32)
+        lazy = conv1x1_dask(da.from_array(x, chunks=chunks), bank, layout=layout)
+        np.testing.assert_array_equal(client.compute(lazy).result(), conv1x1(x, bank, layout=layout))
+    integers = da.from_array(np.arange(24, dtype=np.int16).reshape(4, 6), chunks=(2, 6))
+    assert conv1x1_dask(integers, bank).dtype == np.float32
+
+
+def test_split_channel_axis_is_rechunked_with_a_warning(client, rng):
+    import dask.array as da
+
+    x = rng.standard_normal((30, 30, 16)).astype(np.float32)
+    bank = rng.standard_normal((16, 4)).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"channel axis .* is split into 4 chunks"):
+        lazy = conv1x1_dask(da.from_array(x, chunks=(10, 30, 4)), bank)
+    assert lazy.chunks == ((10, 10, 10), (30,), (4,))
+    assert_close_to_float64(client.compute(lazy).result(), naive.pointwise(x, bank), x, bank)
+
+
+def refuse_to_run(block):
+    raise AssertionError("a block was computed")
+
+
+def test_result_is_lazy_until_computed(client):
+    import dask.array as da
+
+    untouchable = da.zeros((40, 40, 3), chunks=(10, 40, 3), dtype=np.float32).map_blocks(
+        refuse_to_run, dtype=np.float32
+    )
+    lazy = conv1x1_dask(untouchable, np.ones((3, 2), np.float32))  # builds the graph, runs nothing
+    assert isinstance(lazy, da.Array) and lazy.shape == (40, 40, 2)
+    with pytest.raises(AssertionError, match="a block was computed"):
+        client.compute(lazy).result()
+
+
+def test_bad_banks_are_refused_before_any_work(client):
+    import dask.array as da
+
+    from conv1x1_cli.api import ShapeError
+
+    with pytest.raises(ShapeError, match="expects 4 input channels but the input has 3"):
+        conv1x1_dask(da.zeros((4, 4, 3), chunks=2), np.ones((4, 2)))
+
+
+def conv1x1_dask(*args, **kwargs):
+    from conv1x1_cli.dask_backend import conv1x1_dask
+
+    return conv1x1_dask(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Faults
+
+
+def slow_copy(block):
+    time.sleep(0.15)
+    return block
+
+
+def fail_on_third_row_band(block, block_info=None):
+    if block_info[None]["chunk-location"][0] == 2:
+        raise ValueError("disk on fire")
+    return block
+
+
+def die_on_third_row_band(block, block_info=None):
+    if block_info[None]["chunk-location"][0] == 2:
+        os._exit(1)  # the worker process vanishes, as under the OOM killer
+    return block
+
+
+def store_input(tmp_path, rng, rows=320):
+    import dask.array as da
+
+    x = rng.standard_normal((rows, 64, 8)).astype(np.float32)
+    source = write_store(tmp_path / "in.zarr", x, (8, 64, 8))
+    return x, da.from_zarr(source)
+
+
+def test_a_worker_killed_mid_run_is_recovered_from(client, tmp_path, rng):
+    from conv1x1_cli import cluster as runner
+    from conv1x1_cli import stores
+
+    x, source = store_input(tmp_path, rng)  # 40 blocks of 0.15 s on 2 workers: about 3 s
+    bank = rng.standard_normal((8, 5)).astype(np.float32)
+    lazy = conv1x1_dask(source.map_blocks(slow_copy), bank)
+    pids_before = client.run(os.getpid)
+    destination = str(tmp_path / "out.zarr")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        run = pool.submit(stores.write_store, lazy, destination, lambda graph: runner.compute(client, graph))
+        deadline = time.monotonic() + 30
+        while not glob.glob(str(tmp_path / ".out.zarr.*.tmp/c/*")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(next(iter(pids_before.values())), signal.SIGKILL)
+        run.result(timeout=120)
+    import zarr
+
+    assert_close_to_float64(zarr.open_array(destination)[...], naive.pointwise(x, bank), x, bank)
+    client.wait_for_workers(2, timeout=60)
+    assert set(client.run(os.getpid).values()) != set(pids_before.values())  # one really was replaced
+    assert leftovers(tmp_path) == []
+
+
+def test_a_failing_run_leaves_the_old_store_and_no_temporary(client, tmp_path, rng):
+    import zarr
+
+    from conv1x1_cli import cluster as runner
+    from conv1x1_cli import stores
+
+    _, source = store_input(tmp_path, rng, rows=64)
+    destination = write_store(tmp_path / "out.zarr", np.full((3, 3), 7.0), (3, 3))
+    lazy = conv1x1_dask(source.map_blocks(fail_on_third_row_band, dtype=np.float32), np.ones((8, 2), np.float32))
+    with pytest.raises(ValueError, match="disk on fire"):
+        stores.write_store(lazy, destination, lambda graph: runner.compute(client, graph))
+    np.testing.assert_array_equal(zarr.open_array(destination)[...], np.full((3, 3), 7.0))
+    assert leftovers(tmp_path) == []
+
+
+def test_losing_workers_for_good_is_a_clear_error_and_no_store(client, tmp_path, rng):
+    from conv1x1_cli import cluster as runner
+    from conv1x1_cli import stores
+
+    _, source = store_input(tmp_path, rng, rows=64)
+    lazy = conv1x1_dask(source.map_blocks(die_on_third_row_band, dtype=np.float32), np.ones((8, 2), np.float32))
+    with pytest.raises(runner.ClusterError, match=r"lost the worker running .* too many times.*nothing was written"):
+        stores.write_store(lazy, str(tmp_path / "out.zarr"), lambda graph: runner.compute(client, graph))
+    assert not (tmp_path / "out.zarr").exists()
+    assert leftovers(tmp_path) == []
+    client.wait_for_workers(2, timeout=60)
+
+
+def test_an_unreachable_scheduler_is_one_line(monkeypatch):
+    pytest.importorskip("distributed")
+    from conv1x1_cli import cluster as runner
+    from conv1x1_cli.cluster import ClusterError, dask_client
+
+    monkeypatch.setattr(runner, "CONNECT_TIMEOUT", "1s")
+
+    with (
+        pytest.raises(ClusterError, match=r"cannot reach the Dask scheduler at tcp://127\.0\.0\.1:9"),
+        dask_client("tcp://127.0.0.1:9"),
+    ):
+        pass
+
+
+def test_an_existing_non_store_destination_is_not_replaced(cluster, tmp_path, rng):
+    from conv1x1_cli.cluster import apply_stores
+
+    (tmp_path / "out.zarr").mkdir()
+    (tmp_path / "out.zarr" / "notes.txt").write_text("mine")
+    np.save(tmp_path / "x.npy", rng.random((4, 4, 2)))
+    np.save(tmp_path / "w.npy", np.ones((2, 1)))
+    with pytest.raises(InputError, match="exists and is not a zarr store"):
+        apply_stores(
+            str(tmp_path / "x.npy"),
+            [str(tmp_path / "w.npy")],
+            str(tmp_path / "out.zarr"),
+            scheduler=cluster.scheduler_address,
+        )
+    assert (tmp_path / "out.zarr" / "notes.txt").read_text() == "mine"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Memory
+
+
+def worker_memory():
+    import psutil
+
+    return psutil.Process().memory_info().rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def test_peak_worker_memory_stays_at_a_few_chunks_for_a_store_bigger_than_memory(cluster, client, tmp_path):
+    import zarr
+
+    from conv1x1_cli.cluster import apply_stores
+
+    rows, width, channels, band = 3200, 2048, 64, 32
+    chunk_bytes = band * width * channels * 4  # 16 MiB
+    store = zarr.create_array(
+        store=str(tmp_path / "big.zarr"),
+        shape=(rows, width, channels),
+        chunks=(band, width, channels),
+        dtype=np.float32,
+        compressors=None,
+    )
+    pattern = np.linspace(-1, 1, width * channels, dtype=np.float32).reshape(1, width, channels)
+    for start in range(0, rows, band):  # written band by band: never held whole, here or anywhere
+        store[start : start + band] = pattern * (start // band % 5)
+    assert store.nbytes >= 3 * WORKER_MEMORY
+    bank = np.linspace(-1, 1, channels * 16, dtype=np.float32).reshape(channels, 16)
+    np.save(tmp_path / "w.npy", bank)
+    client.wait_for_workers(2, timeout=60)
+    client.run(conv1x1_dask_warm_up)  # load the kernel first: its code is baseline, not data
+    before = client.run(worker_memory)
+    apply_stores(
+        str(tmp_path / "big.zarr"),
+        [str(tmp_path / "w.npy")],
+        str(tmp_path / "out.zarr"),
+        scheduler=cluster.scheduler_address,
+    )
+    after = client.run(worker_memory)
+    assert after.keys() == before.keys()  # no worker was restarted for using too much
+    for worker, (rss, _) in before.items():
+        peak = after[worker][1]
+        # Measured: about 6 chunks (the block being read, its decoded copy, one read ahead, the
+        # output and its encoded copy) over the baseline, for a store of 100 chunks.
+        assert peak <= rss + 8 * chunk_bytes, f"{worker}: peak {peak / 2**20:.0f} MiB, baseline {rss / 2**20:.0f}"
+    out = zarr.open_array(str(tmp_path / "out.zarr"))
+    for band_index in (0, 7, 99):
+        expected = naive.pointwise(pattern[0] * (band_index % 5), bank)
+        assert_close_to_float64(out[band_index * band + 5], expected, pattern[0] * (band_index % 5), bank)
+
+
+def conv1x1_dask_warm_up():
+    from conv1x1_cli.api import Stack, build_layers
+
+    Stack(build_layers([np.ones((64, 16), np.float32)], [], "relu", 64, np.dtype(np.float32)), 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Without the extra
+
+
+BLOCK_DASK = """
+import sys
+class NoDask:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("dask", "distributed", "zarr"):
+            raise ImportError(f"No module named {name!r}")
+sys.meta_path.insert(0, NoDask())
+"""
+
+
+def test_a_store_without_the_extra_names_the_extra_in_one_line(tmp_path):
+    np.save(tmp_path / "w.npy", np.ones((2, 2)))
+    script = BLOCK_DASK + (
+        "from conv1x1_cli.cluster import apply_stores\n"
+        "from conv1x1_cli.io import InputError\n"
+        "try:\n"
+        f"    apply_stores('in.zarr', [{str(tmp_path / 'w.npy')!r}], 'out.npy')\n"
+        "except InputError as error:\n"
+        "    print(error)\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] in ('dask', 'distributed', 'zarr')))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert run.stdout.splitlines() == [
+        'in.zarr: reading .zarr stores needs the dask extra: pip install "conv1x1[dask]"',
+        "[]",
+    ]
