@@ -255,6 +255,47 @@ def inception(spec, columns, layout, bias, dtype, fmt):
 
 
 @main.command()
+@click.option("--quick", is_flag=True, help="A few layers and short repeats: a few seconds.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Our kernel's threads [default: all cores].")
+@click.option(
+    "--torch/--no-torch", "with_torch", default=True, show_default=True, help="Time PyTorch too, when it is installed."
+)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+def bench(quick, threads, with_torch, fmt):
+    """Time our kernel against NumPy (matmul + maximum) and PyTorch (conv2d + relu) on real layers.
+
+    Measures this machine's FMA peak and memory bandwidth first (a roofline, saved for `conv1x1
+    shapes`), then every layer of a suite of GoogLeNet, ResNet-50, MobileNet, RGB-stem and
+    hyperspectral pointwise layers, interleaving the contenders; prints medians. On machines that
+    set OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE, unset both for this command: they slow NumPy.
+
+    \b
+    Examples:
+      conv1x1 bench --quick
+      env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE conv1x1 bench --format json > bench.json
+    """
+    from .bench import run_bench
+    from .render import bench_csv_rows, bench_table, print_report
+
+    with _steps_progress() as progress:
+        report = run_bench(quick=quick, threads=threads, torch=with_torch, progress=progress)
+    print_report(report.as_dict(), fmt, stdout_console(), table=bench_table, csv_rows=bench_csv_rows)
+
+
+@contextlib.contextmanager
+def _steps_progress():
+    """A progress bar on stderr naming the step being measured, only when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), console=stderr_console(), transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+        yield lambda what, done, total: bar.update(task, description=what, completed=done, total=total)
+
+
+@main.command()
 @click.argument("path", metavar="FILE")
 @click.option("--channel", "-c", type=click.IntRange(min=0), default=0, show_default=True, help="Channel to show.")
 @click.option("--batch", "-n", type=click.IntRange(min=0), default=0, show_default=True, help="Image of a 4-D batch.")

@@ -330,3 +330,102 @@ def slice_table(view, rows, columns, stats: dict, title: str, stride: int) -> Ta
         cells = [Text(f" {fmt.format(float(value))} ", style=heat_style(float(value), low, high)) for value in row]
         table.add_row(str(index), *cells)
     return table
+
+
+BENCH_HEADERS = (
+    "layer",
+    "N·H·W·C→F",
+    "ours",
+    "NumPy",
+    "torch",
+    "×NumPy",
+    "×torch",
+    "FLOP/B",
+    "bound",
+    "%roof",
+    "%peak",
+    "ok",
+)
+
+
+def bench_table(report: dict) -> Group:
+    """``conv1x1 bench``: GFLOP/s per layer for us, NumPy and PyTorch, ratios and the roofline."""
+    table = _new_table("conv1x1 bench: GFLOP/s, float32, medians of repeats")
+    _add_columns(table, BENCH_HEADERS, left=2)
+    for row in report["layers"]:
+        table.add_row(
+            row["name"],
+            row["spec"],
+            _gflops_text(row["ours_gflops"]),
+            _gflops_text(row["numpy_gflops"]),
+            _gflops_text(row["torch_gflops"]),
+            _optional_ratio(row["vs_numpy"]),
+            _optional_ratio(row["vs_torch"]),
+            f"{row['intensity']:.1f}",
+            row["bound"],
+            f"{row['percent_of_attainable']:.0f}",
+            f"{row['percent_of_peak']:.0f}",
+            "yes" if row["verified"] else Text("NO", style="bold red"),
+        )
+    return Group(table, _notes(*_bench_notes(report)))
+
+
+def _gflops_text(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.1f}"
+
+
+def _optional_ratio(value: float | None) -> str:
+    return "—" if value is None else ratio_text(value)
+
+
+def _bench_notes(report: dict) -> list[str]:
+    machine, limits, summary = report["machine"], report["limits"], report["summary"]
+    blas = (
+        "; ".join(
+            f"{entry.get('internal_api')} {entry.get('version')} ({entry.get('architecture')} kernel, "
+            f"{entry.get('num_threads')} threads)"
+            for entry in machine["blas"]
+        )
+        or "unknown"
+    )
+    peak = summary["median_percent_of_peak_compute_bound"]
+    notes = [
+        f"GFLOP/s = {report['flops']}; ratios are our speed over theirs (>1: we are faster)",
+        f"machine: {machine['cpu']}, {machine['logical_cores']} logical cores; numpy {machine['numpy']} with {blas}; "
+        f"numba {machine['numba']}; torch {machine['torch'] or 'not installed'}",
+        f"limits: FMA peak {limits['peak_gflops']:.1f} GFLOP/s, NumPy sgemm {limits['sgemm_gflops']:.1f} GFLOP/s, "
+        f"bandwidth {limits['bandwidth_gbs']:.1f} GB/s"
+        + (" (saved for conv1x1 shapes)" if report["limits_saved"] else ""),
+        "vs NumPy: "
+        + _median_and_min(summary["median_vs_numpy"], summary["min_vs_numpy"])
+        + "; vs torch: "
+        + _median_and_min(summary["median_vs_torch"], summary["min_vs_torch"]),
+        f"worst layer: {summary['worst_layer']} at {_optional_ratio(summary['worst_vs_best'])} of the faster other; "
+        f"compute-bound layers at a median {'—' if peak is None else f'{peak:.0f}%'} of the FMA peak",
+    ]
+    if summary["mismatches"]:
+        notes.append(f"RESULTS DIFFERING FROM NUMPY: {', '.join(summary['mismatches'])}")
+    notes += [f"warning: {warning}" for warning in machine["warnings"]]
+    return notes
+
+
+def _median_and_min(median: float | None, minimum: float | None) -> str:
+    return f"median {_optional_ratio(median)}, min {_optional_ratio(minimum)}"
+
+
+def bench_csv_rows(report: dict) -> list[list]:
+    keys = (
+        "name",
+        "spec",
+        "ours_gflops",
+        "numpy_gflops",
+        "torch_gflops",
+        "vs_numpy",
+        "vs_torch",
+        "intensity",
+        "bound",
+        "percent_of_attainable",
+        "percent_of_peak",
+        "verified",
+    )
+    return [list(keys), *([row[key] for key in keys] for row in report["layers"])]

@@ -110,3 +110,21 @@ def test_inception_table_and_csv_carry_the_same_numbers():
 def test_layer_text_names_kernels_and_channels():
     layers = inception_data()["branches"][3]["layers"]
     assert [layer_text(layer) for layer in layers] == ["3×3 max-pool", "1×1 192→32"]
+
+
+def test_bench_renders_as_table_and_csv_from_one_report(tmp_path, monkeypatch):
+    """A real (tiny) bench run, rendered both ways; the numbers in the table are the report's."""
+    from rich.console import Console
+
+    from conv1x1_cli.bench import BenchLayer, run_bench
+    from conv1x1_cli.render import bench_csv_rows, bench_table
+
+    monkeypatch.setenv("CONV1X1_CACHE_DIR", str(tmp_path))
+    report = run_bench(quick=True, torch=False, layers=[BenchLayer("tiny", 1, 8, 8, 16, 8)], save=False).as_dict()
+    console = Console(width=200, record=True, color_system=None)
+    console.print(bench_table(report))
+    text = console.export_text()
+    row = report["layers"][0]
+    assert "tiny" in text and f"{row['ours_gflops']:,.1f}" in text and "yes" in text
+    header, values = bench_csv_rows(report)
+    assert dict(zip(header, values, strict=True))["ours_gflops"] == row["ours_gflops"]
