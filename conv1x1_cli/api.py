@@ -148,15 +148,15 @@ class Stack:
         self.threads = threads
         self._packed = [kernel.pack_bank(layer.bank, layer.bias) for layer in layers]
         self.kernel_seconds = 0.0
-        self._load_compiled_code()
 
-    def _load_compiled_code(self) -> None:
-        """Run each layer on one pixel, so that loading (or compiling) the kernel is not timed as work."""
+    def warm_up(self) -> None:
+        """Run each layer on a few pixels, so that loading (or compiling) the kernel is not timed as work.
+
+        Only worth it where the kernel time is reported: it costs one small call per layer."""
         for layer, packed in zip(self.layers, self._packed, strict=True):
-            pixel = np.zeros((1, layer.channels), layer.bank.dtype)
-            self._kernel.apply_packed(
-                pixel, packed, np.empty((1, layer.filters), pixel.dtype), layer.relu, self.threads
-            )
+            pixels = np.zeros((64, layer.channels), layer.bank.dtype)  # a whole tile, as real chunks use
+            target = np.empty((64, layer.filters), pixels.dtype)
+            self._kernel.apply_packed(pixels, packed, target, layer.relu, self.threads)
 
     @property
     def filters(self) -> int:
@@ -402,6 +402,7 @@ def apply_files(
         )
         source = _source_for(npy, volume)
         stack = Stack(layers, threads)
+        stack.warm_up()
         output_volume = volume.with_channels(stack.filters)
         with NpyOutput(output_path, output_volume.shape(), dtype) as output:
             run(source, stack, StreamSink(output, volume, stack.filters, dtype), progress)

@@ -288,7 +288,7 @@ def apply_summary(report) -> Table:
 
 
 def _rate(flops: int, seconds: float) -> str:
-    return f"{flops / seconds / 1e9:,.1f}" if seconds > 0 else "—"
+    return f"{flops / seconds / 1e9:,.3g}" if seconds > 0 else "—"  # 3 digits: tiny runs are not "0.0"
 
 
 def number_format(values) -> str:
