@@ -7,6 +7,8 @@ array([[3., 3.],
        [3., 3.]], dtype=float32)
 >>> layer_cost(parse_spec("28x28x192"), 32).macs
 4816896
+>>> bottleneck_cost(parse_spec("28x28x192"), reduce=16, kernel=5, filters=32).bottleneck.total("macs")
+12443648
 
 Nothing heavy is imported here: NumPy's API module loads on first use of ``conv1x1`` and Numba on
 the first convolution.
@@ -14,9 +16,32 @@ the first convolution.
 
 from __future__ import annotations
 
-from .accounting import ChainCost, LayerCost, Volume, chain_cost, layer_cost, parse_spec
+from .accounting import (
+    BottleneckCost,
+    ChainCost,
+    InceptionCost,
+    LayerCost,
+    Volume,
+    bottleneck_cost,
+    chain_cost,
+    inception_cost,
+    layer_cost,
+    parse_spec,
+)
 
-__all__ = ["ChainCost", "LayerCost", "Volume", "chain_cost", "conv1x1", "layer_cost", "parse_spec"]
+__all__ = [
+    "BottleneckCost",
+    "ChainCost",
+    "InceptionCost",
+    "LayerCost",
+    "Volume",
+    "bottleneck_cost",
+    "chain_cost",
+    "conv1x1",
+    "inception_cost",
+    "layer_cost",
+    "parse_spec",
+]
 
 
 def __getattr__(name: str):

@@ -52,9 +52,12 @@ def main() -> None:
     """Apply, check and cost 1×1 (pointwise) convolutions on .npy arrays.
 
     \b
-    conv1x1 apply in.npy w.npy -o out.npy      ReLU(x·w) at every pixel
-    conv1x1 shapes 28x28x192 --filters 32      shapes, params, MACs, FLOPs
-    conv1x1 show out.npy --channel 0           look at one channel
+    conv1x1 apply in.npy w.npy -o out.npy            ReLU(x·w) at every pixel
+    conv1x1 shapes 28x28x192 --filters 32            shapes, params, MACs, FLOPs, roofline
+    conv1x1 bottleneck 28x28x192 -r 16 -k 5 -f 32    a 1×1 reduce before a K×K conv
+    conv1x1 inception 28x28x192 64 96 128 16 32 32   a GoogLeNet module's cost
+    conv1x1 show out.npy --channel 0                 look at one channel
+    conv1x1 bench --quick                            our kernel against NumPy and PyTorch
     """
 
 
@@ -194,7 +197,7 @@ def shapes(spec, filters, layout, bias, activation, dtype, fmt):
     except SpecError as error:
         raise click.BadParameter(str(error), param_hint="'--filters'") from None
     chain = accounting.chain_cost(volume, filter_counts, bias=bias, activation=activation, dtype=dtype)
-    data = chain.as_dict(load_limits())
+    data = chain.as_dict(load_limits().for_dtype(dtype))
     print_report(data, fmt, stdout_console(), table=lambda rows: shapes_table(rows, dtype), csv_rows=shapes_csv_rows)
 
 

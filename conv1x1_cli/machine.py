@@ -16,7 +16,7 @@ import json
 import math
 import os
 import pathlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 CACHE_FILE = "machine.json"
 DEFAULT_SOURCE = "defaults (run conv1x1 bench to measure)"
@@ -48,6 +48,22 @@ class MachineLimits:
     def ridge_intensity(self) -> float:
         """FLOPs per byte above which a layer is compute-bound (the roofline's ridge point)."""
         return self.peak_gflops / self.bandwidth_gbs
+
+    def for_dtype(self, dtype: str) -> MachineLimits:
+        """The limits for computing in ``dtype``: float64 fills half as many vector lanes per FMA, so
+        its peak (and sgemm rate) is half of float32's; float16 data is computed in float32.
+
+        >>> MachineLimits(200.0, 150.0, 20.0, 2, "hand").for_dtype("float64").peak_gflops
+        100.0
+        """
+        if dtype != "float64":
+            return self
+        return replace(
+            self,
+            peak_gflops=self.peak_gflops / 2,
+            sgemm_gflops=self.sgemm_gflops / 2,
+            source=f"{self.source}; float64 at half the float32 peak",
+        )
 
     def attainable_gflops(self, intensity: float) -> float:
         """The roofline: min(peak, intensity x bandwidth), for ``intensity`` FLOPs per byte moved."""
