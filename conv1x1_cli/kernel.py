@@ -15,38 +15,45 @@ Design
   costs about as much as the product itself on few-pixel, big-bank layers
   (7x7x2048->512), so ``PackedBank`` lets the caller do it once and reuse it.
 * Micro-kernel.  A tile of ``rows`` pixels x one panel is accumulated over all
-  channels in an accumulator tile (e.g. 6x64 float32 = 24 zmm registers): per
+  channels in an accumulator tile (6x64 float32 = 24 zmm registers): per
   channel, 4 vector loads of the panel row, 6 broadcasts of pixel values and 24
   FMAs.  The accumulator lives in a stack allocation (``_stack_tile``) whose size
   is a compile-time constant, so LLVM promotes it to registers; a heap
   ``np.empty`` would keep it in memory and run at a fraction of the speed.  The
   tile shape reaches the compiler through the *types* of two marker tuples
   (``len`` of a tuple type is a constant), so one source serves every shape and
-  each shape is its own cached specialisation.  Bias initialises the
+  each shape is its own cached specialisation (closures over constants would
+  not do: numba's cache key hashes closure cells, and a cell holding a
+  dispatcher hashes differently in every process).  Bias initialises the
   accumulators; ReLU is applied on the way out.
 * Remainders.  The last pixel tile is shifted back to end at P (it recomputes a
   few rows with identical results instead of needing a scalar tail).  When
   P < rows a one-row tile is used.  A partial last panel is computed at full
   width (zero padding) and stored element by element.
-* Threading.  The parallel loop runs over work items = (group of pixel tiles,
-  panel).  Items are ordered pixel-major (a pixel block stays in cache while it
-  meets every panel) unless the bank is bigger than the pixel data, where they
-  are panel-major (a panel stays in L2 while it meets every tile); splitting
-  over filters as well as pixels keeps both cores busy when there are few pixels
-  (7x7=49).  Numba's ``omp`` threading layer is preferred (the ``workqueue``
-  layer ran at less than half the speed), falling back to tbb/workqueue if it
-  cannot be loaded, and only if the user has not chosen a layer and numba's
-  threads have not started yet.  GNU OpenMP is loaded with a passive wait
-  policy so that its workers sleep, rather than spin on the cores NumPy's BLAS
-  threads need, once a call returns (the environment is restored right after).
-* SLP vectoriser.  Without LLVM's SLP vectoriser (off by default in numba) the
-  fully unrolled tile compiles to scalar FMAs.  It is switched on only while
-  *our* kernels compile (``_compiled_kernel``), every compilation of them goes
-  through that function, and their names are distinct from any earlier build,
-  so numba's on-disk cache (whose key does not include the SLP setting) can only
-  hold SLP builds of them.  Compilation is lazy (nothing at import) and cached
-  to disk (``cache=True``; numba falls back to its user-wide cache directory when
-  the package directory is read-only).
+* Threading.  All (pixel tile, panel) pairs are split into one equal contiguous
+  run per thread (numba's OpenMP ``prange`` is statically scheduled, so fewer,
+  larger work items left one core idle).  Pairs are ordered pixel-major (a pixel
+  tile stays in L1 while it meets every panel) unless there are fewer pixels than
+  filters, where they are panel-major (a panel stays in L2 while it meets every
+  tile); splitting over filters as well as pixels keeps both cores busy when
+  there are few pixels (7x7=49).  Problems under ~1M multiply-adds run on one
+  thread.  Numba's ``omp`` threading layer is preferred because it is safe when
+  several Python threads call the kernel at once (``workqueue`` aborts), falling
+  back to tbb/workqueue if it cannot be loaded, and only if the user has not
+  chosen a layer and numba's threads have not started yet.  GNU OpenMP is
+  loaded with a passive wait policy so that its workers sleep, rather than
+  spin on the cores NumPy's BLAS threads need, once a call returns (the
+  environment variable is set only while the library loads).
+* Vectoriser settings.  Without LLVM's SLP vectoriser (off by default in numba)
+  the fully unrolled tile compiles to scalar FMAs; with the loop vectoriser on,
+  LLVM sometimes vectorises the wrong loop of a narrow tile (gathers and
+  scatters, 50x slower).  So SLP is switched on and the loop vectoriser off only
+  while *our* kernel compiles (``_compile``); implicit compilation by the
+  dispatcher is disabled, so every build of it goes through that function, and
+  its name is new, so numba's on-disk cache (whose key does not include these
+  settings) can only hold builds made with them.  Compilation is lazy (nothing
+  at import) and cached to disk (``cache=True``; numba falls back to its
+  user-wide cache directory when the package directory is read-only).
 * Floating point.  Only the ``contract`` fast-math flag is used (fused
   multiply-add); each output is its own accumulation chain in channel order, so
   no reassociation is needed.  ReLU is ``0 if v < 0 else v``, which keeps NaN
