@@ -174,8 +174,28 @@ def compute(client, graph, progress: bool = False):
             f"the cluster lost the worker running {error.task!r} too many times (a crash or out of memory?); "
             "nothing was written"
         ) from None
+    except BaseException:
+        future.cancel()
+        _wait_for_running_tasks(client, graph)
+        raise
     finally:
         future.cancel()
+
+
+def _wait_for_running_tasks(client, graph, timeout: float = 60.0) -> None:
+    """Cancelling does not stop tasks already running: wait for them, so that clean-up after a
+    failure is not undone by a block that is still being written."""
+    from dask.utils import key_split
+
+    names = {key_split(key) for key in graph.__dask_graph__()}
+
+    def running(dask_worker) -> int:
+        return sum(key_split(task.key) in names for task in dask_worker.state.executing)
+
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(Exception):  # a cluster that is gone runs nothing
+        while any(client.run(running).values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 @functools.cache
