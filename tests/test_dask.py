@@ -424,11 +424,9 @@ def test_peak_worker_memory_stays_at_a_few_chunks_for_a_store_bigger_than_memory
     assert after.keys() == before.keys()  # no worker was restarted for using too much
     for worker, (rss, _) in before.items():
         peak = after[worker][1]
-        print(
-            f"{worker}: baseline {rss / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB, chunk {chunk_bytes / 2**20:.0f} MiB"
-        )
-        # Measured: about 6 chunks (the block being read, its decoded copy, one read ahead, the
-        # output and its encoded copy) over the baseline, for a store of 100 chunks.
+        print(f"{worker}: baseline {rss / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB, chunk {chunk_bytes >> 20} MiB")
+        # Measured (2 cores): baseline 247 MiB, peak 283 MiB: about 2 chunks over the baseline, for a
+        # store of 100 chunks; the bound leaves room for a read-ahead block and allocator slack.
         assert peak <= rss + 8 * chunk_bytes, f"{worker}: peak {peak / 2**20:.0f} MiB, baseline {rss / 2**20:.0f}"
     out = zarr.open_array(str(tmp_path / "out.zarr"))
     for band_index in (0, 7, 99):
