@@ -197,7 +197,14 @@ def conv1x1(
     >>> w = np.array([[1.0, 3.0], [1.0, 1.0]])   # (C=2, F=2)
     >>> conv1x1(x, w)
     array([[[0., 1.]]])
+
+    A ``dask.array.Array`` input (with the ``dask`` extra installed) gives a lazy Dask array: the
+    kernel runs block by block through ``map_blocks``.
     """
+    if type(x).__module__.startswith("dask."):
+        from .dask_backend import conv1x1_dask
+
+        return conv1x1_dask(x, w, bias, activation, layout=layout, threads=threads)
     x = np.asarray(x)
     if x.dtype.kind not in "biuf":
         raise ShapeError(f"input has dtype {x.dtype}; a real numeric array is needed")

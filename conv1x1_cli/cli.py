@@ -43,7 +43,10 @@ def user_errors():
     from .api import ShapeError
     from .io import InputError
 
-    return (InputError, ShapeError, SpecError)
+    errors = (InputError, ShapeError, SpecError)
+    if "conv1x1_cli.cluster" in sys.modules:  # only a Dask run can raise it; never import Dask for it
+        errors += (sys.modules["conv1x1_cli.cluster"].ClusterError,)
+    return errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -84,8 +87,27 @@ def main() -> None:
     help="ReLU after the (last) layer, or none.",
 )
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Kernel threads [default: all cores].")
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    default=None,
+    help="Run on this dask.distributed scheduler [default: $DASK_SCHEDULER_ADDRESS; for .zarr, a local cluster].",
+)
+@click.option("--chunks", metavar="ROWSxCOLS", default=None, help="Dask block size in pixels (stores and --scheduler).")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
-def apply(input_path, weight_paths, output_path, bias_paths, layout, weights_layout, activation, threads, quiet):
+def apply(
+    input_path,
+    weight_paths,
+    output_path,
+    bias_paths,
+    layout,
+    weights_layout,
+    activation,
+    threads,
+    scheduler,
+    chunks,
+    quiet,
+):
     """Apply a 1×1 convolution (+ bias, + ReLU) to INPUT with each bank in WEIGHTS, in order.
 
     INPUT is a .npy file or - for stdin: (H, W), (H, W, C) or (N, H, W, C) — or with --layout nchw,
@@ -94,31 +116,100 @@ def apply(input_path, weight_paths, output_path, bias_paths, layout, weights_lay
     else float32. A short summary goes to stderr; stdout carries only data.
 
     \b
+    INPUT or OUTPUT may also be a zarr store (path ending in .zarr, local or an fsspec URL such as
+    s3://bucket/x.zarr; needs `pip install "conv1x1[dask]"`): the run then goes through Dask, on
+    --scheduler or $DASK_SCHEDULER_ADDRESS when given, else on a local cluster of this machine.
+
+    \b
     Examples:
       conv1x1 apply samples/volume_6x6x32.npy samples/bank_32x8.npy -o out.npy
       cat in.npy | conv1x1 apply - w.npy -o - | conv1x1 apply - w2.npy -o out.npy
+      conv1x1 apply scene.zarr w.npy -o reduced.zarr --scheduler tcp://10.0.0.5:8786
     """
-    from .api import apply_files
+    from .stores import is_store
 
-    with _progress(enabled=not quiet) as progress:
-        try:
-            report = apply_files(
+    on_dask = scheduler or is_store(input_path) or is_store(output_path)
+    try:
+        if on_dask:
+            report = _apply_on_dask(
                 input_path,
                 weight_paths,
                 output_path,
-                bias_paths=bias_paths,
-                layout=layout,
-                weights_layout=weights_layout,
-                activation=activation,
-                threads=threads,
-                progress=progress,
+                bias_paths,
+                layout,
+                weights_layout,
+                activation,
+                threads,
+                scheduler,
+                chunks,
+                quiet,
             )
-        except user_errors() as error:
-            raise click.ClickException(str(error)) from None
+        else:
+            if chunks:
+                raise click.BadParameter("only applies to zarr stores and --scheduler runs", param_hint="'--chunks'")
+            report = _apply_in_process(
+                input_path, weight_paths, output_path, bias_paths, layout, weights_layout, activation, threads, quiet
+            )
+    except user_errors() as error:
+        raise click.ClickException(str(error)) from None
     if not quiet:
         from .render import apply_summary
 
         stderr_console().print(apply_summary(report))
+
+
+def _apply_in_process(
+    input_path, weight_paths, output_path, bias_paths, layout, weights_layout, activation, threads, quiet
+):
+    from .api import apply_files
+
+    with _progress(enabled=not quiet) as progress:
+        return apply_files(
+            input_path,
+            weight_paths,
+            output_path,
+            bias_paths=bias_paths,
+            layout=layout,
+            weights_layout=weights_layout,
+            activation=activation,
+            threads=threads,
+            progress=progress,
+        )
+
+
+def _apply_on_dask(
+    input_path,
+    weight_paths,
+    output_path,
+    bias_paths,
+    layout,
+    weights_layout,
+    activation,
+    threads,
+    scheduler,
+    chunks,
+    quiet,
+):
+    from .chunking import parse_chunks
+    from .cluster import apply_stores
+
+    try:
+        block = parse_chunks(chunks) if chunks else None
+    except SpecError as error:
+        raise click.BadParameter(str(error), param_hint="'--chunks'") from None
+    return apply_stores(
+        input_path,
+        weight_paths,
+        output_path,
+        bias_paths=bias_paths,
+        layout=layout,
+        weights_layout=weights_layout,
+        activation=activation,
+        threads=threads,
+        scheduler=scheduler,
+        chunks=block,
+        progress=not quiet,
+    )
 
 
 @contextlib.contextmanager
@@ -174,8 +265,14 @@ def parse_volume(spec: str, layout: str) -> accounting.Volume:
     help="ReLU after the last layer, or none (as in apply); changes only ptflops' count.",
 )
 @DTYPE_OPTION
+@click.option(
+    "--chunks",
+    metavar="ROWSxCOLS",
+    default=None,
+    help="Also plan a Dask run in blocks of ROWS×COLS pixels: number of tasks and memory per task.",
+)
 @FORMAT_OPTION
-def shapes(spec, filters, layout, bias, activation, dtype, fmt):
+def shapes(spec, filters, layout, bias, activation, dtype, chunks, fmt):
     """Shapes, parameters, MACs, FLOPs and roofline of 1×1 convolutions, without touching data.
 
     SPEC is HxWxC or NxHxWxC (with --layout nchw: CxHxW or NxCxHxW). A ReLU follows every layer.
@@ -198,6 +295,13 @@ def shapes(spec, filters, layout, bias, activation, dtype, fmt):
         raise click.BadParameter(str(error), param_hint="'--filters'") from None
     chain = accounting.chain_cost(volume, filter_counts, bias=bias, activation=activation, dtype=dtype)
     data = chain.as_dict(load_limits().for_dtype(dtype))
+    if chunks:
+        from .chunking import chunk_plan, parse_chunks
+
+        try:
+            data["chunks"] = chunk_plan(volume, filter_counts, parse_chunks(chunks), dtype).as_dict()
+        except SpecError as error:
+            raise click.BadParameter(str(error), param_hint="'--chunks'") from None
     print_report(data, fmt, stdout_console(), table=lambda rows: shapes_table(rows, dtype), csv_rows=shapes_csv_rows)
 
 

@@ -127,15 +127,29 @@ def _tools_table(title: str, rows: list[tuple[str, dict]], totals: dict | None) 
 
 
 def shapes_csv_rows(data: dict) -> list[list]:
-    """One row per layer, then a total row when there is more than one layer."""
+    """One row per layer, then a total row when there is more than one layer; with ``--chunks``, the
+    Dask plan (which is for the whole chain) in two more columns of every row."""
     entries = [(str(index + 1), layer) for index, layer in enumerate(data["layers"])]
     if len(entries) > 1:
         entries.append(("total", data))
-    rows: list[list] = [["layer", *COST_COLUMNS]]
+    plan = [data["chunks"]["tasks"], data["chunks"]["per_task_bytes"]] if "chunks" in data else []
+    rows: list[list] = [["layer", *COST_COLUMNS, *(CHUNK_COLUMNS if plan else ())]]
     for label, entry in entries:
         flat = {**entry, **entry["conventions"]}
-        rows.append([label, *(_csv_cell(key, flat.get(key, "")) for key in COST_COLUMNS)])
+        rows.append([label, *(_csv_cell(key, flat.get(key, "")) for key in COST_COLUMNS), *plan])
     return rows
+
+
+CHUNK_COLUMNS = ("dask_tasks", "dask_task_bytes")
+
+
+def _chunks_note(plan: dict) -> str:
+    rows, cols = plan["chunks"]
+    return (
+        f"Dask blocks of {rows}×{cols} pixels: {plan['tasks']:,} tasks, {bytes_text(plan['per_task_bytes'])} per task "
+        f"(input {bytes_text(plan['input_block_bytes'])}, output {bytes_text(plan['output_block_bytes'])}, "
+        f"intermediate {bytes_text(plan['intermediate_bytes'])}, banks {bytes_text(plan['bank_bytes'])})"
+    )
 
 
 def shapes_table(data: dict, dtype: str = "float32") -> Group:
@@ -148,6 +162,8 @@ def shapes_table(data: dict, dtype: str = "float32") -> Group:
     notes = [memory, *MACS_NOTES]
     if "roofline" in data:
         notes += _roofline_notes(data["roofline"], chain=len(data["layers"]) > 1)
+    if "chunks" in data:
+        notes.append(_chunks_note(data["chunks"]))
     table = _new_table("1×1 convolution cost")
     headers = ["#", "input", "output", "weights", "bias", "params", "MACs", "FLOPs"]
     if "roofline" in data:

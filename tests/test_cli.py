@@ -362,3 +362,30 @@ def test_real_pipeline_through_stdout_and_stdin(samples_dir, rng, tmp_path):
 def test_python_dash_m_help_works():
     result = run_cli("--help", text=True)
     assert result.returncode == 0 and "apply" in result.stdout and "shapes" in result.stdout
+
+
+def test_shapes_plans_dask_chunks(runner):
+    """1000x1000 in 256x256 blocks: 4 x 4 = 16 tasks; each holds 65,536 pixels of 200 channels in, 8 out,
+    and the packed bank, (200 + 1) rows x 16 float32 lanes."""
+    result = invoke(runner, "shapes", "1000x1000x200", "--filters", "8", "--chunks", "256x256", "--format", "json")
+    plan = json.loads(result.output)["chunks"]
+    assert plan["tasks"] == 16 and plan["block_pixels"] == 65_536
+    assert plan["per_task_bytes"] == 65_536 * 200 * 4 + 65_536 * 8 * 4 + 201 * 16 * 4
+    table = invoke(runner, "shapes", "1000x1000x200", "--filters", "8", "--chunks", "256x256").output
+    assert "16 tasks" in table
+
+
+def test_chunks_needs_a_store_or_a_scheduler(runner, samples_dir, tmp_path):
+    result = runner.invoke(
+        main,
+        [
+            "apply",
+            str(samples_dir / "lecture_6x6.npy"),
+            str(samples_dir / "times2.npy"),
+            "-o",
+            str(tmp_path / "o.npy"),
+            "--chunks",
+            "4x4",
+        ],
+    )
+    assert result.exit_code == 2 and "only applies to zarr stores" in result.output

@@ -464,3 +464,56 @@ def test_a_store_without_the_extra_names_the_extra_in_one_line(tmp_path):
         'in.zarr: reading .zarr stores needs the dask extra: pip install "conv1x1[dask]"',
         "[]",
     ]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The command line
+
+
+def test_cli_goes_npy_to_zarr_and_back_on_a_given_scheduler(cluster, tmp_path, rng):
+    from click.testing import CliRunner
+
+    from conv1x1_cli.cli import main
+
+    x = rng.standard_normal((40, 24, 6)).astype(np.float32)
+    banks = [rng.standard_normal((6, 5)).astype(np.float32), rng.standard_normal((5, 3)).astype(np.float32)]
+    for name, array in (("x.npy", x), ("w1.npy", banks[0]), ("w2.npy", banks[1])):
+        np.save(tmp_path / name, array)
+    address = ["--scheduler", cluster.scheduler_address]
+    runner = CliRunner()
+    there = runner.invoke(
+        main,
+        [
+            "apply",
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "w1.npy"),
+            "-o",
+            str(tmp_path / "mid.zarr"),
+            "--chunks",
+            "8x12",
+            "-q",
+            *address,
+        ],
+    )
+    assert there.exit_code == 0, there.output
+    back = runner.invoke(
+        main, ["apply", str(tmp_path / "mid.zarr"), str(tmp_path / "w2.npy"), "-o", str(tmp_path / "out.npy"), *address]
+    )
+    assert back.exit_code == 0, back.output
+    assert "MACs" in back.stderr  # the same summary as an in-process run
+    expected = naive.chain(x, banks)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cli_without_the_extra_is_one_error_line(tmp_path):
+    np.save(tmp_path / "w.npy", np.ones((2, 2)))
+    script = BLOCK_DASK + (
+        "from conv1x1_cli.cli import run\n"
+        f"sys.argv = ['conv1x1', 'apply', 'in.zarr', {str(tmp_path / 'w.npy')!r}, '-o', 'out.npy']\n"
+        "run()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        'Error: in.zarr: reading .zarr stores needs the dask extra: pip install "conv1x1[dask]"'
+    ]
