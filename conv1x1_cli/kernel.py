@@ -127,7 +127,7 @@ def _activate(value, relu):
 
 
 @njit(inline="always")
-def _store_tile(acc, out, first_pixel, first_filter, n_valid, relu):
+def _store_tile(acc, scratch, out, first_pixel, first_filter, n_valid, relu):
     """out[first_pixel + r, first_filter + j] = act(acc[r, j]) for the valid filters."""
     rows, width = acc.shape
     for r in range(rows):
@@ -136,9 +136,12 @@ def _store_tile(acc, out, first_pixel, first_filter, n_valid, relu):
         if n_valid == width:
             for j in range(width):
                 dst[j] = _activate(acc[r, j], relu)
-        else:  # partial last panel
+        else:  # partial last panel, through a scratch row: indexing acc by a
+            # run-time j would keep the whole tile out of registers.
+            for j in range(width):
+                scratch[j] = _activate(acc[r, j], relu)
             for j in range(n_valid):
-                dst[j] = _activate(acc[r, j], relu)
+                dst[j] = scratch[j]
 
 
 @njit(inline="always", fastmath=_FASTMATH)
@@ -149,7 +152,8 @@ def _tile(pixels, first_pixel, panels, panel_bias, k, out, relu, row_marker, wid
     _accumulate_tile(pixels, first_pixel, panels[k], panel_bias[k], acc)
     first_filter = k * width
     n_valid = min(width, out.shape[1] - first_filter)
-    _store_tile(acc, out, first_pixel, first_filter, n_valid, relu)
+    scratch = numba.carray(_stack_tile((0,), width_marker, pixels), width)
+    _store_tile(acc, scratch, out, first_pixel, first_filter, n_valid, relu)
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
@@ -165,17 +169,27 @@ def _pointwise_tiles_slp(pixels, panels, panel_bias, out, relu, n_chunks, panel_
     n_panels = panels.shape[0]
     n_tiles = (n_pixels + rows - 1) // rows
     n_pairs = n_tiles * n_panels
+    n_inner = n_tiles if panel_major else n_panels
     for chunk in prange(n_chunks):
-        for pair in range(chunk * n_pairs // n_chunks, (chunk + 1) * n_pairs // n_chunks):
+        start = chunk * n_pairs // n_chunks
+        stop = (chunk + 1) * n_pairs // n_chunks
+        # Walk the pairs with counters: a division per pair costs as much as a
+        # whole tile when there are few channels (RGB stem).
+        outer, inner = start // n_inner, start % n_inner
+        for _ in range(stop - start):
             if panel_major:
-                k, t = pair // n_tiles, pair % n_tiles
+                k, t = outer, inner
             else:
-                t, k = pair // n_panels, pair % n_panels
+                t, k = outer, inner
             # The last tile is shifted back to end at n_pixels: it recomputes a
             # few rows (same values) instead of needing a scalar remainder loop.
             first_pixel = min(t * rows, n_pixels - rows)
             _tile(pixels, first_pixel, panels, panel_bias, k, out, relu,
                   row_marker, width_marker)
+            inner += 1
+            if inner == n_inner:
+                inner = 0
+                outer += 1
 
 
 # --------------------------------------------------------------------------
