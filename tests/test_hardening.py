@@ -143,7 +143,9 @@ def test_sigterm_cleans_up_too(volume, tmp_path):
     _, stderr = process.communicate(timeout=60)
     if process.returncode == 0:
         pytest.skip("the run finished before the signal arrived")
-    assert process.returncode == 143 and b"Traceback" not in stderr
+    # 143 from our handler; a signal before it is installed (Python still importing) kills outright,
+    # which the shell also reports as 143. Either way: no traceback, no temporary, no output.
+    assert process.returncode in (143, -signal.SIGTERM) and b"Traceback" not in stderr
     assert not out.exists() and leftovers(tmp_path) == []
 
 
