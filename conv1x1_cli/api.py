@@ -7,6 +7,7 @@ C-contiguous (pixels, channels) chunks. Numba is imported only when a convolutio
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -230,13 +231,13 @@ class ArraySource:
         self.dtype = compute_dtype(array.dtype)
         if layout == "nhwc":
             self.channels = array.shape[-1]
-            self.images, self.pixels_per_image = 1, int(np.prod(array.shape[:-1]))
+            self.images, self.pixels_per_image = 1, math.prod(array.shape[:-1])
             self._view = array.reshape(1, self.pixels_per_image, self.channels)
         else:
             batch_axes = array.shape[:-3] if array.ndim >= 3 else ()
             self.channels = array.shape[len(batch_axes)]
-            self.images = int(np.prod(batch_axes))
-            self.pixels_per_image = int(np.prod(array.shape[len(batch_axes) + 1 :]))
+            self.images = math.prod(batch_axes)
+            self.pixels_per_image = math.prod(array.shape[len(batch_axes) + 1 :])
             self._view = array.reshape(self.images, self.channels, self.pixels_per_image)
 
     def output_shape(self, filters: int) -> tuple[int, ...]:
@@ -278,10 +279,8 @@ class ArraySink:
     def write(self, image: int, start: int, values: np.ndarray) -> None:
         if self.layout == "nchw":
             self._view[image, :, start : start + len(values)] = values.T
-            return
-        slot = self._view[image, start : start + len(values)]
-        if not np.may_share_memory(slot, values):  # the kernel usually wrote straight into the slot
-            slot[...] = values
+        else:
+            self._view[image, start : start + len(values)] = values
 
 
 def run(source, stack: Stack, sink, progress: Callable[[int, int], None] | None = None) -> None:
@@ -292,8 +291,7 @@ def run(source, stack: Stack, sink, progress: Callable[[int, int], None] | None 
     whole = source.whole() if isinstance(source, ArraySource) else None
     if whole is not None and len(stack.layers) == 1:
         # The common case needs no chunking: one kernel call over the caller's own memory.
-        target = sink.target(0, 0, len(whole))
-        sink.write(0, 0, stack.run(whole, out=target))
+        _run_chunk(stack, sink, whole, 0, 0)
         if progress:
             progress(len(whole), total)
         return
@@ -301,10 +299,17 @@ def run(source, stack: Stack, sink, progress: Callable[[int, int], None] | None 
     step = chunk_pixels(widest, widest, source.dtype.itemsize)
     for image in range(source.images):
         for start, stop in chunk_ranges(source.pixels_per_image, step):
-            pixels = source.read(image, start, stop)
-            sink.write(image, start, stack.run(pixels, out=sink.target(image, start, stop)))
+            _run_chunk(stack, sink, source.read(image, start, stop), image, start)
             if progress:
                 progress(stop - start, total)
+
+
+def _run_chunk(stack: Stack, sink, pixels: np.ndarray, image: int, start: int) -> None:
+    """The last layer writes straight into the sink's memory when it offers a slot; else it is copied in."""
+    target = sink.target(image, start, start + len(pixels))
+    result = stack.run(pixels, out=target)
+    if result is not target:
+        sink.write(image, start, result)
 
 
 class FileSource:

@@ -3,12 +3,19 @@
 Data only: ``run_bench`` returns a ``BenchReport`` of dataclasses (``as_dict()`` for JSON); it
 never prints. The table is ``render``'s job, or ``benchmarks/bench_suite.py``'s.
 
-What is timed, per layer, in one process, interleaved round by round (the order rotates each round):
+What is timed, per layer, in one process, side by side: in rounds of one block of calls per
+contender (the order rotating each round), each block after a pause of ``SETTLE_SECONDS``:
 
 - ours: ``conv1x1(x, w, threads=threads)`` through the public API, float32, output allocation included;
 - NumPy: ``np.maximum(x.reshape(-1, C) @ w, 0)`` at NumPy's default BLAS threads, allocations included;
 - PyTorch (when importable): ``torch.relu_(F.conv2d(x, weight))`` with ``x`` in ``channels_last``
   memory format (NumPy's NHWC memory, no copy), torch's default threads, no autograd.
+
+Why blocks after a pause rather than alternating single calls: OpenBLAS's worker threads keep
+spinning for about 100 ms after each NumPy call (measured here: our kernel run within 50 ms of a
+NumPy matmul ran at 84 GFLOP/s, after 100 ms at 196), and PyTorch's OpenMP workers likewise, so
+whoever runs right after another contender shares its cores. The first call of each block (which
+wakes the contender's own sleeping threads) is not timed.
 
 Medians of repeats, after warm-up; GFLOP/s count ``flops = 2·N·H·W·C·F`` (no bias). The roofline
 moves ``(input + output + weights) × 4`` bytes per layer; attainable = min(FMA peak, intensity ×
@@ -102,14 +109,20 @@ SUITE: tuple[BenchLayer, ...] = (
 QUICK_NAMES = ("GoogLeNet 3a 1x1", "ResNet-50 conv2 reduce", "ResNet-50 conv5 reduce")
 
 
+# Long enough for OpenBLAS's spinning workers (and OpenMP's) to park after the previous contender.
+SETTLE_SECONDS = 0.15
+
+
 @dataclass(frozen=True)
 class Timing:
-    """How long the repeats should run: about ``target_seconds`` per contender, at least ``min_repeats``."""
+    """How long the repeats should run: about ``target_seconds`` per contender, at least ``min_repeats``,
+    spread over ``rounds`` blocks."""
 
     target_seconds: float = 0.3
-    layer_budget_seconds: float = 1.5  # cap on the layer's whole interleaved loop
-    min_repeats: int = 5
+    layer_budget_seconds: float = 1.5  # cap on the time spent in calls for one layer, all contenders
+    min_repeats: int = 6
     warmups: int = 2
+    rounds: int = 3
 
     def repeats(self, call_seconds: Sequence[float]) -> int:
         fastest, together = min(call_seconds), sum(call_seconds)
@@ -119,7 +132,7 @@ class Timing:
 
 
 FULL_TIMING = Timing()
-QUICK_TIMING = Timing(target_seconds=0.05, layer_budget_seconds=0.3, min_repeats=5, warmups=1)
+QUICK_TIMING = Timing(target_seconds=0.05, layer_budget_seconds=0.3, min_repeats=4, warmups=1, rounds=2)
 
 
 @dataclass(frozen=True)
@@ -483,7 +496,7 @@ def measure_layer(
     timing: Timing = FULL_TIMING,
     seed: int = 0,
 ) -> LayerResult:
-    """Time ours, NumPy (and PyTorch) on ``layer``, interleaved; verify ours against NumPy once."""
+    """Time ours, NumPy (and PyTorch) on ``layer`` side by side; verify ours against NumPy once."""
     from .api import conv1x1
 
     pixels, bank = layer_data(layer, seed)
@@ -496,7 +509,7 @@ def measure_layer(
         contenders["torch"] = _torch_contender(torch_module, pixels, bank)
 
     verified, error_ratio = verify(contenders["ours"](), contenders["numpy"](), pixels, bank)
-    medians, repeats = _interleaved_medians(contenders, timing)
+    medians, repeats = _block_medians(contenders, timing)
     return LayerResult(
         layer=layer,
         repeats=repeats,
@@ -554,26 +567,30 @@ def _torch_contender(torch_module, pixels: np.ndarray, bank: np.ndarray) -> Call
     return run
 
 
-def _interleaved_medians(contenders: dict[str, Callable[[], object]], timing: Timing) -> tuple[dict[str, float], int]:
-    """Median seconds per call of each contender, timed round-robin with the order rotating each round."""
+def _block_medians(
+    contenders: dict[str, Callable[[], object]], timing: Timing, settle: float = SETTLE_SECONDS
+) -> tuple[dict[str, float], int]:
+    """Median seconds per call of each contender, timed in settled blocks (see the module docstring)."""
     names = list(contenders)
     for _ in range(timing.warmups):
         for name in names:
             contenders[name]()
     estimate = [_seconds(contenders[name]) for name in names]
-    repeats = timing.repeats(estimate)
+    per_block = math.ceil(timing.repeats(estimate) / timing.rounds)
     samples: dict[str, list[float]] = {name: [] for name in names}
     collecting = gc.isenabled()
     gc.disable()  # a collection landing inside one contender's call would be charged to it
     try:
-        for round_index in range(repeats):
+        for round_index in range(timing.rounds):
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:
-                samples[name].append(_seconds(contenders[name]))
+                time.sleep(settle)
+                contenders[name]()  # wakes this contender's own threads: not timed
+                samples[name] += [_seconds(contenders[name]) for _ in range(per_block)]
     finally:
         if collecting:
             gc.enable()
-    return {name: statistics.median(times) for name, times in samples.items()}, repeats
+    return {name: statistics.median(times) for name, times in samples.items()}, per_block * timing.rounds
 
 
 def _seconds(call: Callable[[], object]) -> float:
