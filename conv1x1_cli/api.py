@@ -382,6 +382,49 @@ class ApplyReport:
     seconds: float
     kernel_seconds: float
 
+    @classmethod
+    def of(cls, input_shape, volume: Volume, layers: list[Layer], seconds: float, kernel_seconds: float):
+        cost = chain_cost(
+            volume,
+            [layer.filters for layer in layers],
+            bias=[layer.bias is not None for layer in layers],
+            dtype=layers[0].bank.dtype.name,
+        )
+        output_shape = volume.with_channels(layers[-1].filters).shape()
+        return cls(input_shape, [layer.bank.shape for layer in layers], output_shape, cost, seconds, kernel_seconds)
+
+
+@dataclass(frozen=True)
+class BankFiles:
+    """Filter banks (as (C, F)) and biases read from .npy files, named by their paths in messages."""
+
+    weight_paths: list[str]
+    bias_paths: list[str]
+    banks: list[np.ndarray]
+    biases: list[np.ndarray]
+
+    @classmethod
+    def load(cls, weight_paths: Sequence[str], bias_paths: Sequence[str], weights_layout: str) -> BankFiles:
+        banks = [as_bank(load_array(path, "weights"), weights_layout, path) for path in weight_paths]
+        biases = [load_array(path, "bias") for path in bias_paths]
+        return cls(list(weight_paths), list(bias_paths), banks, biases)
+
+    @property
+    def filters(self) -> list[int]:
+        return [bank.shape[1] for bank in self.banks]
+
+    def layers(self, activation: str, channels: int, dtype: np.dtype, input_name: str) -> list[Layer]:
+        return build_layers(
+            self.banks,
+            self.biases,
+            activation,
+            channels,
+            dtype,
+            names=self.weight_paths,
+            input_name=input_name,
+            bias_names=self.bias_paths,
+        )
+
 
 def apply_files(
     input_path: str,
@@ -399,18 +442,9 @@ def apply_files(
     started = time.perf_counter()
     with NpyInput(input_path) as npy:
         volume = volume_of(npy.header.shape, layout, npy.name)
-        banks = [as_bank(load_array(path, "weights"), weights_layout, path) for path in weight_paths]
-        biases = [load_array(path, "bias") for path in bias_paths]
         dtype = compute_dtype(npy.header.dtype)
-        layers = build_layers(
-            banks,
-            biases,
-            activation,
-            volume.channels,
-            dtype,
-            names=list(weight_paths),
-            input_name=npy.name,
-            bias_names=list(bias_paths),
+        layers = BankFiles.load(weight_paths, bias_paths, weights_layout).layers(
+            activation, volume.channels, dtype, npy.name
         )
         source = _source_for(npy, volume)
         stack = Stack(layers, threads)
@@ -418,17 +452,7 @@ def apply_files(
         output_volume = volume.with_channels(stack.filters)
         with NpyOutput(output_path, output_volume.shape(), dtype) as output:
             run(source, stack, StreamSink(output, volume, stack.filters, dtype), progress)
-    cost = chain_cost(
-        volume, [layer.filters for layer in layers], bias=[layer.bias is not None for layer in layers], dtype=dtype.name
-    )
-    return ApplyReport(
-        npy.header.shape,
-        [bank.shape for bank in banks],
-        output_volume.shape(),
-        cost,
-        time.perf_counter() - started,
-        stack.kernel_seconds,
-    )
+    return ApplyReport.of(npy.header.shape, volume, layers, time.perf_counter() - started, stack.kernel_seconds)
 
 
 def _source_for(npy: NpyInput, volume: Volume):

@@ -128,28 +128,16 @@ def apply(
     """
     from .stores import is_store
 
-    on_dask = scheduler or is_store(input_path) or is_store(output_path)
+    options = dict(
+        bias_paths=bias_paths, layout=layout, weights_layout=weights_layout, activation=activation, threads=threads
+    )
     try:
-        if on_dask:
-            report = _apply_on_dask(
-                input_path,
-                weight_paths,
-                output_path,
-                bias_paths,
-                layout,
-                weights_layout,
-                activation,
-                threads,
-                scheduler,
-                chunks,
-                quiet,
-            )
+        if scheduler or is_store(input_path) or is_store(output_path):
+            report = _apply_on_dask(input_path, weight_paths, output_path, scheduler, chunks, quiet, **options)
         else:
             if chunks:
                 raise click.BadParameter("only applies to zarr stores and --scheduler runs", param_hint="'--chunks'")
-            report = _apply_in_process(
-                input_path, weight_paths, output_path, bias_paths, layout, weights_layout, activation, threads, quiet
-            )
+            report = _apply_in_process(input_path, weight_paths, output_path, quiet, **options)
     except user_errors() as error:
         raise click.ClickException(str(error)) from None
     if not quiet:
@@ -158,38 +146,14 @@ def apply(
         stderr_console().print(apply_summary(report))
 
 
-def _apply_in_process(
-    input_path, weight_paths, output_path, bias_paths, layout, weights_layout, activation, threads, quiet
-):
+def _apply_in_process(input_path, weight_paths, output_path, quiet, **options):
     from .api import apply_files
 
     with _progress(enabled=not quiet) as progress:
-        return apply_files(
-            input_path,
-            weight_paths,
-            output_path,
-            bias_paths=bias_paths,
-            layout=layout,
-            weights_layout=weights_layout,
-            activation=activation,
-            threads=threads,
-            progress=progress,
-        )
+        return apply_files(input_path, weight_paths, output_path, progress=progress, **options)
 
 
-def _apply_on_dask(
-    input_path,
-    weight_paths,
-    output_path,
-    bias_paths,
-    layout,
-    weights_layout,
-    activation,
-    threads,
-    scheduler,
-    chunks,
-    quiet,
-):
+def _apply_on_dask(input_path, weight_paths, output_path, scheduler, chunks, quiet, **options):
     from .chunking import parse_chunks
     from .cluster import apply_stores
 
@@ -198,17 +162,7 @@ def _apply_on_dask(
     except SpecError as error:
         raise click.BadParameter(str(error), param_hint="'--chunks'") from None
     return apply_stores(
-        input_path,
-        weight_paths,
-        output_path,
-        bias_paths=bias_paths,
-        layout=layout,
-        weights_layout=weights_layout,
-        activation=activation,
-        threads=threads,
-        scheduler=scheduler,
-        chunks=block,
-        progress=not quiet,
+        input_path, weight_paths, output_path, scheduler=scheduler, chunks=block, progress=not quiet, **options
     )
 
 

@@ -17,10 +17,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from . import dask_backend, stores
-from .accounting import chain_cost
-from .api import ApplyReport, as_bank, build_layers, compute_dtype, volume_of
+from .api import ApplyReport, BankFiles, compute_dtype, volume_of
 from .chunking import default_chunks
-from .io import load_array
 
 SCHEDULER_VARIABLE = "DASK_SCHEDULER_ADDRESS"
 CONNECT_TIMEOUT = "10s"
@@ -54,22 +52,10 @@ def apply_stores(
     for path, action in ((input_path, "reading"), (output_path, "writing")):
         if stores.is_store(path):
             stores.require_dask(path, action)
-    banks = [as_bank(load_array(path, "weights"), weights_layout, path) for path in weight_paths]
-    biases = [load_array(path, "bias") for path in bias_paths]
-    filters = [bank.shape[1] for bank in banks]
-    x = _open_input(input_path, layout, filters, chunks)
+    bank_files = BankFiles.load(weight_paths, bias_paths, weights_layout)
+    x = _open_input(input_path, layout, bank_files.filters, chunks)
     volume = volume_of(x.shape, layout, input_path)
-    dtype = compute_dtype(x.dtype)
-    layers = build_layers(
-        banks,
-        biases,
-        activation,
-        volume.channels,
-        dtype,
-        names=list(weight_paths),
-        input_name=input_path,
-        bias_names=list(bias_paths),
-    )
+    layers = bank_files.layers(activation, volume.channels, compute_dtype(x.dtype), input_path)
     input_shape = x.shape
     if x.ndim == 2:  # one channel: (H, W) becomes (H, W, 1), or (1, H, W) channels-first
         x = x[..., None] if layout == "nhwc" else x[None]
@@ -82,15 +68,7 @@ def apply_stores(
             with _slab_bar(progress, result.npartitions) as done:
                 stores.stream_to_npy(result, output_path, client, done)
         kernel_seconds = max(client.run(_kernel_seconds_since, token).values(), default=0.0)
-    cost = chain_cost(volume, filters, bias=[layer.bias is not None for layer in layers], dtype=dtype.name)
-    return ApplyReport(
-        input_shape,
-        [bank.shape for bank in banks],
-        volume.with_channels(filters[-1]).shape(),
-        cost,
-        time.perf_counter() - started,
-        kernel_seconds,
-    )
+    return ApplyReport.of(input_shape, volume, layers, time.perf_counter() - started, kernel_seconds)
 
 
 def _open_input(path: str, layout: str, filters: list[int], chunks: tuple[int, int] | None):

@@ -68,8 +68,8 @@ import os
 import threading
 from contextlib import contextmanager
 
-import numpy as np
 import numba
+import numpy as np
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic

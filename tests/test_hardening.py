@@ -33,12 +33,17 @@ def save(directory, name, array):
     return path
 
 
+VOLUME_SHAPE = (128, 128, 1024)
+
+
 @pytest.fixture
 def volume(tmp_path, rng):
-    """A 2-channel-wide problem big enough to take a moment, with its bank."""
-    x = save(tmp_path, "x.npy", rng.standard_normal((1500, 1000, 16)).astype(np.float32))
-    w = save(tmp_path, "w.npy", rng.standard_normal((16, 16)).astype(np.float32))
-    return x, w
+    """A run that lasts a couple of seconds on 2 cores with little I/O: 64 MiB through eight
+    1024 -> 1024 layers (about 275 GFLOP), so a signal can land in the middle of it.
+    Returns the apply arguments: the input and the eight banks."""
+    x = save(tmp_path, "x.npy", rng.standard_normal(VOLUME_SHAPE).astype(np.float32))
+    w = save(tmp_path, "w.npy", (rng.standard_normal((1024, 1024)) / 32).astype(np.float32))
+    return [str(x)] + [str(w)] * 8
 
 
 def leftovers(directory):
@@ -72,9 +77,8 @@ def test_three_stage_pipeline_from_cat(tmp_path, rng):
 
 
 def test_reader_closing_the_pipe_early_is_quiet(volume):
-    x, w = volume
     producer = subprocess.Popen(
-        [*COMMAND, "apply", str(x), str(w), "-o", "-", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [*COMMAND, "apply", *volume, "-o", "-", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     head = producer.stdout.read(100)
     producer.stdout.close()
@@ -115,11 +119,10 @@ def test_no_color_and_piped_stderr_have_no_escape_codes(samples_dir, tmp_path):
 # --- signals and limits ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("delay", [0.4, 0.9])
+@pytest.mark.parametrize("delay", [0.5, 1.5])
 def test_ctrl_c_exits_130_and_leaves_nothing(volume, tmp_path, delay):
-    x, w = volume
     out = tmp_path / "out.npy"
-    process = subprocess.Popen([*COMMAND, "apply", str(x), str(w), "-o", str(out), "-q"], stderr=subprocess.PIPE)
+    process = subprocess.Popen([*COMMAND, "apply", *volume, "-o", str(out), "-q"], stderr=subprocess.PIPE)
     time.sleep(delay)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
@@ -131,14 +134,13 @@ def test_ctrl_c_exits_130_and_leaves_nothing(volume, tmp_path, delay):
     assert b"Traceback" not in stderr
     assert leftovers(tmp_path) == []
     if out.exists():  # only when the signal came after the atomic rename: then the output is whole
-        assert np.load(out).shape == (1500, 1000, 16)
+        assert np.load(out).shape == VOLUME_SHAPE
 
 
 def test_sigterm_cleans_up_too(volume, tmp_path):
-    x, w = volume
     out = tmp_path / "out.npy"
-    process = subprocess.Popen([*COMMAND, "apply", str(x), str(w), "-o", str(out), "-q"], stderr=subprocess.PIPE)
-    time.sleep(0.8)
+    process = subprocess.Popen([*COMMAND, "apply", *volume, "-o", str(out), "-q"], stderr=subprocess.PIPE)
+    time.sleep(1.5)
     process.terminate()
     _, stderr = process.communicate(timeout=60)
     if process.returncode == 0:
@@ -148,7 +150,7 @@ def test_sigterm_cleans_up_too(volume, tmp_path):
     assert process.returncode in (143, -signal.SIGTERM) and b"Traceback" not in stderr
     assert leftovers(tmp_path) == []
     if out.exists():  # only when the signal came after the atomic rename: then the output is whole
-        assert np.load(out).shape == (1500, 1000, 16)
+        assert np.load(out).shape == VOLUME_SHAPE
 
 
 @pytest.mark.parametrize(("stop", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -180,7 +182,6 @@ def test_signal_during_the_first_compile_is_clean(samples_dir, tmp_path, stop, s
 
 
 def test_file_size_limit_keeps_the_old_file_and_no_temporary(volume, tmp_path):
-    x, w = volume
     out = save(tmp_path, "out.npy", np.arange(5))
     limit = 1_000_000
 
@@ -188,7 +189,7 @@ def test_file_size_limit_keeps_the_old_file_and_no_temporary(volume, tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     result = subprocess.run(
-        [*COMMAND, "apply", str(x), str(w), "-o", str(out), "-q"], capture_output=True, preexec_fn=small_files
+        [*COMMAND, "apply", *volume, "-o", str(out), "-q"], capture_output=True, preexec_fn=small_files
     )
     assert_one_error_line(result, str(out), "File too large")
     np.testing.assert_array_equal(np.load(out), np.arange(5))
