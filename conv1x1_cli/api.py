@@ -209,14 +209,20 @@ def conv1x1(
     x = np.asarray(x)
     if x.dtype.kind not in "biuf":
         raise ShapeError(f"input has dtype {x.dtype}; a real numeric array is needed")
-    banks = [as_bank(bank) for bank in ([w] if isinstance(w, np.ndarray) else w)]
-    biases = [bias] if isinstance(bias, np.ndarray) else list(bias or [])
+    banks, biases = banks_and_biases(w, bias)
     source = ArraySource(x, layout)
     layers = build_layers(banks, biases, activation, source.channels, compute_dtype(x.dtype))
     stack = Stack(layers, threads)
     out = np.empty(source.output_shape(stack.filters), dtype=compute_dtype(x.dtype))
     run(source, stack, ArraySink(out, layout, source))
     return out
+
+
+def banks_and_biases(w, bias) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+    """The API's ``w`` (one bank or a list) and ``bias`` (one, a list, or None) as two lists."""
+    banks = [as_bank(bank) for bank in ([w] if isinstance(w, np.ndarray) else w)]
+    biases = [bias] if isinstance(bias, np.ndarray) else list(bias or [])
+    return banks, biases
 
 
 class ArraySource:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .api import LAYOUTS, Layer, ShapeError, Stack, as_bank, build_layers, compute_dtype
+from .api import LAYOUTS, Layer, ShapeError, Stack, banks_and_biases, build_layers, compute_dtype
 
 # Packed stacks kept per worker process; a run uses one, a chain of runs a few.
 _CACHED_STACKS = 8
@@ -59,8 +59,7 @@ def conv1x1_dask(
     """
     if x.dtype.kind not in "biuf":
         raise ShapeError(f"input has dtype {x.dtype}; a real numeric array is needed")
-    banks = [as_bank(bank) for bank in ([w] if isinstance(w, np.ndarray) else w)]
-    biases = [bias] if isinstance(bias, np.ndarray) else list(bias or [])
+    banks, biases = banks_and_biases(w, bias)
     axis = channel_axis(x.ndim, layout)
     layers = build_layers(banks, biases, activation, x.shape[axis], compute_dtype(x.dtype))
     return convolve_layers(x, layers, layout=layout, threads=threads)
