@@ -337,7 +337,7 @@ def slice_table(view, rows, columns, stats: dict, title: str, stride: int) -> Ta
         f"max {fmt.format(stats['max'])} · mean {stats['mean']:.4g}"
     )
     if stride > 1:
-        caption += f"\npreview: every {stride}th row and column (stride {stride}); indices are the originals"
+        caption += f"\npreview: one row and column in {stride} (stride {stride}); indices are the originals"
     table = Table(title=title, caption=caption, box=box.SIMPLE, show_lines=False, pad_edge=False)
     table.add_column("", justify="right", style="dim")
     for column in columns:
