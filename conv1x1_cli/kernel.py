@@ -64,13 +64,14 @@ Design
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from contextlib import contextmanager
 
 import numba
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -162,49 +163,345 @@ def _tile(pixels, first_pixel, panels, panel_bias, k, out, relu, row_marker, wid
     _store_tile(acc, scratch, out, first_pixel, first_filter, n_valid, relu)
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _pointwise_tiles_slp(pixels, panels, panel_bias, out, relu, n_chunks, panel_major,
-                         row_marker, width_marker):
-    """All (pixel tile, panel) pairs, in n_chunks equal contiguous runs, one per thread.
+# --------------------------------------------------------------------------
+# Compiled part: atomics and raw pointers for the worker pool
+# --------------------------------------------------------------------------
 
-    Pixel-major order walks one pixel tile (in L1) past every panel; panel-major
-    order walks one panel (in L2) past every pixel tile.
+def _element_pointer(context, builder, array_type, array, index):
+    view = context.make_array(array_type)(context, builder, array)
+    return cgutils.get_item_pointer(context, builder, array_type, view, [index], wraparound=False)
+
+
+@intrinsic
+def _atomic_load(typingctx, array, index):
+    """array[index], read with acquire ordering (int64 arrays only)."""
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], *args)
+        return builder.load_atomic(pointer, "acquire", 8)
+
+    return types.int64(array, index), codegen
+
+
+@intrinsic
+def _atomic_store(typingctx, array, index, value):
+    """array[index] = value, written with release ordering: every earlier write is visible first."""
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        builder.store_atomic(args[2], pointer, "release", 8)
+        return context.get_dummy_value()
+
+    return types.none(array, index, types.int64), codegen
+
+
+@intrinsic
+def _atomic_add(typingctx, array, index, value):
+    """array[index] += value atomically; returns the value before."""
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        return builder.atomic_rmw("add", pointer, args[2], "acq_rel")
+
+    return types.int64(array, index, types.int64), codegen
+
+
+@intrinsic
+def _compare_and_swap(typingctx, array, index, expected, new):
+    """array[index] = new if it still holds expected, atomically; True if it did."""
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        result = builder.cmpxchg(pointer, args[2], args[3], "acq_rel", "acquire")
+        return builder.extract_value(result, 1)
+
+    return types.boolean(array, index, types.int64, types.int64), codegen
+
+
+@intrinsic
+def _pointer(typingctx, address, like):
+    """The int64 address as a pointer to like's dtype (for numba.carray)."""
+    pointer_type = types.CPointer(like.dtype)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(pointer_type))
+
+    return pointer_type(address, like), codegen
+
+
+# Spinning threads give their core away on every turn, as OpenBLAS's do: a thread of NumPy's (or
+# of any other program) that needs the core gets it at once.
+_sched_yield = types.ExternalFunction("sched_yield", types.int32())
+
+# A job is published to the workers as int64 fields: array addresses and shapes.
+_JOB_PIXELS, _JOB_PANELS, _JOB_BIAS, _JOB_OUT = 0, 1, 2, 3
+_JOB_PIXEL_COUNT, _JOB_CHANNELS, _JOB_PANEL_COUNT, _JOB_FILTERS = 4, 5, 6, 7
+_JOB_RELU, _JOB_PANEL_MAJOR = 8, 9
+_JOB_FIELDS = 16
+# Control words, each on its own 64-byte cache line so the threads do not share lines.
+_CLAIM, _DONE, _STOP = 0, 8, 16
+_CONTROL_WORDS = 24
+# The claim word packs, from bit 0: the next unclaimed chunk (12 bits), the job's chunk count
+# (12 bits), how many workers may join (8), the job's kind (8) and its generation (23).  One word,
+# so that a compare-and-swap checks them all at once (see _serve_slp).
+_CHUNK_BITS = 12
+_MAX_CHUNKS = 2048  # the main thread may overshoot the count by one claim per thread: still < 4096
+_FIELD = (1 << _CHUNK_BITS) - 1
+_WORKERS_SHIFT, _KIND_SHIFT, _GENERATION_SHIFT = 24, 32, 40
+_GENERATION_MASK = (1 << 23) - 1
+_IDLE, _STOPPED = -1, -2
+# Control words of calls that run alone: nothing reads or writes them.
+_NO_CONTROL = np.zeros(_CONTROL_WORDS, np.int64)
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _chunk_slp(job, chunk, n_chunks, row_marker, width_marker, like):
+    """Run chunk ``chunk`` of ``n_chunks`` equal runs of the (pixel tile, panel) pairs of the job in ``job``."""
+    width = len(width_marker)
+    n_pixels, n_channels = job[_JOB_PIXEL_COUNT], job[_JOB_CHANNELS]
+    n_panels = job[_JOB_PANEL_COUNT]
+    pixels = numba.carray(_pointer(job[_JOB_PIXELS], like), (n_pixels, n_channels))
+    panels = numba.carray(_pointer(job[_JOB_PANELS], like), (n_channels, n_panels, width))
+    panel_bias = numba.carray(_pointer(job[_JOB_BIAS], like), (n_panels, width))
+    out = numba.carray(_pointer(job[_JOB_OUT], like), (n_pixels, job[_JOB_FILTERS]))
+    n_pairs = (n_pixels + len(row_marker) - 1) // len(row_marker) * n_panels
+    # The arrays go to a function of their own: with the tile loop in this function, next to the
+    # pointer arithmetic, LLVM kept the accumulators in memory (scalar FMAs, 15x slower).
+    _pairs_slp(pixels, panels, panel_bias, out, job[_JOB_RELU] != 0, job[_JOB_PANEL_MAJOR] != 0,
+               chunk * n_pairs // n_chunks, (chunk + 1) * n_pairs // n_chunks, row_marker, width_marker)
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _pairs_slp(pixels, panels, panel_bias, out, relu, panel_major, start, stop, row_marker, width_marker):
+    """(pixel tile, panel) pairs start..stop-1, in pixel-major or panel-major order.
+
+    Pixel-major order walks one pixel tile (in L1) past every panel; panel-major order walks one
+    panel (in L2) past every pixel tile.
     """
     n_pixels = pixels.shape[0]
     rows = len(row_marker)
-    n_panels = panels.shape[1]
-    n_tiles = (n_pixels + rows - 1) // rows
-    n_pairs = n_tiles * n_panels
-    n_inner = n_tiles if panel_major else n_panels
-    for chunk in prange(n_chunks):
-        start = chunk * n_pairs // n_chunks
-        stop = (chunk + 1) * n_pairs // n_chunks
-        # Walk the pairs with counters: a division per pair costs as much as a
-        # whole tile when there are few channels (RGB stem).
-        outer, inner = start // n_inner, start % n_inner
-        for _ in range(stop - start):
-            if panel_major:
-                k, t = outer, inner
+    n_inner = (n_pixels + rows - 1) // rows if panel_major else panels.shape[1]
+    # Walk the pairs with counters: a division per pair costs as much as a
+    # whole tile when there are few channels (RGB stem).
+    outer, inner = start // n_inner, start % n_inner
+    for _ in range(stop - start):
+        if panel_major:
+            k, t = outer, inner
+        else:
+            t, k = outer, inner
+        # The last tile is shifted back to end at n_pixels: it recomputes a
+        # few rows (same values) instead of needing a scalar remainder loop.
+        first_pixel = min(t * rows, n_pixels - rows)
+        _tile(pixels, first_pixel, panels, panel_bias, k, out, relu, row_marker, width_marker)
+        inner += 1
+        if inner == n_inner:
+            inner = 0
+            outer += 1
+
+
+@njit(cache=True, nogil=True)
+def _run_slp(pixels, panels, panel_bias, out, relu, panel_major, n_chunks, claim_word, control, job,
+             row_marker, width_marker, like):
+    """The calling thread's side of a job: describe it in ``job``, publish it, work, wait.
+
+    With claim_word 0 nobody else is told and the calling thread runs every chunk.  Otherwise the
+    claim word (generation, kind, workers, chunk count; chunk 0 next) is published in
+    control[_CLAIM], and this thread and the spinning workers claim chunks from it until none is
+    left; then this thread waits for the chunks the workers are still running.  A worker that
+    is asleep, or slow to wake, only means this thread claims more chunks itself.
+    """
+    job[_JOB_PIXELS] = pixels.ctypes.data
+    job[_JOB_PANELS] = panels.ctypes.data
+    job[_JOB_BIAS] = panel_bias.ctypes.data
+    job[_JOB_OUT] = out.ctypes.data
+    job[_JOB_PIXEL_COUNT], job[_JOB_CHANNELS] = pixels.shape
+    job[_JOB_PANEL_COUNT], job[_JOB_FILTERS] = panels.shape[1], out.shape[1]
+    job[_JOB_RELU], job[_JOB_PANEL_MAJOR] = relu, panel_major
+    if claim_word == 0:
+        for chunk in range(n_chunks):
+            _chunk_slp(job, chunk, n_chunks, row_marker, width_marker, like)
+        return
+    _atomic_store(control, _DONE, 0)
+    _atomic_store(control, _CLAIM, claim_word)  # release: the job fields above are visible first
+    while True:
+        chunk = _atomic_add(control, _CLAIM, 1) & _FIELD
+        if chunk >= n_chunks:
+            break
+        _chunk_slp(job, chunk, n_chunks, row_marker, width_marker, like)
+        _atomic_add(control, _DONE, 1)
+    while _atomic_load(control, _DONE) < n_chunks:
+        _sched_yield()
+
+
+@njit(cache=True, nogil=True)
+def _serve_slp(control, job, kind, worker, idle_turns, row_marker, width_marker, like):
+    """A worker's loop: claim and run chunks of jobs of this kind, spinning politely in between.
+
+    Returns _IDLE after ``idle_turns`` turns (sched_yield calls) with nothing to do, _STOPPED when
+    told to stop, or the kind of a job this specialisation cannot run (the caller switches).
+
+    A chunk is claimed with a compare-and-swap of the whole claim word as it was read: it can only
+    succeed while that chunk of that generation is still unclaimed, hence while the job is
+    unfinished and its fields (read between the two) are the job's own.
+    """
+    idle = 0
+    while idle < idle_turns:
+        if _atomic_load(control, _STOP) != 0:
+            return _STOPPED
+        word = _atomic_load(control, _CLAIM)
+        chunk, n_chunks = word & _FIELD, (word >> _CHUNK_BITS) & _FIELD
+        if chunk < n_chunks and worker < (word >> _WORKERS_SHIFT) & 0xFF:
+            job_kind = (word >> _KIND_SHIFT) & 0xFF
+            if job_kind != kind:
+                return job_kind
+            if _compare_and_swap(control, _CLAIM, word, word + 1):
+                _chunk_slp(job, chunk, n_chunks, row_marker, width_marker, like)
+                _atomic_add(control, _DONE, 1)
+                idle = 0
+            continue
+        _sched_yield()
+        idle += 1
+    return _IDLE
+
+
+# --------------------------------------------------------------------------
+# Worker pool, compilation (lazy: nothing happens at import)
+# --------------------------------------------------------------------------
+
+# How long an idle worker spins (in sched_yield turns of about half a microsecond here) before it
+# sleeps: about 2 ms, so back-to-back calls find it awake, while a program that has moved on to
+# other work gets the core back soon (and at every turn, while it spins).
+_IDLE_TURNS = 4000
+# Chunks per thread: enough that the last one to finish leaves little idle time (~1/32 here).
+_CHUNKS_PER_THREAD = 16
+
+
+class _Kind:
+    """One compiled specialisation: dtype and tile shape, and the marker arguments that select it."""
+
+    def __init__(self, code: int, dtype: np.dtype, rows: int, width: int):
+        self.code = code
+        self.row_marker = tuple(range(rows))
+        self.width_marker = tuple(range(width))
+        self.like = np.empty(0, dtype)
+        self.compiled_runs: set = set()
+        self.serve_compiled = False
+
+    @property
+    def markers(self) -> tuple:
+        return self.row_marker, self.width_marker, self.like
+
+
+class _WorkerPool:
+    """Worker threads that share each call's chunks with the calling thread.
+
+    Numba's OpenMP workers sleep between calls (a spinning OpenMP pool would hold its core for
+    hundreds of milliseconds against NumPy's BLAS threads), and waking a sleeping thread costs
+    35-90 us on this class of virtual machine: more than the whole product on small layers.  These
+    workers spin for about 2 ms after their last chunk, yielding the core at every turn, then sleep
+    until the next call wakes them; the calling thread never waits for a wake-up, since it claims
+    whatever chunks nobody else has.
+    """
+
+    def __init__(self, n_workers: int):
+        self.control = np.zeros(_CONTROL_WORDS, np.int64)
+        self.job = np.zeros(_JOB_FIELDS, np.int64)
+        self.busy = threading.Lock()  # one calling thread at a time; others run alone
+        self.wake = threading.Condition()
+        self.wake_count = 0
+        self.sleepers = 0
+        self.n_workers = n_workers
+        self.generation = 0
+        self.latest_kind: _Kind | None = None
+        self._threads: list[threading.Thread] = []
+
+    def claim_word(self, kind: _Kind, workers: int, n_chunks: int) -> int:
+        """Announce a job: start the workers or wake the sleeping ones, and return its claim word."""
+        self.generation = (self.generation + 1) & _GENERATION_MASK or 1
+        self.latest_kind = kind
+        if not self._threads:
+            self._start()
+        elif self.sleepers:
+            with self.wake:
+                self.wake_count += 1
+                self.wake.notify_all()
+        return ((self.generation << _GENERATION_SHIFT) | (kind.code << _KIND_SHIFT)
+                | (workers << _WORKERS_SHIFT) | (n_chunks << _CHUNK_BITS))
+
+    def _start(self) -> None:
+        for index in range(self.n_workers):
+            thread = threading.Thread(target=self._work, args=(index,), daemon=True,
+                                      name=f"conv1x1-worker-{index}")
+            thread.start()
+            self._threads.append(thread)
+
+    def _work(self, index: int) -> None:
+        kind = self.latest_kind
+        while True:
+            result = _serve_slp(self.control, self.job, kind.code, index, _IDLE_TURNS, *kind.markers)
+            if result == _STOPPED:
+                return
+            if result == _IDLE:
+                self._sleep()
+                kind = self.latest_kind
             else:
-                t, k = outer, inner
-            # The last tile is shifted back to end at n_pixels: it recomputes a
-            # few rows (same values) instead of needing a scalar remainder loop.
-            first_pixel = min(t * rows, n_pixels - rows)
-            _tile(pixels, first_pixel, panels, panel_bias, k, out, relu,
-                  row_marker, width_marker)
-            inner += 1
-            if inner == n_inner:
-                inner = 0
-                outer += 1
+                kind = _kinds_by_code[result]
 
+    def _sleep(self) -> None:
+        with self.wake:
+            seen = self.wake_count
+            self.sleepers += 1
+            while self.wake_count == seen:
+                self.wake.wait()
+            self.sleepers -= 1
 
-# --------------------------------------------------------------------------
-# Compilation and threading set-up (lazy: nothing happens at import)
-# --------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Make the workers return (at interpreter exit)."""
+        self.control[_STOP] = 1
+        with self.wake:
+            self.wake_count += 1
+            self.wake.notify_all()
+
 
 _setup_lock = threading.RLock()
-_compiled_keys: set = set()
-_threading_configured = False
+_kinds: dict[tuple, _Kind] = {}
+_kinds_by_code: list[_Kind] = []
+_pool: _WorkerPool | None = None
+
+
+def _kind(dtype: np.dtype, rows: int, width: int) -> _Kind:
+    key = (dtype, rows, width)
+    kind = _kinds.get(key)
+    if kind is None:
+        with _setup_lock:
+            kind = _kinds.get(key)
+            if kind is None:
+                kind = _Kind(len(_kinds_by_code), dtype, rows, width)
+                _kinds_by_code.append(kind)
+                _kinds[key] = kind
+    return kind
+
+
+def _default_threads() -> int:
+    """Numba's thread count (NUMBA_NUM_THREADS, else the CPUs), at most the CPUs this process may use."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(numba.config.NUMBA_NUM_THREADS, cpus))
+
+
+def _worker_pool() -> _WorkerPool:
+    global _pool
+    if _pool is None:
+        with _setup_lock:
+            if _pool is None:
+                _pool = _WorkerPool(_default_threads() - 1)
+                atexit.register(_pool.stop)
+    return _pool
+
+
+def _forget_pool() -> None:
+    """In a forked child the workers do not exist: start a new pool there when one is needed."""
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 @contextmanager
@@ -223,75 +520,45 @@ def _vectorizer_settings():
         numba.config.SLP_VECTORIZE, numba.config.LOOP_VECTORIZE = previous
 
 
-def _configure_threading() -> None:
-    """Prefer the omp layer with passive waiting, if numba's threads have not started."""
-    global _threading_configured
-    if _threading_configured:
-        return
-    with _setup_lock:
-        if not _threading_configured:
-            _launch_numba_threads()
-            _threading_configured = True
+def _compile(dispatcher, args: tuple) -> None:
+    """Compile (or load from numba's disk cache) ``dispatcher`` for these arguments' types.
 
-
-def _launch_numba_threads() -> None:
-    from numba.np.ufunc import parallel as numba_parallel
-
-    if getattr(numba_parallel, "_is_initialized", True):
-        return  # numba's threads already run: their layer cannot change any more
-    env = os.environ
-    if "NUMBA_THREADING_LAYER" not in env and "NUMBA_THREADING_LAYER_PRIORITY" not in env \
-            and str(numba.config.THREADING_LAYER).lower() == "default":
-        numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
-    # GNU OpenMP reads its wait policy once, when it is loaded (which happens
-    # just below, when numba starts its threads).  Passive workers sleep as soon
-    # as a parallel region ends instead of spinning on the cores that NumPy's
-    # BLAS threads are about to use.  The user's own setting wins.
-    set_policy = "OMP_WAIT_POLICY" not in env
-    if set_policy:
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
-    try:
-        numba_parallel._launch_threads()
-    finally:
-        if set_policy:
-            del env["OMP_WAIT_POLICY"]
-
-
-def _compile(args: tuple) -> None:
-    """Compile (or load from numba's disk cache) the kernel for these argument types.
-
-    Once a signature exists, implicit compilation by the dispatcher is disabled
-    outside this function, so a call with unforeseen argument types raises
-    (and comes back here) instead of silently compiling without the vectoriser
-    settings.
+    Implicit compilation by the two entry points is disabled outside this function, so a call
+    with unforeseen argument types raises (and comes back here) instead of silently compiling
+    without the vectoriser settings.
     """
     signature = tuple(numba.typeof(a) for a in args)
     with _setup_lock:
-        _pointwise_tiles_slp.disable_compile(False)
+        dispatcher.disable_compile(False)
         try:
             with _vectorizer_settings():
-                _pointwise_tiles_slp.compile(signature)
+                dispatcher.compile(signature)
         finally:
-            _pointwise_tiles_slp.disable_compile(True)
+            dispatcher.disable_compile(True)
 
 
-def _run_kernel(args: tuple) -> None:
-    """Call the kernel, compiling it first for argument types not seen before."""
-    pixels, out = args[0], args[3]
+def _run(kind: _Kind, args: tuple) -> None:
+    """_run_slp(*args), compiling it first for argument types not seen before."""
+    pixels, panels, out = args[0], args[1], args[3]
     # numba.typeof is slow (tens of microseconds); this key decides the same types.
-    panels = args[1]
-    key = (pixels.dtype, pixels.flags.writeable, pixels.flags.aligned, out.flags.aligned,
-           panels.flags.writeable, panels.flags.aligned, len(args[-2]), len(args[-1]))
-    if key not in _compiled_keys:
-        _compile(args)
-        _compiled_keys.add(key)
+    key = (pixels.flags.writeable, panels.flags.writeable)
+    if key not in kind.compiled_runs:
+        _compile(_run_slp, args)
+        kind.compiled_runs.add(key)
     try:
-        _pointwise_tiles_slp(*args)
+        _run_slp(*args)
     except TypeError as error:  # types the key did not foresee
         if "compilation disabled" not in str(error) and "No matching" not in str(error):
             raise
-        _compile(args)
-        _pointwise_tiles_slp(*args)
+        _compile(_run_slp, args)
+        _run_slp(*args)
+
+
+def _prepare_serving(kind: _Kind, pool: _WorkerPool) -> None:
+    """Compile the workers' loop for this kind before any job of the kind is published."""
+    if not kind.serve_compiled:
+        _compile(_serve_slp, (pool.control, pool.job, kind.code, 0, _IDLE_TURNS, *kind.markers))
+        kind.serve_compiled = True
 
 
 # --------------------------------------------------------------------------
@@ -383,7 +650,8 @@ def apply_packed(pixels: np.ndarray, packed: PackedBank, out: np.ndarray, relu: 
     """out[P, F] = act(pixels[P, C] @ bank + bias), written in place.
 
     pixels (P, C) and out (P, F) are C-contiguous arrays of the bank's dtype.
-    threads=None uses all of numba's threads; an int limits this call to that many.
+    threads=None uses every CPU this process may run on (or NUMBA_NUM_THREADS, if lower); an int
+    limits this call to that many threads.
     """
     if not isinstance(packed, PackedBank):
         raise TypeError("packed must come from pack_bank")
@@ -405,31 +673,38 @@ def apply_packed(pixels: np.ndarray, packed: PackedBank, out: np.ndarray, relu: 
     if n_pixels == 0 or packed.n_filters == 0:
         return
 
+    if not pixels.flags.aligned:
+        pixels = pixels.copy()  # the kernel reads through typed pointers
+    if not out.flags.aligned:
+        result = np.empty_like(out)
+        apply_packed(pixels, packed, result, relu, threads)
+        out[...] = result
+        return
+
     rows = packed.rows if n_pixels >= packed.rows else 1
-    _configure_threading()  # before anything starts numba's threads
-    available = numba.get_num_threads()  # all of numba's threads unless the user lowered it
-    if threads is None:
-        n_threads = available
-    elif int(threads) < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    else:
-        n_threads = min(int(threads), numba.config.NUMBA_NUM_THREADS)
-    if n_pixels * packed.n_channels * packed.n_filters < _SERIAL_WORK:
-        n_threads = 1
+    kind = _kind(dtype, rows, packed.width)
+    n_pairs = -(-n_pixels // rows) * packed.panels.shape[1]
     # Panel-major when the bank outweighs the pixels: each panel then stays in
     # cache while it meets every pixel tile.
-    panel_major = n_pixels < packed.n_filters
-    args = (pixels, packed.panels, packed.panel_bias, out, bool(relu), n_threads, panel_major,
-            packed.row_marker if rows == packed.rows else (0,), packed.width_marker)
-    if n_threads == available:
-        _run_kernel(args)
-        return
-    previous = numba.get_num_threads()
-    numba.set_num_threads(n_threads)
-    try:
-        _run_kernel(args)
-    finally:
-        numba.set_num_threads(previous)
+    arrays = (pixels, packed.panels, packed.panel_bias, out, bool(relu), n_pixels < packed.n_filters)
+    pool = None if _single_threaded(threads, n_pixels * packed.n_channels * packed.n_filters) else _worker_pool()
+    if pool is not None and pool.n_workers and pool.busy.acquire(blocking=False):
+        try:
+            workers = pool.n_workers if threads is None else min(int(threads) - 1, pool.n_workers)
+            n_chunks = min(n_pairs, _CHUNKS_PER_THREAD * (workers + 1), _MAX_CHUNKS)
+            _prepare_serving(kind, pool)
+            word = pool.claim_word(kind, workers, n_chunks)
+            _run(kind, (*arrays, n_chunks, word, pool.control, pool.job, *kind.markers))
+        finally:
+            pool.busy.release()
+    else:  # alone: one thread asked for, little work, or another thread is using the pool
+        _run(kind, (*arrays, 1, 0, _NO_CONTROL, np.empty(_JOB_FIELDS, np.int64), *kind.markers))
+
+
+def _single_threaded(threads: int | None, work: int) -> bool:
+    if threads is not None and int(threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    return threads == 1 or work < _SERIAL_WORK
 
 
 def pointwise(pixels: np.ndarray, bank: np.ndarray, bias: np.ndarray | None, relu: bool,
