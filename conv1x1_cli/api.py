@@ -28,9 +28,12 @@ class ShapeError(ValueError):
     """Arrays whose shapes or values cannot form the requested convolution."""
 
 
+_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
 def compute_dtype(dtype: np.dtype) -> np.dtype:
     """float64 stays float64; every other numeric type is computed (and written) as float32."""
-    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+    return _FLOAT64 if _FLOAT64 == dtype else _FLOAT32
 
 
 def as_bank(weights: np.ndarray, layout: str = "cf", name: str = "weights") -> np.ndarray:

@@ -65,6 +65,7 @@ Design
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import threading
 from contextlib import contextmanager
@@ -80,11 +81,11 @@ _FASTMATH = {"contract"}
 
 # Bytes of one SIMD register (AVX-512); panel widths are multiples of half of it.
 _VECTOR_BYTES = 64
-# Below this many multiply-adds a call runs on one thread: waking a sleeping
-# OpenMP worker costs 35-40 us here, which one thread's ~110 GFLOP/s covers up
-# to about 4M multiply-adds (measured: 784x192->16 ran 92 GFLOP/s on one
-# thread, 69 on two).
-_SERIAL_WORK = 1 << 22
+# Below this many multiply-adds a call runs on one thread: handing chunks to a
+# spinning worker costs a few microseconds, which two threads win back from
+# about 1M multiply-adds up (measured here: 196x128->64, 1.6M, ran in 32 us on
+# one thread and 23 on two; 3136x3->64, 0.6M, in 24 and 27).
+_SERIAL_WORK = 1 << 20
 
 
 # --------------------------------------------------------------------------
@@ -204,6 +205,16 @@ def _atomic_add(typingctx, array, index, value):
 
 
 @intrinsic
+def _atomic_exchange(typingctx, array, index, value):
+    """array[index] = value atomically (a full barrier); returns the value before."""
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        return builder.atomic_rmw("xchg", pointer, args[2], "seq_cst")
+
+    return types.int64(array, index, types.int64), codegen
+
+
+@intrinsic
 def _compare_and_swap(typingctx, array, index, expected, new):
     """array[index] = new if it still holds expected, atomically; True if it did."""
     def codegen(context, builder, signature, args):
@@ -225,29 +236,90 @@ def _pointer(typingctx, address, like):
     return pointer_type(address, like), codegen
 
 
-# Spinning threads give their core away on every turn, as OpenBLAS's do: a thread of NumPy's (or
-# of any other program) that needs the core gets it at once.
+@intrinsic
+def _address_of(typingctx, array):
+    """The array's data pointer as a void pointer, for C functions."""
+    def codegen(context, builder, signature, args):
+        view = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.bitcast(view.data, context.get_value_type(types.voidptr))
+
+    return types.voidptr(array), codegen
+
+
+# C functions the workers call without the GIL.  Spinning threads give their core away on every
+# turn, as OpenBLAS's do: a thread of NumPy's (or of any other program) that needs it gets it.
 _sched_yield = types.ExternalFunction("sched_yield", types.int32())
+_sched_getcpu = types.ExternalFunction("sched_getcpu", types.int32())
+_sched_getaffinity = types.ExternalFunction("sched_getaffinity", types.int32(types.int32, types.uintp, types.voidptr))
+_sched_setaffinity = types.ExternalFunction("sched_setaffinity", types.int32(types.int32, types.uintp, types.voidptr))
+_sem_wait = types.ExternalFunction("sem_wait", types.int32(types.voidptr))
+_sem_post = types.ExternalFunction("sem_post", types.int32(types.voidptr))
 
 # A job is published to the workers as int64 fields: array addresses and shapes.
 _JOB_PIXELS, _JOB_PANELS, _JOB_BIAS, _JOB_OUT = 0, 1, 2, 3
 _JOB_PIXEL_COUNT, _JOB_CHANNELS, _JOB_PANEL_COUNT, _JOB_FILTERS = 4, 5, 6, 7
-_JOB_RELU, _JOB_PANEL_MAJOR = 8, 9
+_JOB_RELU, _JOB_PANEL_MAJOR, _JOB_CHUNKS = 8, 9, 10
 _JOB_FIELDS = 16
-# Control words, each on its own 64-byte cache line so the threads do not share lines.
-_CLAIM, _DONE, _STOP = 0, 8, 16
-_CONTROL_WORDS = 24
-# The claim word packs, from bit 0: the next unclaimed chunk (12 bits), the job's chunk count
-# (12 bits), how many workers may join (8), the job's kind (8) and its generation (23).  One word,
-# so that a compare-and-swap checks them all at once (see _serve_slp).
+# Control words, each on its own 64-byte cache line (8 int64) so the threads do not share lines:
+# the count of finished chunks, the stop flag, the calling thread's CPU, how many workers are
+# asleep, then one segment word per thread.
+_LINE = 8
+_DONE, _STOP, _MAIN_CPU, _SLEEPING, _SEGMENTS = 0, _LINE, 2 * _LINE, 3 * _LINE, 4 * _LINE
+_MAX_THREADS = 64
+_CONTROL_WORDS = _SEGMENTS + _LINE * _MAX_THREADS
+# A job's chunks are split into one contiguous segment per thread.  A segment word packs, from
+# bit 0: the end of the segment's unclaimed chunks (12 bits), their start (12), how many threads
+# take part (8) and the job's kind (8).  One word, so that one compare-and-swap checks them all.
 _CHUNK_BITS = 12
-_MAX_CHUNKS = 2048  # the main thread may overshoot the count by one claim per thread: still < 4096
-_FIELD = (1 << _CHUNK_BITS) - 1
-_WORKERS_SHIFT, _KIND_SHIFT, _GENERATION_SHIFT = 24, 32, 40
-_GENERATION_MASK = (1 << 23) - 1
-_IDLE, _STOPPED = -1, -2
-# Control words of calls that run alone: nothing reads or writes them.
+_MAX_CHUNKS = (1 << _CHUNK_BITS) - 1
+_START_SHIFT, _THREADS_SHIFT, _KIND_SHIFT = 12, 24, 32
+_NOTHING, _OTHER_KIND = -1, -2  # what _claim returns instead of a chunk
+_STOPPED = -1  # what _serve_slp returns when it is not _OTHER_KIND
+# glibc's sem_t is 32 bytes on 64-bit Linux; each worker's 64-byte slot also keeps it on a line of its own.
+_SEMAPHORE_BYTES = 64
+_CPU_SET_WORDS = 16  # a cpu_set_t: 1024 CPUs, as glibc's
+# Control words and semaphore of calls that run alone: nothing reads or writes them.
 _NO_CONTROL = np.zeros(_CONTROL_WORDS, np.int64)
+_NO_SEMAPHORE = np.zeros(_SEMAPHORE_BYTES, np.uint8)
+
+
+@njit(inline="always")
+def _claim(control, segment, from_end, kind, me):
+    """Claim one unclaimed chunk of ``segment``: its first (a thread's own segment) or its last
+    (when helping another thread).  Returns the chunk, _NOTHING, or _OTHER_KIND for a job of
+    another kind.
+
+    A chunk is claimed with a compare-and-swap of the segment word as it was read, which succeeds
+    only while that chunk is still unclaimed; the job cannot finish before the chunk does, so
+    the job fields read after a successful claim are that job's own.
+    """
+    slot = _SEGMENTS + segment * _LINE
+    while True:
+        word = _atomic_load(control, slot)
+        start, end = (word >> _START_SHIFT) & _MAX_CHUNKS, word & _MAX_CHUNKS
+        if start >= end or me >= (word >> _THREADS_SHIFT) & 0xFF:
+            return _NOTHING
+        if (word >> _KIND_SHIFT) & 0xFF != kind:
+            return _OTHER_KIND
+        if from_end:
+            claimed, chunk = word - 1, end - 1
+        else:
+            claimed, chunk = word + (1 << _START_SHIFT), start
+        if _compare_and_swap(control, slot, word, claimed):
+            return chunk
+
+
+@njit(inline="always")
+def _next_chunk(control, kind, me, n_threads):
+    """The next chunk for thread ``me``: from the front of its own segment, else from the back of
+    another's (the far end from where its owner works, so each thread keeps to its own part of
+    the bank or the pixels as long as it can)."""
+    chunk = _claim(control, me, False, kind, me)
+    for offset in range(1, n_threads):
+        if chunk != _NOTHING:
+            break
+        chunk = _claim(control, (me + offset) % n_threads, True, kind, me)
+    return chunk
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
@@ -296,15 +368,14 @@ def _pairs_slp(pixels, panels, panel_bias, out, relu, panel_major, start, stop, 
 
 
 @njit(cache=True, nogil=True)
-def _run_slp(pixels, panels, panel_bias, out, relu, panel_major, n_chunks, claim_word, control, job,
-             row_marker, width_marker, like):
+def _run_slp(pixels, panels, panel_bias, out, relu, panel_major, n_chunks, n_threads, kind, control, job,
+             semaphore, row_marker, width_marker, like):
     """The calling thread's side of a job: describe it in ``job``, publish it, work, wait.
 
-    With claim_word 0 nobody else is told and the calling thread runs every chunk.  Otherwise the
-    claim word (generation, kind, workers, chunk count; chunk 0 next) is published in
-    control[_CLAIM], and this thread and the spinning workers claim chunks from it until none is
-    left; then this thread waits for the chunks the workers are still running.  A worker that
-    is asleep, or slow to wake, only means this thread claims more chunks itself.
+    With one thread nobody else is told.  Otherwise each of the ``n_threads`` threads (this one
+    is thread 0) gets a segment of the chunks; this thread works through its own and then helps
+    with the others' until none is left, and waits for the chunks still running.  A worker that
+    is asleep, or slow to wake, only means that this thread takes more of its segment.
     """
     job[_JOB_PIXELS] = pixels.ctypes.data
     job[_JOB_PANELS] = panels.ctypes.data
@@ -313,15 +384,24 @@ def _run_slp(pixels, panels, panel_bias, out, relu, panel_major, n_chunks, claim
     job[_JOB_PIXEL_COUNT], job[_JOB_CHANNELS] = pixels.shape
     job[_JOB_PANEL_COUNT], job[_JOB_FILTERS] = panels.shape[1], out.shape[1]
     job[_JOB_RELU], job[_JOB_PANEL_MAJOR] = relu, panel_major
-    if claim_word == 0:
-        for chunk in range(n_chunks):
-            _chunk_slp(job, chunk, n_chunks, row_marker, width_marker, like)
+    job[_JOB_CHUNKS] = n_chunks
+    if n_threads == 1:
+        _chunk_slp(job, 0, 1, row_marker, width_marker, like)
         return
     _atomic_store(control, _DONE, 0)
-    _atomic_store(control, _CLAIM, claim_word)  # release: the job fields above are visible first
+    _atomic_store(control, _MAIN_CPU, _sched_getcpu())
+    header = (kind << _KIND_SHIFT) | (n_threads << _THREADS_SHIFT)
+    for segment in range(_MAX_THREADS):  # release stores: the job fields above are visible first
+        start = min(segment, n_threads) * n_chunks // n_threads
+        end = min(segment + 1, n_threads) * n_chunks // n_threads
+        _atomic_store(control, _SEGMENTS + segment * _LINE, header | (start << _START_SHIFT) | end)
+    # After publishing (the exchange is a full barrier): a worker counted here either sees the job
+    # before it sleeps or is woken now; see _sleep.
+    for _ in range(_atomic_exchange(control, _SLEEPING, 0)):
+        _sem_post(_address_of(semaphore))
     while True:
-        chunk = _atomic_add(control, _CLAIM, 1) & _FIELD
-        if chunk >= n_chunks:
+        chunk = _next_chunk(control, kind, 0, n_threads)
+        if chunk < 0:
             break
         _chunk_slp(job, chunk, n_chunks, row_marker, width_marker, like)
         _atomic_add(control, _DONE, 1)
@@ -330,34 +410,90 @@ def _run_slp(pixels, panels, panel_bias, out, relu, panel_major, n_chunks, claim
 
 
 @njit(cache=True, nogil=True)
-def _serve_slp(control, job, kind, worker, idle_turns, row_marker, width_marker, like):
-    """A worker's loop: claim and run chunks of jobs of this kind, spinning politely in between.
+def _serve_slp(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_marker, width_marker, like):
+    """Worker ``me``'s loop (me >= 1): run chunks of jobs of this kind, spinning politely in
+    between, and sleeping after ``idle_turns`` idle turns (sched_yield calls).
 
-    Returns _IDLE after ``idle_turns`` turns (sched_yield calls) with nothing to do, _STOPPED when
-    told to stop, or the kind of a job this specialisation cannot run (the caller switches).
-
-    A chunk is claimed with a compare-and-swap of the whole claim word as it was read: it can only
-    succeed while that chunk of that generation is still unclaimed, hence while the job is
-    unfinished and its fields (read between the two) are the job's own.
+    Returns _STOPPED when told to stop, or _OTHER_KIND when a job of another kind is published
+    (the caller switches to that kind's specialisation).  Sleeping, waking and moving off the
+    calling thread's CPU all happen here, without the GIL: a worker woken into Python code
+    waited for the GIL behind the calling thread for milliseconds.
     """
     idle = 0
-    while idle < idle_turns:
+    while True:
         if _atomic_load(control, _STOP) != 0:
             return _STOPPED
-        word = _atomic_load(control, _CLAIM)
-        chunk, n_chunks = word & _FIELD, (word >> _CHUNK_BITS) & _FIELD
-        if chunk < n_chunks and worker < (word >> _WORKERS_SHIFT) & 0xFF:
-            job_kind = (word >> _KIND_SHIFT) & 0xFF
-            if job_kind != kind:
-                return job_kind
-            if _compare_and_swap(control, _CLAIM, word, word + 1):
-                _chunk_slp(job, chunk, n_chunks, row_marker, width_marker, like)
-                _atomic_add(control, _DONE, 1)
-                idle = 0
-            continue
-        _sched_yield()
-        idle += 1
-    return _IDLE
+        if idle == 0 and _sched_getcpu() == _atomic_load(control, _MAIN_CPU):
+            _move_off_cpu(_atomic_load(control, _MAIN_CPU), cpu_sets)
+        # How many threads share the current job, as this worker's own segment word says.
+        n_threads = (_atomic_load(control, _SEGMENTS + me * _LINE) >> _THREADS_SHIFT) & 0xFF
+        chunk = _next_chunk(control, kind, me, n_threads) if me < n_threads else _NOTHING
+        if chunk == _OTHER_KIND:
+            return _OTHER_KIND
+        if chunk != _NOTHING:
+            _chunk_slp(job, chunk, job[_JOB_CHUNKS], row_marker, width_marker, like)
+            _atomic_add(control, _DONE, 1)
+            idle = 0
+        elif idle < idle_turns:
+            _sched_yield()
+            idle += 1
+        else:
+            _sleep(control, me, semaphore)
+            idle = 0
+
+
+@njit(inline="always")
+def _has_work(control, me):
+    """Whether some segment still has unclaimed chunks that thread ``me`` may take."""
+    for segment in range(_MAX_THREADS):
+        word = _atomic_load(control, _SEGMENTS + segment * _LINE)
+        threads = (word >> _THREADS_SHIFT) & 0xFF
+        if me < threads and (word >> _START_SHIFT) & _MAX_CHUNKS < word & _MAX_CHUNKS:
+            return True
+    return False
+
+
+@njit(inline="always")
+def _sleep(control, me, semaphore):
+    """Sleep on the semaphore until a job is published (or return at once if one already is).
+
+    The worker counts itself as sleeping before it looks for work one last time; _run_slp
+    publishes a job before it takes the count.  So either this worker sees the job, or the count
+    it added is taken and a post wakes it.  If it sees a job, it takes back its count while that
+    is still there; when it is gone, a post is on its way and sem_wait returns at once.
+    """
+    _atomic_add(control, _SLEEPING, 1)
+    if _has_work(control, me) or _atomic_load(control, _STOP) != 0:
+        while True:
+            sleeping = _atomic_load(control, _SLEEPING)
+            if sleeping == 0:
+                break
+            if _compare_and_swap(control, _SLEEPING, sleeping, sleeping - 1):
+                return
+    _sem_wait(_address_of(semaphore))  # an early return (EINTR) only means one more look
+
+
+@njit(inline="always")
+def _move_off_cpu(cpu, cpu_sets):
+    """Move this thread off ``cpu`` at once, keeping the CPUs it may run on.
+
+    On a virtual machine Linux often wakes a thread on the waker's CPU (an idle virtual CPU whose
+    host thread is not running counts as busy).  There a worker that yields at every turn barely
+    ran beside the calling thread for whole seconds while the other CPU idled (190-200 us per
+    call instead of 106-110 on 28x28x192->64), and the scheduler never moved it.  Excluding the
+    CPU for a moment migrates the thread; the old set is restored straight after.
+    """
+    allowed, elsewhere = cpu_sets[0], cpu_sets[1]
+    if cpu < 0 or cpu >= 64 * _CPU_SET_WORDS:
+        return
+    if _sched_getaffinity(0, 8 * _CPU_SET_WORDS, _address_of(allowed)) != 0:
+        return
+    elsewhere[:] = allowed
+    elsewhere[cpu // 64] &= ~(np.uint64(1) << np.uint64(cpu % 64))
+    if not elsewhere.any():
+        return
+    if _sched_setaffinity(0, 8 * _CPU_SET_WORDS, _address_of(elsewhere)) == 0:
+        _sched_setaffinity(0, 8 * _CPU_SET_WORDS, _address_of(allowed))
 
 
 # --------------------------------------------------------------------------
@@ -395,73 +531,59 @@ class _WorkerPool:
     hundreds of milliseconds against NumPy's BLAS threads), and waking a sleeping thread costs
     35-90 us on this class of virtual machine: more than the whole product on small layers.  These
     workers spin for about 2 ms after their last chunk, yielding the core at every turn, then sleep
-    until the next call wakes them; the calling thread never waits for a wake-up, since it claims
-    whatever chunks nobody else has.
+    on a semaphore until the next call posts it; the calling thread never waits for a wake-up,
+    since it claims whatever chunks nobody else has.
     """
 
     def __init__(self, n_workers: int):
         self.control = np.zeros(_CONTROL_WORDS, np.int64)
         self.job = np.zeros(_JOB_FIELDS, np.int64)
+        self.semaphore = _new_semaphore()
         self.busy = threading.Lock()  # one calling thread at a time; others run alone
-        self.wake = threading.Condition()
-        self.wake_count = 0
-        self.sleepers = 0
         self.n_workers = n_workers
-        self.generation = 0
         self.latest_kind: _Kind | None = None
         self._threads: list[threading.Thread] = []
 
-    def claim_word(self, kind: _Kind, workers: int, n_chunks: int) -> int:
-        """Announce a job: start the workers or wake the sleeping ones, and return its claim word."""
-        self.generation = (self.generation + 1) & _GENERATION_MASK or 1
+    def announce(self, kind: _Kind) -> None:
+        """Before a job of this kind is published: start the workers if they are not running."""
         self.latest_kind = kind
         if not self._threads:
-            self._start()
-        elif self.sleepers:
-            with self.wake:
-                self.wake_count += 1
-                self.wake.notify_all()
-        return ((self.generation << _GENERATION_SHIFT) | (kind.code << _KIND_SHIFT)
-                | (workers << _WORKERS_SHIFT) | (n_chunks << _CHUNK_BITS))
+            for me in range(1, self.n_workers + 1):
+                thread = threading.Thread(target=self._work, args=(me,), daemon=True, name=f"conv1x1-worker-{me}")
+                thread.start()
+                self._threads.append(thread)
 
-    def _start(self) -> None:
-        for index in range(self.n_workers):
-            thread = threading.Thread(target=self._work, args=(index,), daemon=True,
-                                      name=f"conv1x1-worker-{index}")
-            thread.start()
-            self._threads.append(thread)
-
-    def _work(self, index: int) -> None:
-        kind = self.latest_kind
+    def _work(self, me: int) -> None:
+        """Thread ``me`` (the calling thread is 0) serves jobs of the latest kind until stopped."""
+        cpu_sets = np.zeros((2, _CPU_SET_WORDS), np.uint64)
         while True:
-            result = _serve_slp(self.control, self.job, kind.code, index, _IDLE_TURNS, *kind.markers)
+            kind = self.latest_kind
+            result = _serve_slp(self.control, self.job, kind.code, me, _IDLE_TURNS, self.semaphore, cpu_sets,
+                                *kind.markers)
             if result == _STOPPED:
                 return
-            if result == _IDLE:
-                self._sleep()
-                kind = self.latest_kind
-            else:
-                kind = _kinds_by_code[result]
-
-    def _sleep(self) -> None:
-        with self.wake:
-            seen = self.wake_count
-            self.sleepers += 1
-            while self.wake_count == seen:
-                self.wake.wait()
-            self.sleepers -= 1
 
     def stop(self) -> None:
         """Make the workers return (at interpreter exit)."""
         self.control[_STOP] = 1
-        with self.wake:
-            self.wake_count += 1
-            self.wake.notify_all()
+        for _ in self._threads:
+            _libc().sem_post(ctypes.c_void_p(self.semaphore.ctypes.data))
+
+
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _new_semaphore() -> np.ndarray:
+    """An unnamed POSIX semaphore (count 0) in a NumPy buffer, so compiled code can pass its address."""
+    semaphore = np.zeros(_SEMAPHORE_BYTES, np.uint8)
+    if _libc().sem_init(ctypes.c_void_p(semaphore.ctypes.data), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "sem_init failed")
+    return semaphore
 
 
 _setup_lock = threading.RLock()
 _kinds: dict[tuple, _Kind] = {}
-_kinds_by_code: list[_Kind] = []
 _pool: _WorkerPool | None = None
 
 
@@ -472,8 +594,7 @@ def _kind(dtype: np.dtype, rows: int, width: int) -> _Kind:
         with _setup_lock:
             kind = _kinds.get(key)
             if kind is None:
-                kind = _Kind(len(_kinds_by_code), dtype, rows, width)
-                _kinds_by_code.append(kind)
+                kind = _Kind(len(_kinds), dtype, rows, width)  # a few per dtype: far below 256
                 _kinds[key] = kind
     return kind
 
@@ -489,7 +610,7 @@ def _worker_pool() -> _WorkerPool:
     if _pool is None:
         with _setup_lock:
             if _pool is None:
-                _pool = _WorkerPool(_default_threads() - 1)
+                _pool = _WorkerPool(min(_default_threads(), _MAX_THREADS) - 1)
                 atexit.register(_pool.stop)
     return _pool
 
@@ -557,7 +678,9 @@ def _run(kind: _Kind, args: tuple) -> None:
 def _prepare_serving(kind: _Kind, pool: _WorkerPool) -> None:
     """Compile the workers' loop for this kind before any job of the kind is published."""
     if not kind.serve_compiled:
-        _compile(_serve_slp, (pool.control, pool.job, kind.code, 0, _IDLE_TURNS, *kind.markers))
+        cpu_sets = np.zeros((2, _CPU_SET_WORDS), np.uint64)
+        _compile(_serve_slp, (pool.control, pool.job, kind.code, 1, _IDLE_TURNS, pool.semaphore, cpu_sets,
+                              *kind.markers))
         kind.serve_compiled = True
 
 
@@ -593,8 +716,8 @@ class PackedBank:
     ``panel_bias[k, j]`` is the bias, padded the same way.
     """
 
-    __slots__ = ("dtype", "n_channels", "n_filters", "panel_bias", "panels", "row_marker", "rows", "width",
-                 "width_marker")
+    __slots__ = ("dtype", "kind", "n_channels", "n_filters", "one_row_kind", "panel_bias", "panels", "rows",
+                 "width")
 
     def __init__(self, matrix, bias, n_channels, n_filters, rows, width):
         n_panels = matrix.shape[1] // width
@@ -605,9 +728,8 @@ class PackedBank:
         self.dtype = matrix.dtype
         self.rows = rows
         self.width = width
-        # Tuples whose lengths tell the compiler the tile shape (see _stack_tile).
-        self.row_marker = tuple(range(rows))
-        self.width_marker = tuple(range(width))
+        self.kind = _kind(self.dtype, rows, width)
+        self.one_row_kind = _kind(self.dtype, 1, width)  # for fewer pixels than rows
 
     def __repr__(self) -> str:
         return (f"PackedBank(channels={self.n_channels}, filters={self.n_filters}, "
@@ -625,13 +747,12 @@ def pack_bank(bank: np.ndarray, bias: np.ndarray | None) -> PackedBank:
     if bank.dtype not in (np.float32, np.float64):
         raise TypeError(f"bank must be float32 or float64, got {bank.dtype}")
     n_channels, n_filters = bank.shape
-    if bias is None:
-        bias = np.zeros(n_filters, dtype=bank.dtype)
-    bias = np.asarray(bias)
-    if bias.shape != (n_filters,):
-        raise ValueError(f"bias must have shape ({n_filters},), got {bias.shape}")
-    if bias.dtype != bank.dtype:
-        raise TypeError(f"bias dtype {bias.dtype} differs from bank dtype {bank.dtype}")
+    if bias is not None:
+        bias = np.asarray(bias)
+        if bias.shape != (n_filters,):
+            raise ValueError(f"bias must have shape ({n_filters},), got {bias.shape}")
+        if bias.dtype != bank.dtype:
+            raise TypeError(f"bias dtype {bias.dtype} differs from bank dtype {bank.dtype}")
 
     rows, width = _tile_shape(n_filters, bank.dtype.itemsize)
     padded = -(-n_filters // width) * width
@@ -641,7 +762,8 @@ def pack_bank(bank: np.ndarray, bias: np.ndarray | None) -> PackedBank:
         matrix = np.zeros((n_channels, padded), dtype=bank.dtype)
         matrix[:, :n_filters] = bank
     padded_bias = np.zeros(padded, dtype=bank.dtype)
-    padded_bias[:n_filters] = bias
+    if bias is not None:
+        padded_bias[:n_filters] = bias
     return PackedBank(matrix, padded_bias, n_channels, n_filters, rows, width)
 
 
@@ -681,8 +803,7 @@ def apply_packed(pixels: np.ndarray, packed: PackedBank, out: np.ndarray, relu: 
         out[...] = result
         return
 
-    rows = packed.rows if n_pixels >= packed.rows else 1
-    kind = _kind(dtype, rows, packed.width)
+    rows, kind = (packed.rows, packed.kind) if n_pixels >= packed.rows else (1, packed.one_row_kind)
     n_pairs = -(-n_pixels // rows) * packed.panels.shape[1]
     # Panel-major when the bank outweighs the pixels: each panel then stays in
     # cache while it meets every pixel tile.
@@ -690,15 +811,17 @@ def apply_packed(pixels: np.ndarray, packed: PackedBank, out: np.ndarray, relu: 
     pool = None if _single_threaded(threads, n_pixels * packed.n_channels * packed.n_filters) else _worker_pool()
     if pool is not None and pool.n_workers and pool.busy.acquire(blocking=False):
         try:
-            workers = pool.n_workers if threads is None else min(int(threads) - 1, pool.n_workers)
-            n_chunks = min(n_pairs, _CHUNKS_PER_THREAD * (workers + 1), _MAX_CHUNKS)
+            n_threads = 1 + (pool.n_workers if threads is None else min(int(threads) - 1, pool.n_workers))
+            n_chunks = min(n_pairs, _CHUNKS_PER_THREAD * n_threads, _MAX_CHUNKS)
             _prepare_serving(kind, pool)
-            word = pool.claim_word(kind, workers, n_chunks)
-            _run(kind, (*arrays, n_chunks, word, pool.control, pool.job, *kind.markers))
+            pool.announce(kind)
+            _run(kind, (*arrays, n_chunks, n_threads, kind.code, pool.control, pool.job, pool.semaphore,
+                        *kind.markers))
         finally:
             pool.busy.release()
     else:  # alone: one thread asked for, little work, or another thread is using the pool
-        _run(kind, (*arrays, 1, 0, _NO_CONTROL, np.empty(_JOB_FIELDS, np.int64), *kind.markers))
+        _run(kind, (*arrays, 1, 1, kind.code, _NO_CONTROL, np.empty(_JOB_FIELDS, np.int64), _NO_SEMAPHORE,
+                    *kind.markers))
 
 
 def _single_threaded(threads: int | None, work: int) -> bool:
