@@ -33,7 +33,7 @@ _FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
     """float64 stays float64; every other numeric type is computed (and written) as float32."""
-    return _FLOAT64 if _FLOAT64 == dtype else _FLOAT32
+    return _FLOAT64 if dtype == _FLOAT64 else _FLOAT32
 
 
 def as_bank(weights: np.ndarray, layout: str = "cf", name: str = "weights") -> np.ndarray:

@@ -36,7 +36,6 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -314,7 +313,6 @@ def run_bench(
     report_progress = progress or (lambda what, done, total: None)
 
     machine = describe_machine(torch)
-    _start_kernel_threads(machine, threads)  # before torch is imported: see _start_kernel_threads
     torch_module = _import_torch() if torch else None
 
     report_progress("machine limits", 0, steps)
@@ -597,21 +595,6 @@ def _seconds(call: Callable[[], object]) -> float:
     started = time.perf_counter()
     call()
     return time.perf_counter() - started
-
-
-def _start_kernel_threads(machine: MachineInfo, threads: int | None) -> None:
-    """Run one tiny convolution so numba's threads start with the kernel's settings (the ``omp``
-    layer, passive waiting) before torch loads: torch brings its own libgomp, and if it is loaded
-    first every OpenMP worker spins after each call, on the cores NumPy's BLAS threads need."""
-    from . import probe
-    from .api import conv1x1
-
-    if "torch" in sys.modules and not probe.numba_threads_started():
-        machine.warnings.append(
-            "torch was imported before numba's threads started: OpenMP workers may spin between calls "
-            "and distort every contender's timings"
-        )
-    conv1x1(np.zeros((4, 4, 8), np.float32), np.zeros((8, 8), np.float32), threads=threads)
 
 
 def _import_torch():

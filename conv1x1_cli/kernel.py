@@ -32,20 +32,30 @@ Design
   few rows with identical results instead of needing a scalar tail).  When
   P < rows a one-row tile is used.  A partial last panel is computed at full
   width (zero padding) and stored element by element.
-* Threading.  All (pixel tile, panel) pairs are split into one equal contiguous
-  run per thread (numba's OpenMP ``prange`` is statically scheduled, so fewer,
-  larger work items left one core idle).  Pairs are ordered pixel-major (a pixel
-  tile stays in L1 while it meets every panel) unless there are fewer pixels than
-  filters, where they are panel-major (a panel stays in L2 while it meets every
-  tile); splitting over filters as well as pixels keeps both cores busy when
-  there are few pixels (7x7=49).  Problems under ~1M multiply-adds run on one
-  thread.  Numba's ``omp`` threading layer is preferred because it is safe when
-  several Python threads call the kernel at once (``workqueue`` aborts), falling
-  back to tbb/workqueue if it cannot be loaded, and only if the user has not
-  chosen a layer and numba's threads have not started yet.  GNU OpenMP is
-  loaded with a passive wait policy so that its workers sleep, rather than
-  spin on the cores NumPy's BLAS threads need, once a call returns (the
-  environment variable is set only while the library loads).
+* Work split.  The (pixel tile, panel) pairs are ordered pixel-major (a pixel
+  tile stays in L1 while it meets every panel) unless there are fewer pixels
+  than filters, where they are panel-major (a panel stays in L2 while it meets
+  every tile); splitting over filters as well as pixels keeps every core busy
+  when there are few pixels (7x7=49).  They are cut into ~16 chunks per thread,
+  and each thread owns a contiguous segment of chunks: it works through its own
+  from the front, then helps the others from their far end.  (One shared chunk
+  counter interleaved the threads, so both cores streamed every panel: 98
+  against 159 GFLOP/s on 7x7x832->384.)  Problems under ~1M multiply-adds run
+  on the calling thread alone.
+* Threads.  Not numba's OpenMP ``prange``: its workers had to sleep between
+  calls (spinning OpenMP workers hold their cores against NumPy's BLAS threads),
+  and waking one cost 35-90 us per call on this class of virtual machine, more
+  than the whole product on small layers.  Our own worker threads
+  (``_WorkerPool``) run a nogil loop (``_serve_slp``): they claim chunks with
+  atomic compare-and-swap (``_claim``), spin about 2 ms after their last chunk
+  calling sched_yield at every turn (so any other thread that needs the core
+  gets it, as with OpenBLAS's own workers), then sleep on a POSIX semaphore that
+  the next call posts.  The calling thread (``_run_slp``) publishes the job and
+  works on it at once; it never waits for a worker to wake, since it takes over
+  any chunk nobody has claimed.  Sleeping, waking, and moving a worker off the
+  caller's CPU (``_move_off_cpu``) all happen in compiled code, without the GIL.
+  One Python thread at a time uses the pool; calls from other threads meanwhile
+  run alone.  Linux only (sched_getcpu, sched_setaffinity, POSIX semaphores).
 * Vectoriser settings.  Without LLVM's SLP vectoriser (off by default in numba)
   the fully unrolled tile compiles to scalar FMAs; with the loop vectoriser on,
   LLVM sometimes vectorises the wrong loop of a narrow tile (gathers and
@@ -66,6 +76,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import operator
 import os
 import threading
 from contextlib import contextmanager
@@ -91,6 +102,7 @@ _SERIAL_WORK = 1 << 20
 # --------------------------------------------------------------------------
 # Compiled part
 # --------------------------------------------------------------------------
+
 
 @intrinsic
 def _stack_tile(typingctx, row_marker, width_marker, like):
@@ -140,7 +152,7 @@ def _store_tile(acc, scratch, out, first_pixel, first_filter, n_valid, relu):
     rows, width = acc.shape
     for r in range(rows):
         # A slice (not out[p, f0 + j]) so the vector stores need no index checks.
-        dst = out[first_pixel + r, first_filter:first_filter + n_valid]
+        dst = out[first_pixel + r, first_filter : first_filter + n_valid]
         if n_valid == width:
             for j in range(width):
                 dst[j] = _activate(acc[r, j], relu)
@@ -168,6 +180,7 @@ def _tile(pixels, first_pixel, panels, panel_bias, k, out, relu, row_marker, wid
 # Compiled part: atomics and raw pointers for the worker pool
 # --------------------------------------------------------------------------
 
+
 def _element_pointer(context, builder, array_type, array, index):
     view = context.make_array(array_type)(context, builder, array)
     return cgutils.get_item_pointer(context, builder, array_type, view, [index], wraparound=False)
@@ -176,6 +189,7 @@ def _element_pointer(context, builder, array_type, array, index):
 @intrinsic
 def _atomic_load(typingctx, array, index):
     """array[index], read with acquire ordering (int64 arrays only)."""
+
     def codegen(context, builder, signature, args):
         pointer = _element_pointer(context, builder, signature.args[0], *args)
         return builder.load_atomic(pointer, "acquire", 8)
@@ -186,6 +200,7 @@ def _atomic_load(typingctx, array, index):
 @intrinsic
 def _atomic_store(typingctx, array, index, value):
     """array[index] = value, written with release ordering: every earlier write is visible first."""
+
     def codegen(context, builder, signature, args):
         pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
         builder.store_atomic(args[2], pointer, "release", 8)
@@ -197,6 +212,7 @@ def _atomic_store(typingctx, array, index, value):
 @intrinsic
 def _atomic_add(typingctx, array, index, value):
     """array[index] += value atomically; returns the value before."""
+
     def codegen(context, builder, signature, args):
         pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
         return builder.atomic_rmw("add", pointer, args[2], "acq_rel")
@@ -207,6 +223,7 @@ def _atomic_add(typingctx, array, index, value):
 @intrinsic
 def _atomic_exchange(typingctx, array, index, value):
     """array[index] = value atomically (a full barrier); returns the value before."""
+
     def codegen(context, builder, signature, args):
         pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
         return builder.atomic_rmw("xchg", pointer, args[2], "seq_cst")
@@ -217,6 +234,7 @@ def _atomic_exchange(typingctx, array, index, value):
 @intrinsic
 def _compare_and_swap(typingctx, array, index, expected, new):
     """array[index] = new if it still holds expected, atomically; True if it did."""
+
     def codegen(context, builder, signature, args):
         pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
         result = builder.cmpxchg(pointer, args[2], args[3], "acq_rel", "acquire")
@@ -239,6 +257,7 @@ def _pointer(typingctx, address, like):
 @intrinsic
 def _address_of(typingctx, array):
     """The array's data pointer as a void pointer, for C functions."""
+
     def codegen(context, builder, signature, args):
         view = context.make_array(signature.args[0])(context, builder, args[0])
         return builder.bitcast(view.data, context.get_value_type(types.voidptr))
@@ -335,8 +354,18 @@ def _chunk_slp(job, chunk, n_chunks, row_marker, width_marker, like):
     n_pairs = (n_pixels + len(row_marker) - 1) // len(row_marker) * n_panels
     # The arrays go to a function of their own: with the tile loop in this function, next to the
     # pointer arithmetic, LLVM kept the accumulators in memory (scalar FMAs, 15x slower).
-    _pairs_slp(pixels, panels, panel_bias, out, job[_JOB_RELU] != 0, job[_JOB_PANEL_MAJOR] != 0,
-               chunk * n_pairs // n_chunks, (chunk + 1) * n_pairs // n_chunks, row_marker, width_marker)
+    _pairs_slp(
+        pixels,
+        panels,
+        panel_bias,
+        out,
+        job[_JOB_RELU] != 0,
+        job[_JOB_PANEL_MAJOR] != 0,
+        chunk * n_pairs // n_chunks,
+        (chunk + 1) * n_pairs // n_chunks,
+        row_marker,
+        width_marker,
+    )
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
@@ -368,8 +397,23 @@ def _pairs_slp(pixels, panels, panel_bias, out, relu, panel_major, start, stop, 
 
 
 @njit(cache=True, nogil=True)
-def _run_slp(pixels, panels, panel_bias, out, relu, panel_major, n_chunks, n_threads, kind, control, job,
-             semaphore, row_marker, width_marker, like):
+def _run_slp(
+    pixels,
+    panels,
+    panel_bias,
+    out,
+    relu,
+    panel_major,
+    n_chunks,
+    n_threads,
+    kind,
+    control,
+    job,
+    semaphore,
+    row_marker,
+    width_marker,
+    like,
+):
     """The calling thread's side of a job: describe it in ``job``, publish it, work, wait.
 
     With one thread nobody else is told.  Otherwise each of the ``n_threads`` threads (this one
@@ -395,8 +439,9 @@ def _run_slp(pixels, panels, panel_bias, out, relu, panel_major, n_chunks, n_thr
         start = min(segment, n_threads) * n_chunks // n_threads
         end = min(segment + 1, n_threads) * n_chunks // n_threads
         _atomic_store(control, _SEGMENTS + segment * _LINE, header | (start << _START_SHIFT) | end)
-    # After publishing (the exchange is a full barrier): a worker counted here either sees the job
-    # before it sleeps or is woken now; see _sleep.
+    # After publishing: a worker counted here either sees the job before it sleeps or is woken now
+    # (see _sleep).  Both sides update _SLEEPING with a read-modify-write, which is what makes this
+    # safe: whichever comes second sees the other.  Neither may become a plain load or store.
     for _ in range(_atomic_exchange(control, _SLEEPING, 0)):
         _sem_post(_address_of(semaphore))
     while True:
@@ -439,7 +484,9 @@ def _serve_slp(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_mark
             idle += 1
         else:
             _sleep(control, me, semaphore)
-            idle = 0
+            # A job this worker may not join (a call with fewer threads) wakes it too: back to sleep.
+            joins = me < (_atomic_load(control, _SEGMENTS + me * _LINE) >> _THREADS_SHIFT) & 0xFF
+            idle = 0 if joins else idle_turns
 
 
 @njit(inline="always")
@@ -470,7 +517,10 @@ def _sleep(control, me, semaphore):
                 break
             if _compare_and_swap(control, _SLEEPING, sleeping, sleeping - 1):
                 return
-    _sem_wait(_address_of(semaphore))  # an early return (EINTR) only means one more look
+    # The count is committed, so a post is owed to this wait: a signal that interrupts it (EINTR)
+    # must not end it, or every later call would post once more than anyone waits for.
+    while _sem_wait(_address_of(semaphore)) != 0:
+        pass
 
 
 @njit(inline="always")
@@ -500,9 +550,10 @@ def _move_off_cpu(cpu, cpu_sets):
 # Worker pool, compilation (lazy: nothing happens at import)
 # --------------------------------------------------------------------------
 
-# How long an idle worker spins (in sched_yield turns of about half a microsecond here) before it
-# sleeps: about 2 ms, so back-to-back calls find it awake, while a program that has moved on to
-# other work gets the core back soon (and at every turn, while it spins).
+# How long an idle worker spins before it sleeps, in sched_yield turns: about 2 ms on an idle
+# machine (half a microsecond a turn here), so back-to-back calls find it awake, while a program
+# that has moved on to other work gets the core back soon.  On a busy machine each turn lets the
+# others run first, so it lasts longer in wall time but costs about as little CPU.
 _IDLE_TURNS = 4000
 # Chunks per thread: enough that the last one to finish leaves little idle time (~1/32 here).
 _CHUNKS_PER_THREAD = 16
@@ -525,14 +576,9 @@ class _Kind:
 
 
 class _WorkerPool:
-    """Worker threads that share each call's chunks with the calling thread.
+    """Worker threads that share each call's chunks with the calling thread (see "Threads" above).
 
-    Numba's OpenMP workers sleep between calls (a spinning OpenMP pool would hold its core for
-    hundreds of milliseconds against NumPy's BLAS threads), and waking a sleeping thread costs
-    35-90 us on this class of virtual machine: more than the whole product on small layers.  These
-    workers spin for about 2 ms after their last chunk, yielding the core at every turn, then sleep
-    on a semaphore until the next call posts it; the calling thread never waits for a wake-up,
-    since it claims whatever chunks nobody else has.
+    Started with the first job; daemon threads, told to stop at interpreter exit.
     """
 
     def __init__(self, n_workers: int):
@@ -545,21 +591,29 @@ class _WorkerPool:
         self._threads: list[threading.Thread] = []
 
     def announce(self, kind: _Kind) -> None:
-        """Before a job of this kind is published: start the workers if they are not running."""
+        """Before a job of this kind is published: start the workers (again, if one has died)."""
         self.latest_kind = kind
-        if not self._threads:
-            for me in range(1, self.n_workers + 1):
-                thread = threading.Thread(target=self._work, args=(me,), daemon=True, name=f"conv1x1-worker-{me}")
-                thread.start()
-                self._threads.append(thread)
+        if len(self._threads) < self.n_workers or not all(thread.is_alive() for thread in self._threads):
+            self._threads = [
+                self._threads[me - 1]
+                if me <= len(self._threads) and self._threads[me - 1].is_alive()
+                else self._start(me)
+                for me in range(1, self.n_workers + 1)
+            ]
+
+    def _start(self, me: int) -> threading.Thread:
+        thread = threading.Thread(target=self._work, args=(me,), daemon=True, name=f"conv1x1-worker-{me}")
+        thread.start()
+        return thread
 
     def _work(self, me: int) -> None:
         """Thread ``me`` (the calling thread is 0) serves jobs of the latest kind until stopped."""
         cpu_sets = np.zeros((2, _CPU_SET_WORDS), np.uint64)
         while True:
             kind = self.latest_kind
-            result = _serve_slp(self.control, self.job, kind.code, me, _IDLE_TURNS, self.semaphore, cpu_sets,
-                                *kind.markers)
+            result = _serve_slp(
+                self.control, self.job, kind.code, me, _IDLE_TURNS, self.semaphore, cpu_sets, *kind.markers
+            )
             if result == _STOPPED:
                 return
 
@@ -599,7 +653,7 @@ def _kind(dtype: np.dtype, rows: int, width: int) -> _Kind:
     return kind
 
 
-def _default_threads() -> int:
+def default_threads() -> int:
     """Numba's thread count (NUMBA_NUM_THREADS, else the CPUs), at most the CPUs this process may use."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(numba.config.NUMBA_NUM_THREADS, cpus))
@@ -610,15 +664,19 @@ def _worker_pool() -> _WorkerPool:
     if _pool is None:
         with _setup_lock:
             if _pool is None:
-                _pool = _WorkerPool(min(_default_threads(), _MAX_THREADS) - 1)
+                _pool = _WorkerPool(min(default_threads(), _MAX_THREADS) - 1)
                 atexit.register(_pool.stop)
     return _pool
 
 
 def _forget_pool() -> None:
-    """In a forked child the workers do not exist: start a new pool there when one is needed."""
-    global _pool
+    """In a forked child the workers do not exist: start a new pool there when one is needed.
+
+    The set-up lock is new too: another thread of the parent may have held it at the fork.
+    """
+    global _pool, _setup_lock
     _pool = None
+    _setup_lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -660,7 +718,7 @@ def _compile(dispatcher, args: tuple) -> None:
 
 def _run(kind: _Kind, args: tuple) -> None:
     """_run_slp(*args), compiling it first for argument types not seen before."""
-    pixels, panels, out = args[0], args[1], args[3]
+    pixels, panels = args[0], args[1]
     # numba.typeof is slow (tens of microseconds); this key decides the same types.
     key = (pixels.flags.writeable, panels.flags.writeable)
     if key not in kind.compiled_runs:
@@ -679,14 +737,16 @@ def _prepare_serving(kind: _Kind, pool: _WorkerPool) -> None:
     """Compile the workers' loop for this kind before any job of the kind is published."""
     if not kind.serve_compiled:
         cpu_sets = np.zeros((2, _CPU_SET_WORDS), np.uint64)
-        _compile(_serve_slp, (pool.control, pool.job, kind.code, 1, _IDLE_TURNS, pool.semaphore, cpu_sets,
-                              *kind.markers))
+        _compile(
+            _serve_slp, (pool.control, pool.job, kind.code, 1, _IDLE_TURNS, pool.semaphore, cpu_sets, *kind.markers)
+        )
         kind.serve_compiled = True
 
 
 # --------------------------------------------------------------------------
 # Public interface
 # --------------------------------------------------------------------------
+
 
 def _tile_shape(n_filters: int, itemsize: int) -> tuple[int, int]:
     """(pixel rows, panel width) of the accumulator tile for this many filters.
@@ -716,8 +776,7 @@ class PackedBank:
     ``panel_bias[k, j]`` is the bias, padded the same way.
     """
 
-    __slots__ = ("dtype", "kind", "n_channels", "n_filters", "one_row_kind", "panel_bias", "panels", "rows",
-                 "width")
+    __slots__ = ("dtype", "kind", "n_channels", "n_filters", "one_row_kind", "panel_bias", "panels", "rows", "width")
 
     def __init__(self, matrix, bias, n_channels, n_filters, rows, width):
         n_panels = matrix.shape[1] // width
@@ -732,8 +791,10 @@ class PackedBank:
         self.one_row_kind = _kind(self.dtype, 1, width)  # for fewer pixels than rows
 
     def __repr__(self) -> str:
-        return (f"PackedBank(channels={self.n_channels}, filters={self.n_filters}, "
-                f"dtype={self.dtype}, tile={self.rows}x{self.width})")
+        return (
+            f"PackedBank(channels={self.n_channels}, filters={self.n_filters}, "
+            f"dtype={self.dtype}, tile={self.rows}x{self.width})"
+        )
 
 
 def pack_bank(bank: np.ndarray, bias: np.ndarray | None) -> PackedBank:
@@ -767,8 +828,9 @@ def pack_bank(bank: np.ndarray, bias: np.ndarray | None) -> PackedBank:
     return PackedBank(matrix, padded_bias, n_channels, n_filters, rows, width)
 
 
-def apply_packed(pixels: np.ndarray, packed: PackedBank, out: np.ndarray, relu: bool,
-                 threads: int | None = None) -> None:
+def apply_packed(
+    pixels: np.ndarray, packed: PackedBank, out: np.ndarray, relu: bool, threads: int | None = None
+) -> None:
     """out[P, F] = act(pixels[P, C] @ bank + bias), written in place.
 
     pixels (P, C) and out (P, F) are C-contiguous arrays of the bank's dtype.
@@ -792,12 +854,14 @@ def apply_packed(pixels: np.ndarray, packed: PackedBank, out: np.ndarray, relu: 
         raise ValueError(f"out must have shape {(n_pixels, packed.n_filters)}, got {out.shape}")
     if not out.flags.writeable:
         raise ValueError("out must be writeable")
+    alone = _single_threaded(threads, n_pixels * packed.n_channels * packed.n_filters)  # checks threads
     if n_pixels == 0 or packed.n_filters == 0:
         return
 
     if not pixels.flags.aligned:
         pixels = pixels.copy()  # the kernel reads through typed pointers
-    if not out.flags.aligned:
+    if not out.flags.aligned or _overlaps(out, pixels, packed):
+        # The kernel writes out while it still reads pixels and the bank: go through a temporary.
         result = np.empty_like(out)
         apply_packed(pixels, packed, result, relu, threads)
         out[...] = result
@@ -808,29 +872,39 @@ def apply_packed(pixels: np.ndarray, packed: PackedBank, out: np.ndarray, relu: 
     # Panel-major when the bank outweighs the pixels: each panel then stays in
     # cache while it meets every pixel tile.
     arrays = (pixels, packed.panels, packed.panel_bias, out, bool(relu), n_pixels < packed.n_filters)
-    pool = None if _single_threaded(threads, n_pixels * packed.n_channels * packed.n_filters) else _worker_pool()
+    pool = None if alone else _worker_pool()
     if pool is not None and pool.n_workers and pool.busy.acquire(blocking=False):
         try:
             n_threads = 1 + (pool.n_workers if threads is None else min(int(threads) - 1, pool.n_workers))
             n_chunks = min(n_pairs, _CHUNKS_PER_THREAD * n_threads, _MAX_CHUNKS)
             _prepare_serving(kind, pool)
             pool.announce(kind)
-            _run(kind, (*arrays, n_chunks, n_threads, kind.code, pool.control, pool.job, pool.semaphore,
-                        *kind.markers))
+            _run(kind, (*arrays, n_chunks, n_threads, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers))
         finally:
             pool.busy.release()
     else:  # alone: one thread asked for, little work, or another thread is using the pool
-        _run(kind, (*arrays, 1, 1, kind.code, _NO_CONTROL, np.empty(_JOB_FIELDS, np.int64), _NO_SEMAPHORE,
-                    *kind.markers))
+        _run(
+            kind, (*arrays, 1, 1, kind.code, _NO_CONTROL, np.empty(_JOB_FIELDS, np.int64), _NO_SEMAPHORE, *kind.markers)
+        )
+
+
+def _overlaps(out: np.ndarray, pixels: np.ndarray, packed: PackedBank) -> bool:
+    return any(np.may_share_memory(out, source) for source in (pixels, packed.panels, packed.panel_bias))
 
 
 def _single_threaded(threads: int | None, work: int) -> bool:
-    if threads is not None and int(threads) < 1:
+    if threads is not None and operator.index(threads) < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     return threads == 1 or work < _SERIAL_WORK
 
 
-def pointwise(pixels: np.ndarray, bank: np.ndarray, bias: np.ndarray | None, relu: bool,
-              out: np.ndarray, threads: int | None = None) -> None:
+def pointwise(
+    pixels: np.ndarray,
+    bank: np.ndarray,
+    bias: np.ndarray | None,
+    relu: bool,
+    out: np.ndarray,
+    threads: int | None = None,
+) -> None:
     """out[P, F] = act(pixels[P, C] @ bank[C, F] + bias[F]), all one dtype, C-contiguous."""
     apply_packed(pixels, pack_bank(bank, bias), out, relu, threads)

@@ -20,11 +20,12 @@ from __future__ import annotations
 import math
 import threading
 import time
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 
 import numba
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -47,22 +48,21 @@ def _stack_floats(typingctx, count):
     return types.CPointer(types.float32)(count), codegen
 
 
-@njit(parallel=True, cache=True, fastmath={"contract"})
-def _fma_chains_slp(rounds, workers, mul, add, out):
-    """out[w] = sum of worker w's accumulators after ``rounds`` rounds of FMA on every lane.
+@njit(nogil=True, cache=True, fastmath={"contract"})
+def _fma_chains_slp(rounds, mul, add):
+    """The sum of one thread's accumulators after ``rounds`` rounds of FMA on every lane.
 
     One flat run of lanes (a 2-D (chains, lanes) view compiles to gathers and scatters instead)."""
-    for worker in prange(workers):
-        acc = numba.carray(_stack_floats(_ACCUMULATORS), (_ACCUMULATORS,))
+    acc = numba.carray(_stack_floats(_ACCUMULATORS), (_ACCUMULATORS,))
+    for lane in range(_ACCUMULATORS):
+        acc[lane] = np.float32(lane) * np.float32(1e-3)
+    for _ in range(rounds):
         for lane in range(_ACCUMULATORS):
-            acc[lane] = np.float32(worker + lane) * np.float32(1e-3)
-        for _ in range(rounds):
-            for lane in range(_ACCUMULATORS):
-                acc[lane] = acc[lane] * mul + add
-        total = np.float32(0)
-        for lane in range(_ACCUMULATORS):
-            total += acc[lane]
-        out[worker] = total
+            acc[lane] = acc[lane] * mul + add
+    total = np.float32(0)
+    for lane in range(_ACCUMULATORS):
+        total += acc[lane]
+    return total
 
 
 _compile_lock = threading.Lock()
@@ -79,8 +79,8 @@ def _slp_vectorizer():
         numba.config.SLP_VECTORIZE = previous
 
 
-def _args(rounds: int, workers: int) -> tuple:
-    return (rounds, workers, np.float32(0.999999), np.float32(1e-6), np.empty(workers, np.float32))
+def _args(rounds: int) -> tuple:
+    return (rounds, np.float32(0.999999), np.float32(1e-6))
 
 
 def _kernel():
@@ -89,56 +89,46 @@ def _kernel():
     global _compiled
     with _compile_lock:
         if not _compiled:
-            _share_kernel_threading()
             with _slp_vectorizer():
-                _fma_chains_slp.compile(tuple(numba.typeof(arg) for arg in _args(1, 1)))
+                _fma_chains_slp.compile(tuple(numba.typeof(arg) for arg in _args(1)))
             _compiled = True
     return _fma_chains_slp
 
 
-def _share_kernel_threading() -> None:
-    """Let kernel.py choose numba's threading layer before the probe starts numba's threads, so the probe
-    runs on the same thread pool as the convolutions (the layer is fixed once the threads exist)."""
-    from . import kernel
-
-    configure = getattr(kernel, "_configure_threading", None)
-    if configure is not None:
-        configure()
-
-
 def available_threads() -> int:
-    """How many threads numba runs parallel loops on when not told otherwise."""
-    return numba.config.NUMBA_NUM_THREADS
+    """How many threads the convolutions run on when not told otherwise (see kernel.default_threads)."""
+    from .kernel import default_threads
 
-
-def numba_threads_started() -> bool:
-    """Whether numba's thread pool exists (after which its threading layer can no longer change)."""
-    from numba.np.ufunc import parallel as numba_parallel
-
-    return bool(getattr(numba_parallel, "_is_initialized", False))
+    return default_threads()
 
 
 def fma_peak_gflops(threads: int | None = None, seconds: float = 0.3) -> float:
-    """Best-of-N float32 FMA rate in GFLOP/s (2 flops per lane per FMA) on ``threads`` threads
-    (default: all of numba's), measured for about ``seconds``."""
+    """Best-of-N float32 FMA rate in GFLOP/s (2 flops per lane per FMA) on ``threads`` threads at once
+    (default: as many as the convolutions use), measured for about ``seconds``."""
     kernel = _kernel()
     available = available_threads()
     workers = available if threads is None else max(1, min(int(threads), available))
-    previous = numba.get_num_threads()
-    numba.set_num_threads(workers)
-    try:
-        return _best_rate(kernel, workers, seconds)
-    finally:
-        numba.set_num_threads(previous)
+    # The calling thread is one of the workers; the others are plain threads running the nogil loop,
+    # as the kernel's own workers do.
+    with ThreadPoolExecutor(max_workers=workers - 1) if workers > 1 else nullcontext() as pool:
+
+        def run_everywhere(rounds: int) -> None:
+            others = [pool.submit(kernel, *_args(rounds)) for _ in range(workers - 1)] if pool else []
+            kernel(*_args(rounds))
+            for other in others:
+                other.result()
+
+        return workers * _best_rate(run_everywhere, seconds)
 
 
-def _best_rate(kernel, workers: int, seconds: float) -> float:
+def _best_rate(run_everywhere, seconds: float) -> float:
+    """The best FMA rate of one thread, in GFLOP/s, while ``run_everywhere`` runs every thread."""
     rounds = 1000
-    kernel(*_args(rounds, workers))  # start the threads
+    run_everywhere(rounds)  # start the threads
     # Grow one call to ~20 ms (well above thread start-up noise), then repeat it for the time budget.
     while True:
         started = time.perf_counter()
-        kernel(*_args(rounds, workers))
+        run_everywhere(rounds)
         elapsed = time.perf_counter() - started
         if elapsed >= 0.02 or rounds >= 2**30:
             break
@@ -147,8 +137,8 @@ def _best_rate(kernel, workers: int, seconds: float) -> float:
     deadline = time.perf_counter() + seconds
     for _ in range(3 + int(seconds / max(elapsed, 1e-9))):
         started = time.perf_counter()
-        kernel(*_args(rounds, workers))
+        run_everywhere(rounds)
         best = min(best, time.perf_counter() - started)
         if time.perf_counter() > deadline:
             break
-    return workers * rounds * _FLOPS_PER_ROUND / best / 1e9
+    return rounds * _FLOPS_PER_ROUND / best / 1e9

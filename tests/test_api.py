@@ -144,3 +144,44 @@ def test_threads_option_gives_the_same_answer(rng):
     x = rng.standard_normal((1000, 16)).astype(np.float32)
     w = rng.standard_normal((16, 24)).astype(np.float32)
     np.testing.assert_array_equal(conv1x1(x, w, threads=1), conv1x1(x, w))
+
+
+LEAVES_THREADS_ALONE = """
+import json, os, sys
+import numpy as np
+from threadpoolctl import threadpool_info
+try:
+    import torch
+except ImportError:
+    torch = None
+
+def settings(libraries=None):
+    # numba may load libraries of its own (SciPy's OpenBLAS): only those loaded before are compared.
+    blas = {pool["filepath"]: pool["num_threads"] for pool in threadpool_info()
+            if libraries is None or pool["filepath"] in libraries}
+    return {"blas": blas, "torch": torch.get_num_threads() if torch else None, "env": dict(os.environ)}
+
+before = settings()
+from conv1x1_cli import conv1x1
+from conv1x1_cli import kernel
+x = np.ones((64, 64, 64), np.float32)  # 16.8M multiply-adds: the worker pool takes part
+for _ in range(3):
+    conv1x1(x, np.ones((64, 64), np.float32))
+after = settings(before["blas"])
+print(json.dumps({"same": before == after, "before": before["blas"], "after": after["blas"],
+                  "workers": kernel._worker_pool().n_workers, "pooled": kernel._pool is not None}))
+"""
+
+
+def test_convolving_leaves_numpy_and_torch_thread_settings_alone():
+    """NumPy's BLAS thread pools, torch's thread count and the environment are the same after the
+    kernel's worker pool has run: it starts threads of its own and sets nothing for others."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", LEAVES_THREADS_ALONE], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["pooled"] and report["before"], report
+    assert report["same"], report

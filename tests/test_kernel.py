@@ -1,0 +1,752 @@
+"""The kernel and its worker pool against the float64 references in naive.py: any shape through the pool,
+the same bits whatever the thread count, kinds switching, several callers, forked children, exit, refusals.
+
+The pool is built so that the calling thread takes every chunk nobody else has claimed: broken workers
+would still give right answers, only slowly. So besides results, these tests check that the workers
+exist, stay alive, and take part (the chunks they claim).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import naive
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conv1x1_cli import conv1x1, kernel
+
+
+def assert_close_to_reference(result, pixels, bank, bias=None, relu=True):
+    expected = naive.pointwise(pixels, bank, bias, relu)
+    assert result.shape == expected.shape
+    if result.dtype == np.float64:
+        np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-12)
+        return
+    assert result.dtype == np.float32
+    error = np.abs(result.astype(np.float64) - expected)
+    tolerance = naive.float32_tolerance(pixels, bank, bias)
+    too_far = np.argwhere(~(error <= tolerance))
+    assert len(too_far) == 0, f"{len(too_far)} values off, first at {tuple(too_far[0])}: {result[tuple(too_far[0])]}"
+
+
+def problem(rng, pixels, channels, filters, dtype, with_bias=True):
+    x = rng.standard_normal((pixels, channels)).astype(dtype)
+    w = rng.standard_normal((channels, filters)).astype(dtype)
+    b = rng.standard_normal(filters).astype(dtype) if with_bias else None
+    return x, w, b
+
+
+def convolve(pixels, bank, bias=None, relu=True, threads=None):
+    """kernel.pointwise into an output filled with NaN, so that an output nobody wrote fails any comparison."""
+    out = np.full((pixels.shape[0], bank.shape[1]), np.nan, pixels.dtype)
+    kernel.pointwise(pixels, bank, bias, relu, out, threads)
+    return out
+
+
+@contextmanager
+def through_the_pool():
+    """Every call, however small, is shared with the workers (unless it asks for one thread)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kernel, "_SERIAL_WORK", 0)
+        yield
+
+
+def assert_pool_healthy(pool):
+    """Every worker started and still running (a worker that raised would be gone), and nobody holds the pool."""
+    assert len(pool._threads) == pool.n_workers
+    assert all(thread.is_alive() for thread in pool._threads), [t.name for t in pool._threads if not t.is_alive()]
+    assert not pool.busy.locked()
+
+
+def run_python(code, *args, env=None, timeout=300):
+    """Run code in a fresh interpreter; a hang fails the test (TimeoutExpired) instead of blocking it."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def cpus_available():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# --- the pool --------------------------------------------------------------------------------------------
+
+
+def test_pool_has_a_worker_for_every_other_cpu():
+    expected = min(cpus_available(), numba.config.NUMBA_NUM_THREADS, kernel._MAX_THREADS) - 1
+    assert kernel._worker_pool().n_workers == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pixels=st.integers(1, 300),
+    channels=st.integers(1, 70),
+    filters=st.integers(1, 140),
+    dtype=st.sampled_from(["float32", "float64"]),
+    with_bias=st.booleans(),
+    relu=st.booleans(),
+    threads=st.sampled_from([None, 2, 64]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_any_shape_through_the_pool_matches_float64_reference(
+    pixels, channels, filters, dtype, with_bias, relu, threads, seed
+):
+    x, w, b = problem(np.random.default_rng(seed), pixels, channels, filters, dtype, with_bias)
+    with through_the_pool():
+        result = convolve(x, w, b, relu, threads)
+    assert_close_to_reference(result, x, w, b, relu)
+
+
+# Real layers above the real threshold (no patching): few pixels, where pairs go panel-major (P < F), and
+# many pixels, pixel-major; partial last panels and pixel counts that are not whole tiles.
+LAYERS = {
+    "7x7x832->384": (49, 832, 384, "float32"),
+    "7x7x2048->512": (49, 2048, 512, "float32"),
+    "7x7x832->384 float64": (49, 832, 384, "float64"),
+    "5 pixels x1024->300 (one-row tiles)": (5, 1024, 300, "float32"),
+    "14x14x128->64": (196, 128, 64, "float32"),
+    "56x56x64->256": (3136, 64, 256, "float32"),
+    "1000x3->400 (RGB stem)": (1000, 3, 400, "float32"),
+    "3001x37->77 float64": (3001, 37, 77, "float64"),
+}
+
+
+@pytest.mark.parametrize("layer", LAYERS.values(), ids=LAYERS.keys())
+def test_thread_count_does_not_change_a_single_bit(layer, rng):
+    """Each output is one accumulation chain in channel order, whichever thread computes its tile."""
+    pixels, channels, filters, dtype = layer
+    assert pixels * channels * filters >= kernel._SERIAL_WORK, "this layer would not reach the pool"
+    x, w, b = problem(rng, pixels, channels, filters, dtype)
+    alone = convolve(x, w, b, threads=1)
+    assert_close_to_reference(alone, x, w, b)
+    for threads in (None, 2, None, 2):
+        np.testing.assert_array_equal(convolve(x, w, b, threads=threads), alone)
+    if kernel._worker_pool().n_workers:
+        assert_pool_healthy(kernel._worker_pool())
+
+
+def chunks_taken_by_the_worker(pool):
+    """How many chunks of the last two-thread job the worker computed, read from the segment words.
+
+    The job's chunks are split into segment 0 (the calling thread's) and segment 1 (the worker's); each
+    thread takes its own from the front and the other's from the back, so a segment's unclaimed range
+    shrinks to the point where the two met. The worker took the chunks between the two meeting points."""
+    meeting_points = []
+    for segment in (0, 1):
+        word = int(pool.control[kernel._SEGMENTS + segment * kernel._LINE])
+        start, end = (word >> kernel._START_SHIFT) & kernel._MAX_CHUNKS, word & kernel._MAX_CHUNKS
+        assert start == end, "chunks left unclaimed"
+        meeting_points.append(start)
+    return meeting_points[1] - meeting_points[0]
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.05], ids=["worker spinning", "worker asleep"])
+def test_workers_take_part_in_a_large_call(rng, pause):
+    """A worker, spinning since the last call or asleep on its semaphore, takes a real share of a call.
+
+    The calling thread takes any chunk nobody else has, so broken workers would only show as slowness.
+    Best of three calls, so that a burst of load elsewhere on the machine cannot fail the test."""
+    pool = kernel._worker_pool()
+    if pool.n_workers == 0:
+        pytest.skip("one CPU: the pool has no workers")
+    x, w, _ = problem(rng, 8192, 512, 512, "float32", with_bias=False)  # 2.1G multiply-adds
+    packed = kernel.pack_bank(w, None)
+    out = np.empty((len(x), w.shape[1]), np.float32)
+    kernel.apply_packed(x[:4096], packed, out[:4096], True, threads=2)  # loads the kernel, starts the workers
+    n_chunks = min(-(-len(x) // packed.rows) * packed.panels.shape[1], 2 * kernel._CHUNKS_PER_THREAD)
+    taken = []
+    for _ in range(3):
+        time.sleep(pause)
+        kernel.apply_packed(x, packed, out, True, threads=2)
+        taken.append(chunks_taken_by_the_worker(pool))
+        assert 0 <= taken[-1] <= n_chunks
+        if taken[-1] >= n_chunks // 4:
+            break
+    assert max(taken) >= n_chunks // 4, f"the worker took {taken} of {n_chunks} chunks"
+    expected = np.empty_like(out)
+    kernel.apply_packed(x, packed, expected, True, threads=1)
+    np.testing.assert_array_equal(out, expected)
+    assert_pool_healthy(pool)
+
+
+# (dtype, pixels, channels, filters): float32 tiles 8x8, 6x16, 6x32, 6x64 and float64 tiles 8x4, 6x8, 6x16,
+# 6x32, each also with fewer pixels than tile rows (one-row tiles), partial panels (F = 3, 200), P < F.
+KINDS = [
+    ("float32", 300, 24, 8),
+    ("float32", 3, 24, 8),
+    ("float32", 97, 24, 16),
+    ("float32", 5, 24, 16),
+    ("float32", 64, 24, 32),
+    ("float32", 2000, 24, 64),
+    ("float32", 2, 24, 64),
+    ("float32", 200, 24, 200),
+    ("float32", 4, 24, 200),
+    ("float64", 50, 24, 3),
+    ("float64", 7, 24, 3),
+    ("float64", 99, 24, 8),
+    ("float64", 600, 24, 16),
+    ("float64", 1, 24, 16),
+    ("float64", 250, 24, 64),
+    ("float64", 5, 24, 200),
+]
+
+
+def test_kinds_switching_back_to_back_stay_correct(rng, monkeypatch):
+    """Every call publishes a job of another kind (dtype and tile shape): the workers leave the loop
+    compiled for one kind and enter the other's, many times over, without a wrong or missing output."""
+    monkeypatch.setattr(kernel, "_SERIAL_WORK", 0)
+    cases = []
+    for dtype, pixels, channels, filters in KINDS:
+        x, w, b = problem(rng, pixels, channels, filters, dtype)
+        expected = {relu: convolve(x, w, b, relu, threads=1) for relu in (True, False)}
+        for relu in (True, False):
+            assert_close_to_reference(expected[relu], x, w, b, relu)
+        cases.append((x, w, b, expected))
+    order = np.random.default_rng(7)
+    for round_ in range(25):
+        for index in order.permutation(len(cases)):
+            x, w, b, expected = cases[index]
+            relu = bool((round_ + index) % 2)
+            result = convolve(x, w, b, relu, threads=None if round_ % 3 else 2)
+            np.testing.assert_array_equal(result, expected[relu], err_msg=f"{KINDS[index]}, round {round_}")
+    if kernel._worker_pool().n_workers:
+        assert_pool_healthy(kernel._worker_pool())
+
+
+def test_python_threads_calling_at_once_all_get_correct_results(rng):
+    """Four Python threads, 20 calls each, all above the threshold: one at a time has the pool, the others
+    run alone meanwhile; every result is bit for bit the single-threaded one."""
+    shapes = [
+        (256, 128, 64, "float32"),
+        (49, 832, 384, "float64"),
+        (5, 1024, 300, "float32"),
+        (700, 64, 200, "float32"),
+    ]
+    cases = []
+    for pixels, channels, filters, dtype in shapes:
+        x, w, b = problem(rng, pixels, channels, filters, dtype)
+        expected = conv1x1(x, w, b, threads=1)
+        assert_close_to_reference(expected, x, w, b)
+        cases.append((x, w, b, expected))
+    start = threading.Barrier(len(cases))
+
+    def calls(case):
+        x, w, b, expected = case
+        start.wait(timeout=60)
+        return [np.array_equal(conv1x1(x, w, b), expected) for _ in range(20)]
+
+    with ThreadPoolExecutor(len(cases)) as executor:
+        outcomes = list(executor.map(calls, cases, timeout=120))
+    assert outcomes == [[True] * 20] * len(cases)
+    if kernel._worker_pool().n_workers:
+        assert_pool_healthy(kernel._worker_pool())
+
+
+@pytest.fixture
+def pool_of_three_workers(monkeypatch):
+    """A pool of three workers, whatever the CPUs (more threads than CPUs here), in place of the real one."""
+    pool = kernel._WorkerPool(3)
+    monkeypatch.setattr(kernel, "_pool", pool)
+    monkeypatch.setattr(kernel, "_SERIAL_WORK", 0)
+    yield pool
+    pool.stop()
+    for thread in pool._threads:
+        thread.join(timeout=10)
+
+
+def few_and_many_pixel_cases(rng):
+    cases = []
+    for pixels, channels, filters, dtype in [
+        (49, 96, 200, "float32"),
+        (500, 40, 72, "float64"),
+        (3, 50, 64, "float32"),
+    ]:
+        x, w, b = problem(rng, pixels, channels, filters, dtype)
+        expected = convolve(x, w, b, threads=1)
+        assert_close_to_reference(expected, x, w, b)
+        cases.append((x, w, b, expected))
+    return cases
+
+
+def test_workers_beyond_the_thread_limit_stay_out_and_bits_stay_the_same(pool_of_three_workers, rng):
+    """threads=2 or 3 leaves workers 2 and 3 (or 3) out of the job; None shares it four ways."""
+    cases = few_and_many_pixel_cases(rng)
+    for threads in (2, 3, None, 2, None, 3):
+        for x, w, b, expected in cases:
+            np.testing.assert_array_equal(convolve(x, w, b, threads=threads), expected)
+    assert_pool_healthy(pool_of_three_workers)
+
+
+def test_stopped_workers_return_and_calls_stay_correct_without_them(pool_of_three_workers, rng):
+    pool = pool_of_three_workers
+    cases = few_and_many_pixel_cases(rng)
+    for x, w, b, expected in cases:
+        np.testing.assert_array_equal(convolve(x, w, b), expected)
+    time.sleep(0.05)  # some workers asleep on the semaphore, which stop() must post
+    pool.stop()
+    for thread in pool._threads:
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in pool._threads)
+    for x, w, b, expected in cases:  # (an atexit handler may still convolve): the calling thread does it all
+        np.testing.assert_array_equal(convolve(x, w, b), expected)
+
+
+def test_read_only_and_misaligned_arrays_through_the_pool(rng, monkeypatch):
+    monkeypatch.setattr(kernel, "_SERIAL_WORK", 0)
+    x, w, b = problem(rng, 301, 20, 64, "float32")
+    expected = convolve(x, w, b, threads=1)
+    frozen_x, frozen_w = x.copy(), w.copy()
+    frozen_x.setflags(write=False)
+    frozen_w.setflags(write=False)  # F = 64 fills whole panels: the kernel reads this very bank
+    np.testing.assert_array_equal(convolve(frozen_x, frozen_w, b), expected)
+
+    def misaligned(array):
+        buffer = np.zeros(array.nbytes + 1, np.uint8)
+        view = np.frombuffer(buffer.data, array.dtype, array.size, offset=1).reshape(array.shape)
+        view[...] = array
+        assert not view.flags.aligned
+        return view
+
+    odd_x = misaligned(x)
+    odd_out = misaligned(np.full(expected.shape, np.nan, np.float32))
+    kernel.pointwise(odd_x, w, b, True, odd_out)
+    np.testing.assert_array_equal(odd_out, expected)
+
+
+@pytest.mark.parametrize("shift", [0, 1], ids=["out is pixels", "out one row further on"])
+@pytest.mark.parametrize("threads", [None, 1])
+def test_output_sharing_memory_with_the_pixels_is_computed_as_if_apart(shift, threads, rng, monkeypatch):
+    """The kernel writes out while it still reads pixels (and recomputes the rows of the shifted last tile):
+    in-place calls must read the pixels as they were."""
+    monkeypatch.setattr(kernel, "_SERIAL_WORK", 0)
+    buffer = rng.standard_normal((301 + shift, 48)).astype(np.float32)
+    x, w, b = buffer[:301].copy(), rng.standard_normal((48, 48)).astype(np.float32), np.ones(48, np.float32)
+    expected = convolve(x, w, b, threads=1)
+    kernel.pointwise(buffer[:301], w, b, True, buffer[shift:], threads)
+    np.testing.assert_array_equal(buffer[shift:], expected)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "identity"])
+def test_nan_and_inf_propagate_through_the_pool_as_in_numpy(dtype, relu, rng, monkeypatch):
+    monkeypatch.setattr(kernel, "_SERIAL_WORK", 0)
+    x, w, b = problem(rng, 300, 40, 70, dtype)
+    x[5, 11] = np.nan  # NaN in: the whole row is NaN, through ReLU too
+    x[17, 3], x[40, 7] = np.inf, -np.inf  # rows 17 and 40 all +inf and -inf (ReLU: 0), but...
+    w[3], w[7] = np.abs(w[3]) + 0.5, np.abs(w[7]) + 0.5
+    w[3, 4] = w[7, 2] = 0.0  # ... inf * 0 = NaN
+    b[9] = np.nan  # a whole column NaN
+    b[11], b[12] = -np.inf, np.inf  # and inf + -inf = NaN where a row has the other infinity
+    result = convolve(x, w, b, relu)
+    with np.errstate(invalid="ignore"):
+        expected = naive.pointwise(x, w, b, relu)
+
+    np.testing.assert_array_equal(np.isnan(result), np.isnan(expected))
+    np.testing.assert_array_equal(np.isposinf(result), np.isposinf(expected))
+    np.testing.assert_array_equal(np.isneginf(result), np.isneginf(expected))
+    assert np.isnan(result[5]).all() and np.isnan(result[:, 9]).all()
+    assert np.isnan(result[[17, 40, 17, 40], [4, 2, 11, 12]]).all()
+    assert (result[17, [0, 1, 2, 12]] == np.inf).all()
+    assert (result[40, [0, 1, 3, 11]] == (0 if relu else -np.inf)).all()
+    assert (result[[0, 1, 2], 11] == (0 if relu else -np.inf)).all()
+    finite = np.isfinite(expected)
+    error = np.abs(result[finite].astype(np.float64) - expected[finite])
+    if dtype == "float32":
+        tolerance = naive.float32_tolerance(x, w, b)[finite]
+    else:
+        tolerance = 1e-12 + 1e-12 * np.abs(expected[finite])
+    assert (error <= tolerance).all()
+    np.testing.assert_array_equal(result, convolve(x, w, b, relu, threads=1))
+
+
+def test_no_channels_gives_the_bias_and_no_pixels_gives_nothing(monkeypatch):
+    monkeypatch.setattr(kernel, "_SERIAL_WORK", 0)
+    bias = np.arange(-2, 3, dtype=np.float32)
+    for pixels in (1, 7, 300):
+        np.testing.assert_array_equal(
+            convolve(np.zeros((pixels, 0), np.float32), np.zeros((0, 5), np.float32), bias, relu=True),
+            np.tile([0, 0, 0, 1, 2], (pixels, 1)),
+        )
+    assert convolve(np.zeros((0, 4), np.float32), np.ones((4, 5), np.float32)).shape == (0, 5)
+
+
+# --- refusals --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threads", [0, -1])
+@pytest.mark.parametrize("pixels", [1, 3000], ids=["small", "above threshold"])
+def test_invalid_thread_counts_are_refused(threads, pixels):
+    x = np.ones((pixels, 4), np.float32)
+    out = np.full((pixels, 500), 7.0, np.float32)
+    with pytest.raises(ValueError, match=f"threads must be >= 1, got {threads}"):
+        kernel.apply_packed(x, kernel.pack_bank(np.ones((4, 500), np.float32), None), out, True, threads)
+    assert (out == 7.0).all()
+
+
+@pytest.mark.parametrize(("pixels", "filters"), [(0, 5), (3, 0)])
+def test_invalid_thread_count_is_refused_even_with_nothing_to_compute(pixels, filters):
+    out = np.zeros((pixels, filters), np.float32)
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        kernel.apply_packed(
+            np.ones((pixels, 4), np.float32),
+            kernel.pack_bank(np.ones((4, filters), np.float32), None),
+            out,
+            True,
+            threads=0,
+        )
+
+
+def read_only(array):
+    array.setflags(write=False)
+    return array
+
+
+F32 = np.float32
+# name: (pixels, out, exception, message); the bank is (4, 2) float32.
+BAD_ARGUMENTS = {
+    "float64 pixels": (
+        lambda: np.ones((5, 4)),
+        lambda: np.zeros((5, 2), F32),
+        TypeError,
+        "pixels dtype float64 differs from the bank's float32",
+    ),
+    "float64 out": (
+        lambda: np.ones((5, 4), F32),
+        lambda: np.zeros((5, 2)),
+        TypeError,
+        "out dtype float64 differs from the bank's float32",
+    ),
+    "1-D pixels": (
+        lambda: np.ones(4, F32),
+        lambda: np.zeros((1, 2), F32),
+        ValueError,
+        "pixels must be a 2-D NumPy array",
+    ),
+    "list pixels": (
+        lambda: [[1.0] * 4] * 5,
+        lambda: np.zeros((5, 2), F32),
+        ValueError,
+        "pixels must be a 2-D NumPy array",
+    ),
+    "3-D out": (
+        lambda: np.ones((5, 4), F32),
+        lambda: np.zeros((1, 5, 2), F32),
+        ValueError,
+        "out must be a 2-D NumPy array",
+    ),
+    "transposed pixels": (
+        lambda: np.ones((4, 5), F32).T,
+        lambda: np.zeros((5, 2), F32),
+        ValueError,
+        "pixels must be C-contiguous",
+    ),
+    "transposed out": (
+        lambda: np.ones((5, 4), F32),
+        lambda: np.zeros((2, 5), F32).T,
+        ValueError,
+        "out must be C-contiguous",
+    ),
+    "wrong channels": (
+        lambda: np.ones((5, 3), F32),
+        lambda: np.zeros((5, 2), F32),
+        ValueError,
+        "pixels have 3 channels, bank has 4",
+    ),
+    "wrong filters": (
+        lambda: np.ones((5, 4), F32),
+        lambda: np.zeros((5, 3), F32),
+        ValueError,
+        r"out must have shape \(5, 2\), got \(5, 3\)",
+    ),
+    "wrong pixels": (
+        lambda: np.ones((5, 4), F32),
+        lambda: np.zeros((6, 2), F32),
+        ValueError,
+        r"out must have shape \(5, 2\), got \(6, 2\)",
+    ),
+    "read-only out": (
+        lambda: np.ones((5, 4), F32),
+        lambda: read_only(np.zeros((5, 2), F32)),
+        ValueError,
+        "out must be writeable",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_ARGUMENTS.values(), ids=BAD_ARGUMENTS.keys())
+def test_apply_packed_refuses_wrong_arrays_and_leaves_the_pool_free(case, monkeypatch):
+    make_pixels, make_out, exception, message = case
+    monkeypatch.setattr(kernel, "_SERIAL_WORK", 0)
+    pixels, out = make_pixels(), make_out()
+    with pytest.raises(exception, match=message):
+        kernel.apply_packed(pixels, kernel.pack_bank(np.ones((4, 2), F32), None), out, True)
+    assert not np.asarray(out).any(), "a refused call wrote to out"
+    assert not kernel._worker_pool().busy.locked()
+    right = np.zeros((5, 2), F32)
+    kernel.apply_packed(np.ones((5, 4), F32), kernel.pack_bank(np.ones((4, 2), F32), None), right, True)
+    np.testing.assert_array_equal(right, np.full((5, 2), 4.0))
+
+
+def test_apply_packed_wants_a_packed_bank():
+    with pytest.raises(TypeError, match="packed must come from pack_bank"):
+        kernel.apply_packed(np.ones((5, 4), F32), np.ones((4, 2), F32), np.zeros((5, 2), F32), True)
+
+
+@pytest.mark.parametrize(
+    ("bank", "bias", "exception", "message"),
+    [
+        (np.ones(4, F32), None, ValueError, r"bank must be 2-D \(channels, filters\), got shape \(4,\)"),
+        (np.ones((4, 2), np.int64), None, TypeError, "bank must be float32 or float64, got int64"),
+        (np.ones((4, 2), np.float16), None, TypeError, "bank must be float32 or float64, got float16"),
+        (np.ones((4, 2), ">f4"), None, TypeError, "bank must be float32 or float64, got >f4"),
+        (np.ones((4, 2), F32), np.ones(3, F32), ValueError, r"bias must have shape \(2,\), got \(3,\)"),
+        (np.ones((4, 2), F32), np.ones(2), TypeError, "bias dtype float64 differs from bank dtype float32"),
+    ],
+    ids=["1-D bank", "int bank", "float16 bank", "big-endian bank", "short bias", "float64 bias"],
+)
+def test_pack_bank_refuses_what_the_kernel_cannot_take(bank, bias, exception, message):
+    with pytest.raises(exception, match=message):
+        kernel.pack_bank(bank, bias)
+
+
+# --- processes -------------------------------------------------------------------------------------------
+
+FORKED_CHILD = """
+import os, signal, sys, threading, time, traceback
+import numpy as np
+from conv1x1_cli import kernel
+
+inputs, child_results, parent_results, busy_thread = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+with np.load(inputs) as arrays:
+    x32, w32, b32 = arrays["x"], arrays["w"], arrays["b"]
+x64, w64, b64 = (a.astype(np.float64) for a in (x32, w32, b32))
+
+def convolve(x, w, b):
+    out = np.full((len(x), w.shape[1]), np.nan, x.dtype)
+    kernel.pointwise(x, w, b, True, out)
+    return out
+
+parent = convolve(x32, w32, b32), convolve(x64, w64, b64)
+parent_pool = kernel._pool
+assert parent_pool is not None and len(parent_pool._threads) == parent_pool.n_workers, "no pool in the parent"
+stop = threading.Event()
+if busy_thread:  # fork while another thread is (most likely) inside a pooled call
+    def keep_convolving():
+        while not stop.is_set():
+            convolve(x32, w32, b32)
+    threading.Thread(target=keep_convolving, daemon=True).start()
+    time.sleep(0.2)
+
+pid = os.fork()
+if pid == 0:
+    status = 1
+    try:
+        assert kernel._pool is None, "the child kept the parent's pool, whose workers it does not have"
+        for _ in range(20):
+            child = convolve(x32, w32, b32), convolve(x64, w64, b64)
+        pool = kernel._pool
+        assert pool is not None and pool is not parent_pool
+        assert len(pool._threads) == pool.n_workers and all(t.is_alive() for t in pool._threads)
+        np.savez(child_results, x32=child[0], x64=child[1])
+        status = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stderr.flush()
+        os._exit(status)
+
+stop.set()
+deadline = time.monotonic() + 60
+while True:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    if time.monotonic() > deadline:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        sys.exit("the forked child did not finish within 60 s")
+    time.sleep(0.01)
+assert os.waitstatus_to_exitcode(status) == 0, f"the forked child failed: {status}"
+assert np.array_equal(convolve(x32, w32, b32), parent[0]), "the parent's pool broke after the fork"
+np.savez(parent_results, x32=parent[0], x64=parent[1])
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("busy_thread", [False, True], ids=["idle parent", "parent thread convolving"])
+def test_forked_child_convolves_with_a_pool_of_its_own(tmp_path, rng, busy_thread):
+    x, w, b = problem(rng, 500, 64, 96, "float32")  # 3M multiply-adds: pooled without patching
+    np.savez(tmp_path / "inputs.npz", x=x, w=w, b=b)
+    child, parent = tmp_path / "child.npz", tmp_path / "parent.npz"
+    done = run_python(FORKED_CHILD, tmp_path / "inputs.npz", child, parent, int(busy_thread))
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(child) as in_child, np.load(parent) as in_parent:
+        for name, dtype in (("x32", np.float32), ("x64", np.float64)):
+            assert_close_to_reference(in_child[name], x.astype(dtype), w.astype(dtype), b.astype(dtype))
+            np.testing.assert_array_equal(in_child[name], in_parent[name])
+
+
+FORK_DURING_SETUP = """
+import os, signal, sys, threading, time
+import numpy as np
+from conv1x1_cli import kernel
+
+x, w = np.ones((500, 64), np.float32), np.ones((64, 96), np.float32)
+out = np.empty((500, 96), np.float32)
+kernel.pointwise(x, w, None, True, out)  # pooled: the parent's pool is running
+held, release = threading.Event(), threading.Event()
+
+def compiling():  # what another thread's first call of a new kind does, for a second or more
+    with kernel._setup_lock:
+        held.set()
+        release.wait()
+
+threading.Thread(target=compiling).start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    kernel.pointwise(x, w, None, True, out)  # needs a pool of its own, made under _setup_lock
+    os._exit(0 if (out == 64).all() else 1)
+release.set()
+deadline = time.monotonic() + float(sys.argv[1])
+while True:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    if time.monotonic() > deadline:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        sys.exit("the forked child hung")
+    time.sleep(0.01)
+assert os.waitstatus_to_exitcode(status) == 0, f"the forked child failed: {status}"
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_while_another_thread_sets_up_the_kernel_leaves_the_child_working():
+    done = run_python(FORK_DURING_SETUP, 4, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+EXITS_AFTER_POOL = """
+import sys, threading, time
+import numpy as np
+from conv1x1_cli import conv1x1, kernel
+
+x, w = np.ones((64, 64, 64), np.float32), np.ones((64, 64), np.float32)  # 16.8M multiply-adds: pooled
+assert (conv1x1(x, w) == 64).all()
+pool = kernel._pool
+assert pool is not None and len(pool._threads) == pool.n_workers, "the pool did not start"
+if sys.argv[1] == "convolving":  # a daemon thread still inside pooled calls while the interpreter exits
+    threading.Thread(target=lambda: [conv1x1(x, w) for _ in iter(int, 1)], daemon=True).start()
+    time.sleep(0.1)
+elif sys.argv[1] == "asleep":
+    time.sleep(0.1)
+print(time.monotonic(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("state", ["spinning", "asleep", "convolving"])
+def test_process_exits_promptly_after_using_the_pool(state):
+    """Workers spinning, asleep on the semaphore, or serving another thread's call: exit takes no time."""
+    done = run_python(EXITS_AFTER_POOL, state, timeout=120)
+    exited = time.monotonic()  # CLOCK_MONOTONIC: the same clock in both processes
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert exited - float(done.stdout) < 3.0
+
+
+SIGNALS_WHILE_ASLEEP = """
+import ctypes, signal, sys, time
+import numpy as np
+from conv1x1_cli import kernel
+
+signal.signal(signal.SIGUSR1, lambda *args: None)  # delivered to a worker, it interrupts sem_wait (EINTR)
+kernel._SERIAL_WORK = 0
+x, w = np.ones((64, 8), np.float32), np.ones((8, 16), np.float32)
+
+def convolve():
+    out = np.full((64, 16), np.nan, np.float32)
+    kernel.pointwise(x, w, None, True, out)
+    assert (out == 8).all(), out
+
+def settled():
+    # Every worker asleep: each counted once in _SLEEPING, and no post left over on the semaphore. (The
+    # ~2 ms of spinning are 4000 sched_yield turns: with other processes on every CPU, seconds of wall time.)
+    deadline = time.monotonic() + 60
+    while pool.control[kernel._SLEEPING] < pool.n_workers and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    value = ctypes.c_int()
+    ctypes.CDLL(None).sem_getvalue(ctypes.c_void_p(pool.semaphore.ctypes.data), ctypes.byref(value))
+    return [int(pool.control[kernel._SLEEPING]), value.value]
+
+convolve()
+pool = kernel._pool
+before = settled()
+for _ in range(20):
+    for thread in pool._threads:
+        signal.pthread_kill(thread.ident, signal.SIGUSR1)
+    time.sleep(0.01)
+for _ in range(5):
+    convolve()
+print(pool.n_workers, *before, *settled())
+"""
+
+
+def test_signals_interrupting_sleeping_workers_leave_the_count_straight():
+    """A signal that interrupts a worker's sem_wait must not count it asleep twice: each surplus count makes
+    every later call post once more than anyone waits for, and the worker spin again for nothing."""
+    done = run_python(SIGNALS_WHILE_ASLEEP, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    workers, *counts = map(int, done.stdout.split())
+    if workers == 0:
+        pytest.skip("one CPU: the pool has no workers")
+    assert counts == [workers, 0, workers, 0], "(sleeping workers, posts left) before and after the signals"
+
+
+NO_WORKERS = """
+import sys, threading
+import numpy as np
+from conv1x1_cli import kernel
+
+pool = kernel._worker_pool()
+results = {}
+with np.load(sys.argv[1]) as inputs:
+    for name in ("few", "many", "tiny"):
+        x, w, b = inputs[name + "_x"], inputs[name + "_w"], inputs[name + "_b"]
+        for threads in (None, 2):
+            out = np.full((len(x), w.shape[1]), np.nan, x.dtype)
+            kernel.pointwise(x, w, b, True, out, threads)
+            results[f"{name}_{threads}"] = out
+np.savez(sys.argv[2], **results)
+print(pool.n_workers, len(pool._threads), threading.active_count())
+"""
+
+
+def test_numba_num_threads_1_means_no_workers_and_right_results(tmp_path, rng):
+    problems = {"few": (49, 832, 384), "many": (3136, 64, 96), "tiny": (3, 5, 7)}
+    arrays = {}
+    for name, (pixels, channels, filters) in problems.items():
+        x, w, b = problem(rng, pixels, channels, filters, "float32")
+        arrays |= {f"{name}_x": x, f"{name}_w": w, f"{name}_b": b}
+    np.savez(tmp_path / "inputs.npz", **arrays)
+    done = run_python(
+        NO_WORKERS, tmp_path / "inputs.npz", tmp_path / "out.npz", env={**os.environ, "NUMBA_NUM_THREADS": "1"}
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["0", "0", "1"]  # no workers, none started, no thread but the main one
+    with np.load(tmp_path / "out.npz") as results:
+        for name in problems:
+            for threads in (None, 2):
+                x, w, b = arrays[f"{name}_x"], arrays[f"{name}_w"], arrays[f"{name}_b"]
+                assert_close_to_reference(results[f"{name}_{threads}"], x, w, b)
