@@ -8,6 +8,7 @@ C-contiguous (pixels, channels) chunks. Numba is imported only when a convolutio
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -141,12 +142,19 @@ def build_layers(
     return layers
 
 
+def _kernel_module():
+    """The kernel module, imported on first use: the first convolution pays for importing Numba."""
+    kernel = sys.modules.get("conv1x1_cli.kernel")
+    if kernel is None:
+        from . import kernel
+    return kernel
+
+
 class Stack:
     """Layers packed for the kernel once, then run over any number of pixel chunks."""
 
     def __init__(self, layers: list[Layer], threads: int | None = None):
-        from . import kernel  # the first convolution pays for importing Numba, nothing before it
-
+        kernel = _kernel_module()
         self._kernel = kernel
         self.layers = layers
         self.threads = threads

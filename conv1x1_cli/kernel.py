@@ -209,26 +209,26 @@ def _atomic_store(typingctx, array, index, value):
     return types.none(array, index, types.int64), codegen
 
 
-@intrinsic
-def _atomic_add(typingctx, array, index, value):
-    """array[index] += value atomically; returns the value before."""
+def _read_modify_write(operation, ordering):
+    """Code for array[index] = operation(array[index], value), atomically, returning the value before."""
 
     def codegen(context, builder, signature, args):
         pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
-        return builder.atomic_rmw("add", pointer, args[2], "acq_rel")
+        return builder.atomic_rmw(operation, pointer, args[2], ordering)
 
-    return types.int64(array, index, types.int64), codegen
+    return codegen
+
+
+@intrinsic
+def _atomic_add(typingctx, array, index, value):
+    """array[index] += value atomically; returns the value before."""
+    return types.int64(array, index, types.int64), _read_modify_write("add", "acq_rel")
 
 
 @intrinsic
 def _atomic_exchange(typingctx, array, index, value):
-    """array[index] = value atomically (a full barrier); returns the value before."""
-
-    def codegen(context, builder, signature, args):
-        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
-        return builder.atomic_rmw("xchg", pointer, args[2], "seq_cst")
-
-    return types.int64(array, index, types.int64), codegen
+    """array[index] = value atomically; returns the value before."""
+    return types.int64(array, index, types.int64), _read_modify_write("xchg", "seq_cst")
 
 
 @intrinsic
@@ -642,7 +642,7 @@ _pool: _WorkerPool | None = None
 
 
 def _kind(dtype: np.dtype, rows: int, width: int) -> _Kind:
-    key = (dtype, rows, width)
+    key = (dtype.char, rows, width)  # a str hashes faster than a dtype
     kind = _kinds.get(key)
     if kind is None:
         with _setup_lock:
@@ -889,7 +889,8 @@ def apply_packed(
 
 
 def _overlaps(out: np.ndarray, pixels: np.ndarray, packed: PackedBank) -> bool:
-    return any(np.may_share_memory(out, source) for source in (pixels, packed.panels, packed.panel_bias))
+    # (panel_bias is always pack_bank's own allocation)
+    return np.may_share_memory(out, pixels) or np.may_share_memory(out, packed.panels)
 
 
 def _single_threaded(threads: int | None, work: int) -> bool:

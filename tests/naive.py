@@ -30,3 +30,17 @@ def float32_tolerance(pixels, bank, bias=None):
         magnitude = magnitude + np.abs(np.asarray(bias, np.float64))
     channels = np.asarray(bank).shape[0]
     return (channels + 2) * np.finfo(np.float32).eps * magnitude + np.finfo(np.float32).tiny
+
+
+def assert_close_to_reference(result, pixels, bank, bias=None, relu=True):
+    """result equals pointwise(...): to 1e-12 in float64, within float32_tolerance in float32."""
+    expected = pointwise(pixels, bank, bias, relu)
+    assert result.shape == expected.shape
+    if result.dtype == np.float64:
+        np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-12)
+        return
+    assert result.dtype == np.float32
+    error = np.abs(result.astype(np.float64) - expected)
+    tolerance = float32_tolerance(pixels, bank, bias)
+    too_far = np.argwhere(~(error <= tolerance))
+    assert len(too_far) == 0, f"{len(too_far)} values off, first at {tuple(too_far[0])}: {result[tuple(too_far[0])]}"

@@ -7,22 +7,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from naive import assert_close_to_reference
 
 from conv1x1_cli import conv1x1
 from conv1x1_cli.api import ShapeError, as_bank
-
-
-def assert_close_to_reference(result, pixels, bank, bias=None, relu=True):
-    expected = naive.pointwise(pixels, bank, bias, relu)
-    assert result.shape == expected.shape
-    if result.dtype == np.float64:
-        np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-12)
-        return
-    assert result.dtype == np.float32
-    error = np.abs(result.astype(np.float64) - expected)
-    tolerance = naive.float32_tolerance(pixels, bank, bias)
-    too_far = np.argwhere(~(error <= tolerance))
-    assert len(too_far) == 0, f"{len(too_far)} values off, first at {tuple(too_far[0])}: {result[tuple(too_far[0])]}"
 
 
 def test_lecture_example_doubles_every_value():

@@ -22,21 +22,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from naive import assert_close_to_reference
 
 from conv1x1_cli import conv1x1, kernel
-
-
-def assert_close_to_reference(result, pixels, bank, bias=None, relu=True):
-    expected = naive.pointwise(pixels, bank, bias, relu)
-    assert result.shape == expected.shape
-    if result.dtype == np.float64:
-        np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-12)
-        return
-    assert result.dtype == np.float32
-    error = np.abs(result.astype(np.float64) - expected)
-    tolerance = naive.float32_tolerance(pixels, bank, bias)
-    too_far = np.argwhere(~(error <= tolerance))
-    assert len(too_far) == 0, f"{len(too_far)} values off, first at {tuple(too_far[0])}: {result[tuple(too_far[0])]}"
 
 
 def problem(rng, pixels, channels, filters, dtype, with_bias=True):
@@ -521,7 +509,26 @@ def test_pack_bank_refuses_what_the_kernel_cannot_take(bank, bias, exception, me
 
 # --- processes -------------------------------------------------------------------------------------------
 
-FORKED_CHILD = """
+# Both fork scripts end by waiting for their child, at most `seconds`: a hang fails instead of blocking.
+WAIT_FOR_CHILD = """
+def wait_for_child(pid, seconds):
+    deadline = time.monotonic() + seconds
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            sys.exit(f"the forked child did not finish within {seconds} s")
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(status) == 0, f"the forked child failed: {status}"
+"""
+
+
+FORKED_CHILD = (
+    WAIT_FOR_CHILD
+    + """
 import os, signal, sys, threading, time, traceback
 import numpy as np
 from conv1x1_cli import kernel
@@ -566,20 +573,11 @@ if pid == 0:
         os._exit(status)
 
 stop.set()
-deadline = time.monotonic() + 60
-while True:
-    done, status = os.waitpid(pid, os.WNOHANG)
-    if done:
-        break
-    if time.monotonic() > deadline:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        sys.exit("the forked child did not finish within 60 s")
-    time.sleep(0.01)
-assert os.waitstatus_to_exitcode(status) == 0, f"the forked child failed: {status}"
+wait_for_child(pid, 60)
 assert np.array_equal(convolve(x32, w32, b32), parent[0]), "the parent's pool broke after the fork"
 np.savez(parent_results, x32=parent[0], x64=parent[1])
 """
+)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -596,7 +594,9 @@ def test_forked_child_convolves_with_a_pool_of_its_own(tmp_path, rng, busy_threa
             np.testing.assert_array_equal(in_child[name], in_parent[name])
 
 
-FORK_DURING_SETUP = """
+FORK_DURING_SETUP = (
+    WAIT_FOR_CHILD
+    + """
 import os, signal, sys, threading, time
 import numpy as np
 from conv1x1_cli import kernel
@@ -618,18 +618,9 @@ if pid == 0:
     kernel.pointwise(x, w, None, True, out)  # needs a pool of its own, made under _setup_lock
     os._exit(0 if (out == 64).all() else 1)
 release.set()
-deadline = time.monotonic() + float(sys.argv[1])
-while True:
-    done, status = os.waitpid(pid, os.WNOHANG)
-    if done:
-        break
-    if time.monotonic() > deadline:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        sys.exit("the forked child hung")
-    time.sleep(0.01)
-assert os.waitstatus_to_exitcode(status) == 0, f"the forked child failed: {status}"
+wait_for_child(pid, float(sys.argv[1]))
 """
+)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
