@@ -55,7 +55,9 @@ Design
   any chunk nobody has claimed.  Sleeping, waking, and moving a worker off the
   caller's CPU (``_move_off_cpu``) all happen in compiled code, without the GIL.
   One Python thread at a time uses the pool; calls from other threads meanwhile
-  run alone.  Linux only (sched_getcpu, sched_setaffinity, POSIX semaphores).
+  run alone.  The pool's code calls Linux functions (sched_getcpu,
+  sched_setaffinity, unnamed POSIX semaphores); on other systems there are no
+  workers, and ``_run_alone_slp``, which calls none of them, does every call.
 * Vectoriser settings.  Without LLVM's SLP vectoriser (off by default in numba)
   the fully unrolled tile compiles to scalar FMAs; with the loop vectoriser on,
   LLVM sometimes vectorises the wrong loop of a narrow tile (gathers and
@@ -78,6 +80,7 @@ import atexit
 import ctypes
 import operator
 import os
+import sys
 import threading
 from contextlib import contextmanager
 
@@ -297,9 +300,6 @@ _STOPPED = -1  # what _serve_slp returns when it is not _OTHER_KIND
 # glibc's sem_t is 32 bytes on 64-bit Linux; each worker's 64-byte slot also keeps it on a line of its own.
 _SEMAPHORE_BYTES = 64
 _CPU_SET_WORDS = 16  # a cpu_set_t: 1024 CPUs, as glibc's
-# Control words and semaphore of calls that run alone: nothing reads or writes them.
-_NO_CONTROL = np.zeros(_CONTROL_WORDS, np.int64)
-_NO_SEMAPHORE = np.zeros(_SEMAPHORE_BYTES, np.uint8)
 
 
 @njit(inline="always")
@@ -396,6 +396,26 @@ def _pairs_slp(pixels, panels, panel_bias, out, relu, panel_major, start, stop, 
             outer += 1
 
 
+@njit(inline="always")
+def _describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, n_chunks):
+    """Write the job's array addresses and shapes into ``job``, where any thread can read them."""
+    job[_JOB_PIXELS] = pixels.ctypes.data
+    job[_JOB_PANELS] = panels.ctypes.data
+    job[_JOB_BIAS] = panel_bias.ctypes.data
+    job[_JOB_OUT] = out.ctypes.data
+    job[_JOB_PIXEL_COUNT], job[_JOB_CHANNELS] = pixels.shape
+    job[_JOB_PANEL_COUNT], job[_JOB_FILTERS] = panels.shape[1], out.shape[1]
+    job[_JOB_RELU], job[_JOB_PANEL_MAJOR] = relu, panel_major
+    job[_JOB_CHUNKS] = n_chunks
+
+
+@njit(cache=True, nogil=True)
+def _run_alone_slp(pixels, panels, panel_bias, out, relu, panel_major, job, row_marker, width_marker, like):
+    """A whole job on the calling thread.  (It calls no Linux-only function, unlike the pool's code.)"""
+    _describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, 1)
+    _chunk_slp(job, 0, 1, row_marker, width_marker, like)
+
+
 @njit(cache=True, nogil=True)
 def _run_slp(
     pixels,
@@ -414,24 +434,14 @@ def _run_slp(
     width_marker,
     like,
 ):
-    """The calling thread's side of a job: describe it in ``job``, publish it, work, wait.
+    """The calling thread's side of a job shared with the workers: describe it, publish it, work, wait.
 
-    With one thread nobody else is told.  Otherwise each of the ``n_threads`` threads (this one
-    is thread 0) gets a segment of the chunks; this thread works through its own and then helps
-    with the others' until none is left, and waits for the chunks still running.  A worker that
-    is asleep, or slow to wake, only means that this thread takes more of its segment.
+    Each of the ``n_threads`` threads (this one is thread 0) gets a segment of the chunks; this
+    thread works through its own and then helps with the others' until none is left, and waits
+    for the chunks still running.  A worker that is asleep, or slow to wake, only means that this
+    thread takes more of its segment.
     """
-    job[_JOB_PIXELS] = pixels.ctypes.data
-    job[_JOB_PANELS] = panels.ctypes.data
-    job[_JOB_BIAS] = panel_bias.ctypes.data
-    job[_JOB_OUT] = out.ctypes.data
-    job[_JOB_PIXEL_COUNT], job[_JOB_CHANNELS] = pixels.shape
-    job[_JOB_PANEL_COUNT], job[_JOB_FILTERS] = panels.shape[1], out.shape[1]
-    job[_JOB_RELU], job[_JOB_PANEL_MAJOR] = relu, panel_major
-    job[_JOB_CHUNKS] = n_chunks
-    if n_threads == 1:
-        _chunk_slp(job, 0, 1, row_marker, width_marker, like)
-        return
+    _describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, n_chunks)
     _atomic_store(control, _DONE, 0)
     _atomic_store(control, _MAIN_CPU, _sched_getcpu())
     header = (kind << _KIND_SHIFT) | (n_threads << _THREADS_SHIFT)
@@ -584,7 +594,7 @@ class _WorkerPool:
     def __init__(self, n_workers: int):
         self.control = np.zeros(_CONTROL_WORDS, np.int64)
         self.job = np.zeros(_JOB_FIELDS, np.int64)
-        self.semaphore = _new_semaphore()
+        self.semaphore = _new_semaphore() if n_workers else None
         self.busy = threading.Lock()  # one calling thread at a time; others run alone
         self.n_workers = n_workers
         self.latest_kind: _Kind | None = None
@@ -664,7 +674,10 @@ def _worker_pool() -> _WorkerPool:
     if _pool is None:
         with _setup_lock:
             if _pool is None:
-                _pool = _WorkerPool(min(default_threads(), _MAX_THREADS) - 1)
+                # The pool's compiled code calls Linux functions (sched_getcpu, sched_setaffinity,
+                # unnamed POSIX semaphores); elsewhere every call runs on the calling thread alone.
+                workers = min(default_threads(), _MAX_THREADS) - 1 if sys.platform.startswith("linux") else 0
+                _pool = _WorkerPool(workers)
                 atexit.register(_pool.stop)
     return _pool
 
@@ -716,21 +729,21 @@ def _compile(dispatcher, args: tuple) -> None:
             dispatcher.disable_compile(True)
 
 
-def _run(kind: _Kind, args: tuple) -> None:
-    """_run_slp(*args), compiling it first for argument types not seen before."""
+def _run(kind: _Kind, dispatcher, args: tuple) -> None:
+    """dispatcher(*args) (_run_slp or _run_alone_slp), compiling it first for argument types not seen before."""
     pixels, panels = args[0], args[1]
     # numba.typeof is slow (tens of microseconds); this key decides the same types.
-    key = (pixels.flags.writeable, panels.flags.writeable)
+    key = (dispatcher is _run_slp, pixels.flags.writeable, panels.flags.writeable)
     if key not in kind.compiled_runs:
-        _compile(_run_slp, args)
+        _compile(dispatcher, args)
         kind.compiled_runs.add(key)
     try:
-        _run_slp(*args)
+        dispatcher(*args)
     except TypeError as error:  # types the key did not foresee
         if "compilation disabled" not in str(error) and "No matching" not in str(error):
             raise
-        _compile(_run_slp, args)
-        _run_slp(*args)
+        _compile(dispatcher, args)
+        dispatcher(*args)
 
 
 def _prepare_serving(kind: _Kind, pool: _WorkerPool) -> None:
@@ -879,13 +892,15 @@ def apply_packed(
             n_chunks = min(n_pairs, _CHUNKS_PER_THREAD * n_threads, _MAX_CHUNKS)
             _prepare_serving(kind, pool)
             pool.announce(kind)
-            _run(kind, (*arrays, n_chunks, n_threads, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers))
+            _run(
+                kind,
+                _run_slp,
+                (*arrays, n_chunks, n_threads, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers),
+            )
         finally:
             pool.busy.release()
     else:  # alone: one thread asked for, little work, or another thread is using the pool
-        _run(
-            kind, (*arrays, 1, 1, kind.code, _NO_CONTROL, np.empty(_JOB_FIELDS, np.int64), _NO_SEMAPHORE, *kind.markers)
-        )
+        _run(kind, _run_alone_slp, (*arrays, np.empty(_JOB_FIELDS, np.int64), *kind.markers))
 
 
 def _overlaps(out: np.ndarray, pixels: np.ndarray, packed: PackedBank) -> bool:

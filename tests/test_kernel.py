@@ -710,6 +710,8 @@ import sys, threading
 import numpy as np
 from conv1x1_cli import kernel
 
+if sys.argv[3] != "-":
+    sys.platform = sys.argv[3]  # as the kernel would see it there; its serial code is the same
 pool = kernel._worker_pool()
 results = {}
 with np.load(sys.argv[1]) as inputs:
@@ -724,7 +726,12 @@ print(pool.n_workers, len(pool._threads), threading.active_count())
 """
 
 
-def test_numba_num_threads_1_means_no_workers_and_right_results(tmp_path, rng):
+@pytest.mark.parametrize(
+    ("platform", "environment"),
+    [("-", {"NUMBA_NUM_THREADS": "1"}), ("darwin", {})],
+    ids=["NUMBA_NUM_THREADS=1", "not Linux"],
+)
+def test_no_workers_when_one_thread_is_asked_for_or_off_linux_and_right_results(tmp_path, rng, platform, environment):
     problems = {"few": (49, 832, 384), "many": (3136, 64, 96), "tiny": (3, 5, 7)}
     arrays = {}
     for name, (pixels, channels, filters) in problems.items():
@@ -732,7 +739,7 @@ def test_numba_num_threads_1_means_no_workers_and_right_results(tmp_path, rng):
         arrays |= {f"{name}_x": x, f"{name}_w": w, f"{name}_b": b}
     np.savez(tmp_path / "inputs.npz", **arrays)
     done = run_python(
-        NO_WORKERS, tmp_path / "inputs.npz", tmp_path / "out.npz", env={**os.environ, "NUMBA_NUM_THREADS": "1"}
+        NO_WORKERS, tmp_path / "inputs.npz", tmp_path / "out.npz", platform, env={**os.environ, **environment}
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["0", "0", "1"]  # no workers, none started, no thread but the main one
