@@ -15,7 +15,8 @@ Why blocks after a pause rather than alternating single calls: OpenBLAS's worker
 spinning for about 100 ms after each NumPy call (measured here: our kernel run within 50 ms of a
 NumPy matmul ran at 84 GFLOP/s, after 100 ms at 196), and PyTorch's OpenMP workers likewise, so
 whoever runs right after another contender shares its cores. The first call of each block (which
-wakes the contender's own sleeping threads) is not timed.
+wakes the contender's own sleeping threads) is not timed. The block length comes from the fastest of
+a few calls of each contender, made the same way (after a pause, the first call untimed).
 
 Medians of repeats, after warm-up; GFLOP/s count ``flops = 2·N·H·W·C·F`` (no bias). The roofline
 moves ``(input + output + weights) × 4`` bytes per layer; attainable = min(FMA peak, intensity ×
@@ -108,6 +109,8 @@ SUITE: tuple[BenchLayer, ...] = (
 QUICK_NAMES = ("GoogLeNet 3a 1x1", "ResNet-50 conv2 reduce", "ResNet-50 conv5 reduce")
 
 
+# Calls per contender whose fastest sizes the blocks.
+ESTIMATE_CALLS = 5
 # Long enough for OpenBLAS's spinning workers (and OpenMP's) to park after the previous contender.
 SETTLE_SECONDS = 0.15
 
@@ -573,7 +576,7 @@ def _block_medians(
     for _ in range(timing.warmups):
         for name in names:
             contenders[name]()
-    estimate = [_seconds(contenders[name]) for name in names]
+    estimate = [_settled_estimate(contenders[name], settle) for name in names]
     per_block = math.ceil(timing.repeats(estimate) / timing.rounds)
     samples: dict[str, list[float]] = {name: [] for name in names}
     collecting = gc.isenabled()
@@ -589,6 +592,15 @@ def _block_medians(
         if collecting:
             gc.enable()
     return {name: statistics.median(times) for name, times in samples.items()}, per_block * timing.rounds
+
+
+def _settled_estimate(call: Callable[[], object], settle: float) -> float:
+    """The fastest of a few calls made after a pause, as the blocks are timed: one call made right after
+    another contender's was often far off (torch's ran at 10-20 ms instead of 0.2 while OpenBLAS's
+    workers still spun), which cut the first layers' blocks to a handful of calls."""
+    time.sleep(settle)
+    call()  # wakes this contender's own threads
+    return min(_seconds(call) for _ in range(ESTIMATE_CALLS))
 
 
 def _seconds(call: Callable[[], object]) -> float:
