@@ -297,7 +297,7 @@ _MAX_CHUNKS = (1 << _CHUNK_BITS) - 1
 _START_SHIFT, _THREADS_SHIFT, _KIND_SHIFT = 12, 24, 32
 _NOTHING, _OTHER_KIND = -1, -2  # what _claim returns instead of a chunk
 _STOPPED = -1  # what _serve_slp returns when it is not _OTHER_KIND
-# glibc's sem_t is 32 bytes on 64-bit Linux; each worker's 64-byte slot also keeps it on a line of its own.
+# glibc's sem_t is 32 bytes on 64-bit Linux; the workers share one, and 64 bytes keep it on a line of its own.
 _SEMAPHORE_BYTES = 64
 _CPU_SET_WORDS = 16  # a cpu_set_t: 1024 CPUs, as glibc's
 
