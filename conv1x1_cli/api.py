@@ -162,13 +162,11 @@ class Stack:
         self.kernel_seconds = 0.0
 
     def warm_up(self) -> None:
-        """Run each layer on a few pixels, so that loading (or compiling) the kernel is not timed as work.
+        """Load (or compile) the kernel code every layer may run, so that it is not timed as work.
 
         Only worth it where the kernel time is reported: it costs one small call per layer."""
-        for layer, packed in zip(self.layers, self._packed, strict=True):
-            pixels = np.zeros((64, layer.channels), layer.bank.dtype)  # a whole tile, as real chunks use
-            target = np.empty((64, layer.filters), pixels.dtype)
-            self._kernel.apply_packed(pixels, packed, target, layer.relu, self.threads)
+        for packed in self._packed:
+            self._kernel.prepare(packed, self.threads)
 
     @property
     def filters(self) -> int:

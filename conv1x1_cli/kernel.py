@@ -911,6 +911,24 @@ def apply_packed(
         _run(kind, _run_alone_slp, (*arrays, np.empty(_JOB_FIELDS, np.int64), *kind.markers))
 
 
+def prepare(packed: PackedBank, threads: int | None = None) -> None:
+    """Compile (or load from numba's cache) all that calls with this bank may run, now: the one-thread
+    code and, unless threads is 1, the pool's, so that a timed call does not pay for it."""
+    kind = packed.kind
+    pixels = np.zeros((packed.rows, packed.n_channels), packed.dtype)
+    out = np.empty((packed.rows, packed.n_filters), packed.dtype)
+    arrays = (pixels, packed.panels, packed.panel_bias, out, True, False)
+    _run(kind, _run_alone_slp, (*arrays, np.empty(_JOB_FIELDS, np.int64), *kind.markers))
+    pool = _worker_pool()
+    if _single_threaded(threads, work=_SERIAL_WORK) or not pool.n_workers:
+        return
+    _prepare_serving(kind, pool)
+    key = (True, pixels.flags.writeable, packed.panels.flags.writeable)  # as _run keys _run_slp
+    if key not in kind.compiled_runs:
+        _compile(_run_slp, (*arrays, 1, 2, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers))
+        kind.compiled_runs.add(key)
+
+
 def _overlaps(out: np.ndarray, pixels: np.ndarray, packed: PackedBank) -> bool:
     # (panel_bias is always pack_bank's own allocation)
     return np.may_share_memory(out, pixels) or np.may_share_memory(out, packed.panels)

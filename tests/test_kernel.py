@@ -748,3 +748,17 @@ def test_no_workers_when_one_thread_is_asked_for_or_off_linux_and_right_results(
             for threads in (None, 2):
                 x, w, b = arrays[f"{name}_x"], arrays[f"{name}_w"], arrays[f"{name}_b"]
                 assert_close_to_reference(results[f"{name}_{threads}"], x, w, b)
+
+
+def test_prepare_compiles_what_a_pooled_call_runs(rng):
+    """After prepare(), a call through the pool compiles nothing more (apply's timed work starts warm)."""
+    x, w, b = problem(rng, 3000, 40, 72, "float64")  # 8.6M multiply-adds: pooled without patching
+    packed = kernel.pack_bank(w, b)
+    kernel.prepare(packed)
+    compiled = {name: len(getattr(kernel, name).overloads) for name in ("_run_alone_slp", "_run_slp", "_serve_slp")}
+    out = np.full((len(x), w.shape[1]), np.nan)
+    kernel.apply_packed(x, packed, out, True)
+    assert {name: len(getattr(kernel, name).overloads) for name in compiled} == compiled
+    assert_close_to_reference(out, x, w, b)
+    if kernel._worker_pool().n_workers:
+        assert packed.kind.serve_compiled and (True, True, True) in packed.kind.compiled_runs
