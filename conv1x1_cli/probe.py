@@ -1,6 +1,6 @@
 """The float32 FMA peak of this machine, measured with a Numba loop: the roofline's compute limit.
 
-Part of the kernel layer: with ``kernel.py`` it is the only code in the package that imports numba,
+Part of the kernel layer: with the ``kernel`` package it is the only code in conv1x1 that imports numba,
 and it is imported lazily (by ``bench.py``), never by the CLI at start-up.
 
 Each thread runs ``_CHAINS`` independent accumulator vectors of ``_LANES`` float32 lanes
@@ -8,7 +8,7 @@ Each thread runs ``_CHAINS`` independent accumulator vectors of ``_LANES`` float
 (4 cycles) is covered even on a core with two 512-bit FMA pipes, and all chains stay in registers:
 the accumulators live in a fixed-size stack allocation that LLVM promotes to registers once the
 lane loops are fully unrolled, and the SLP vectoriser (switched on only while this function
-compiles, as ``kernel.py`` does for its own kernels) fuses each chain's lanes into one
+compiles, as the kernel does for its own code) fuses each chain's lanes into one
 ``vfmadd...ps zmm``. ``mul`` < 1 keeps values bounded and away from denormals.
 
 >>> fma_peak_gflops(threads=1, seconds=0.01) > 0

@@ -157,7 +157,7 @@ for _ in range(3):
     conv1x1(x, np.ones((64, 64), np.float32))
 after = settings(before["blas"])
 print(json.dumps({"same": before == after, "before": before["blas"], "after": after["blas"],
-                  "workers": kernel._worker_pool().n_workers, "pooled": kernel._pool is not None}))
+                  "workers": kernel._worker_pool().n_workers, "pooled": kernel.pool._pool is not None}))
 """
 
 

@@ -71,7 +71,7 @@ def cpus_available():
 
 
 def test_pool_has_a_worker_for_every_other_cpu():
-    expected = min(cpus_available(), numba.config.NUMBA_NUM_THREADS, kernel._MAX_THREADS) - 1
+    expected = min(cpus_available(), numba.config.NUMBA_NUM_THREADS, kernel.pool._MAX_THREADS) - 1
     assert kernel._worker_pool().n_workers == expected
 
 
@@ -131,8 +131,8 @@ def chunks_taken_by_the_worker(pool):
     shrinks to the point where the two met. The worker took the chunks between the two meeting points."""
     meeting_points = []
     for segment in (0, 1):
-        word = int(pool.control[kernel._SEGMENTS + segment * kernel._LINE])
-        start, end = (word >> kernel._START_SHIFT) & kernel._MAX_CHUNKS, word & kernel._MAX_CHUNKS
+        word = int(pool.control[kernel.pool._SEGMENTS + segment * kernel.pool._LINE])
+        start, end = (word >> kernel.pool._START_SHIFT) & kernel._MAX_CHUNKS, word & kernel._MAX_CHUNKS
         assert start == end, "chunks left unclaimed"
         meeting_points.append(start)
     return meeting_points[1] - meeting_points[0]
@@ -243,8 +243,8 @@ def test_python_threads_calling_at_once_all_get_correct_results(rng):
 @pytest.fixture
 def pool_of_three_workers(monkeypatch):
     """A pool of three workers, whatever the CPUs (more threads than CPUs here), in place of the real one."""
-    pool = kernel._WorkerPool(3)
-    monkeypatch.setattr(kernel, "_pool", pool)
+    pool = kernel.pool._WorkerPool(3)
+    monkeypatch.setattr(kernel.pool, "_pool", pool)
     monkeypatch.setattr(kernel, "_SERIAL_WORK", 0)
     yield pool
     pool.stop()
@@ -544,7 +544,7 @@ def convolve(x, w, b):
     return out
 
 parent = convolve(x32, w32, b32), convolve(x64, w64, b64)
-parent_pool = kernel._pool
+parent_pool = kernel.pool._pool
 assert parent_pool is not None and len(parent_pool._threads) == parent_pool.n_workers, "no pool in the parent"
 stop = threading.Event()
 if busy_thread:  # fork while another thread is (most likely) inside a pooled call
@@ -558,10 +558,10 @@ pid = os.fork()
 if pid == 0:
     status = 1
     try:
-        assert kernel._pool is None, "the child kept the parent's pool, whose workers it does not have"
+        assert kernel.pool._pool is None, "the child kept the parent's pool, whose workers it does not have"
         for _ in range(20):
             child = convolve(x32, w32, b32), convolve(x64, w64, b64)
-        pool = kernel._pool
+        pool = kernel.pool._pool
         assert pool is not None and pool is not parent_pool
         assert len(pool._threads) == pool.n_workers and all(t.is_alive() for t in pool._threads)
         np.savez(child_results, x32=child[0], x64=child[1])
@@ -636,7 +636,7 @@ from conv1x1_cli import conv1x1, kernel
 
 x, w = np.ones((64, 64, 64), np.float32), np.ones((64, 64), np.float32)  # 16.8M multiply-adds: pooled
 assert (conv1x1(x, w) == 64).all()
-pool = kernel._pool
+pool = kernel.pool._pool
 assert pool is not None and len(pool._threads) == pool.n_workers, "the pool did not start"
 if sys.argv[1] == "convolving":  # a daemon thread still inside pooled calls while the interpreter exits
     threading.Thread(target=lambda: [conv1x1(x, w) for _ in iter(int, 1)], daemon=True).start()
@@ -674,15 +674,15 @@ def settled():
     # Every worker asleep: each counted once in _SLEEPING, and no post left over on the semaphore. (The
     # ~2 ms of spinning are 4000 sched_yield turns: with other processes on every CPU, seconds of wall time.)
     deadline = time.monotonic() + 60
-    while pool.control[kernel._SLEEPING] < pool.n_workers and time.monotonic() < deadline:
+    while pool.control[kernel.pool._SLEEPING] < pool.n_workers and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.2)
     value = ctypes.c_int()
     ctypes.CDLL(None).sem_getvalue(ctypes.c_void_p(pool.semaphore.ctypes.data), ctypes.byref(value))
-    return [int(pool.control[kernel._SLEEPING]), value.value]
+    return [int(pool.control[kernel.pool._SLEEPING]), value.value]
 
 convolve()
-pool = kernel._pool
+pool = kernel.pool._pool
 before = settled()
 for _ in range(20):
     for thread in pool._threads:

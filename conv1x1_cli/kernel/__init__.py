@@ -1,0 +1,353 @@
+"""The Numba kernel: fused 1x1 convolution + bias + activation.
+
+    out[P, F] = act(pixels[P, C] @ bank[C, F] + bias[F]),  act = ReLU or identity
+
+This package is the only part of conv1x1 that imports numba.  It knows nothing of
+files or screens: callers hand it C-contiguous arrays and a preallocated output.
+``tiles.py`` holds the micro-kernel, ``pool.py`` the worker threads, and this
+module the public functions (``pack_bank``, ``apply_packed``, ``prepare``) and
+compilation.
+
+* Packing (``pack_bank``, once per bank).  The bank is seen as column *panels*
+  of ``width`` filters (64 float32 = four 512-bit vectors when F is large, fewer
+  for narrow banks): ``panels[c, k, :]`` is a view of row c, columns k*width
+  onwards, one contiguous run that the micro-kernel loads as whole vectors.
+  Only a bank whose F is not a multiple of width is copied (zero-padded to a
+  whole panel); the bias is padded the same way.  An earlier panel-major copy
+  (``panels[k, c, :]``) cost twice the product on few-pixel, big-bank layers
+  (7x7x2048->512: 78 GFLOP/s with packing against 152 for the view, side by
+  side), because the public API packs on every call.
+* Work split.  The (pixel tile, panel) pairs are ordered pixel-major (a pixel
+  tile stays in L1 while it meets every panel) unless there are fewer pixels
+  than filters, where they are panel-major (a panel stays in L2 while it meets
+  every tile); splitting over filters as well as pixels keeps every core busy
+  when there are few pixels (7x7=49).  They are cut into ~16 chunks per thread
+  and shared out by the pool.  Problems under ~1M multiply-adds run on the
+  calling thread alone.
+* Vectoriser settings.  Without LLVM's SLP vectoriser (off by default in numba)
+  the fully unrolled tile compiles to scalar FMAs; with the loop vectoriser on,
+  LLVM sometimes vectorises the wrong loop of a narrow tile (gathers and
+  scatters, 50x slower).  So SLP is switched on and the loop vectoriser off only
+  while *our* kernel compiles (``_compile``); implicit compilation by the
+  entry points is disabled, so every build of them goes through that function,
+  and their names are new, so numba's on-disk cache (whose key does not include
+  these settings) can only hold builds made with them.  Compilation is lazy
+  (nothing at import) and cached to disk (``cache=True``; numba falls back to
+  its user-wide cache directory when the package directory is read-only).
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import threading
+from contextlib import contextmanager
+
+import numba
+import numpy as np
+
+from .pool import _CPU_SET_WORDS, _IDLE_TURNS, _MAX_CHUNKS, _run_slp, _serve_slp, _worker_pool, _WorkerPool
+from .pool import default_threads as default_threads  # public: the probe uses it
+from .tiles import _JOB_FIELDS, _run_alone_slp
+
+# Bytes of one SIMD register (AVX-512); panel widths are multiples of half of it.
+_VECTOR_BYTES = 64
+# Below this many multiply-adds a call runs on one thread: handing chunks to a
+# spinning worker costs a few microseconds, which two threads win back from
+# about 1M multiply-adds up (measured here: 196x128->64, 1.6M, ran in 32 us on
+# one thread and 23 on two; 3136x3->64, 0.6M, in 24 and 27).
+_SERIAL_WORK = 1 << 20
+
+
+# Chunks per thread: enough that the last one to finish leaves little idle time (~1/32 here).
+_CHUNKS_PER_THREAD = 16
+
+
+class _Kind:
+    """One compiled specialisation: dtype and tile shape, and the marker arguments that select it."""
+
+    def __init__(self, code: int, dtype: np.dtype, rows: int, width: int):
+        self.code = code
+        self.row_marker = tuple(range(rows))
+        self.width_marker = tuple(range(width))
+        self.like = np.empty(0, dtype)
+        self.compiled_runs: set = set()
+        self.serve_compiled = False
+
+    @property
+    def markers(self) -> tuple:
+        return self.row_marker, self.width_marker, self.like
+
+
+_setup_lock = threading.RLock()
+_kinds: dict[tuple, _Kind] = {}
+
+
+def _forget_setup_lock() -> None:
+    """In a forked child the lock is new: another thread of the parent may have held it at the fork."""
+    global _setup_lock
+    _setup_lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_setup_lock)
+
+
+def _kind(dtype: np.dtype, rows: int, width: int) -> _Kind:
+    key = (dtype.char, rows, width)  # a str hashes faster than a dtype
+    kind = _kinds.get(key)
+    if kind is None:
+        with _setup_lock:
+            kind = _kinds.get(key)
+            if kind is None:
+                kind = _Kind(len(_kinds), dtype, rows, width)  # a few per dtype: far below 256
+                _kinds[key] = kind
+    return kind
+
+
+@contextmanager
+def _vectorizer_settings():
+    """SLP vectoriser on, loop vectoriser off, for compilations inside this block only.
+
+    The tile loops are unrolled and then packed into vectors by SLP.  Left on,
+    the loop vectoriser sometimes picks the wrong loop of a narrow tile (the
+    row or channel loop, with gathers and scatters) and runs 50x slower.
+    """
+    previous = numba.config.SLP_VECTORIZE, numba.config.LOOP_VECTORIZE
+    numba.config.SLP_VECTORIZE, numba.config.LOOP_VECTORIZE = 1, 0
+    try:
+        yield
+    finally:
+        numba.config.SLP_VECTORIZE, numba.config.LOOP_VECTORIZE = previous
+
+
+def _compile(dispatcher, args: tuple) -> None:
+    """Compile (or load from numba's disk cache) ``dispatcher`` for these arguments' types.
+
+    Implicit compilation by the two entry points is disabled outside this function, so a call
+    with unforeseen argument types raises (and comes back here) instead of silently compiling
+    without the vectoriser settings.
+    """
+    signature = tuple(numba.typeof(a) for a in args)
+    with _setup_lock:
+        dispatcher.disable_compile(False)
+        try:
+            with _vectorizer_settings():
+                dispatcher.compile(signature)
+        finally:
+            dispatcher.disable_compile(True)
+
+
+def _run(kind: _Kind, dispatcher, args: tuple) -> None:
+    """dispatcher(*args) (_run_slp or _run_alone_slp), compiling it first for argument types not seen before."""
+    pixels, panels = args[0], args[1]
+    # numba.typeof is slow (tens of microseconds); this key decides the same types.
+    key = (dispatcher is _run_slp, pixels.flags.writeable, panels.flags.writeable)
+    if key not in kind.compiled_runs:
+        _compile(dispatcher, args)
+        kind.compiled_runs.add(key)
+    try:
+        dispatcher(*args)
+    except TypeError as error:  # types the key did not foresee
+        if "compilation disabled" not in str(error) and "No matching" not in str(error):
+            raise
+        _compile(dispatcher, args)
+        dispatcher(*args)
+
+
+def _prepare_serving(kind: _Kind, pool: _WorkerPool) -> None:
+    """Compile the workers' loop for this kind before any job of the kind is published."""
+    if not kind.serve_compiled:
+        cpu_sets = np.zeros((2, _CPU_SET_WORDS), np.uint64)
+        _compile(
+            _serve_slp, (pool.control, pool.job, kind.code, 1, _IDLE_TURNS, pool.semaphore, cpu_sets, *kind.markers)
+        )
+        kind.serve_compiled = True
+
+
+# --------------------------------------------------------------------------
+# Public interface
+# --------------------------------------------------------------------------
+
+
+def _tile_shape(n_filters: int, itemsize: int) -> tuple[int, int]:
+    """(pixel rows, panel width) of the accumulator tile for this many filters.
+
+    Six rows of up to four vectors: 24 accumulators cover the FMA latency and
+    leave registers for the panel loads and broadcasts.  Narrower panels for
+    narrow banks waste less padding; taller tiles (12 rows) measured slower, as
+    each row is another pointer and another stream from memory.
+    """
+    lanes = _VECTOR_BYTES // itemsize  # 16 float32 or 8 float64 per zmm register
+    if n_filters <= lanes // 2:
+        return 8, lanes // 2  # half a vector (e.g. F = 1..8 float32)
+    if n_filters <= lanes:
+        return 6, lanes
+    if n_filters <= 2 * lanes:
+        return 6, 2 * lanes
+    return 6, 4 * lanes
+
+
+class PackedBank:
+    """A bank and bias padded to whole panels of ``width`` filters, ready for apply_packed.
+
+    The bank, padded with zero columns to a multiple of width, is viewed (never copied) as
+    ``panels[c, k, j] = bank[c, k * width + j]``: panel k of channel c is one contiguous run. When F
+    is already a multiple of width the view is of the caller's bank itself: copying a 2048x512 bank
+    into a panel-major layout cost twice the product itself on 7x7 layers.
+    ``panel_bias[k, j]`` is the bias, padded the same way.
+    """
+
+    __slots__ = ("dtype", "kind", "n_channels", "n_filters", "one_row_kind", "panel_bias", "panels", "rows", "width")
+
+    def __init__(self, matrix, bias, n_channels, n_filters, rows, width):
+        n_panels = matrix.shape[1] // width
+        self.panels = matrix.reshape(n_channels, n_panels, width)
+        self.panel_bias = bias.reshape(n_panels, width)
+        self.n_channels = n_channels
+        self.n_filters = n_filters
+        self.dtype = matrix.dtype
+        self.rows = rows
+        self.width = width
+        self.kind = _kind(self.dtype, rows, width)
+        self.one_row_kind = _kind(self.dtype, 1, width)  # for fewer pixels than rows
+
+    def __repr__(self) -> str:
+        return (
+            f"PackedBank(channels={self.n_channels}, filters={self.n_filters}, "
+            f"dtype={self.dtype}, tile={self.rows}x{self.width})"
+        )
+
+
+def pack_bank(bank: np.ndarray, bias: np.ndarray | None) -> PackedBank:
+    """Prepare bank (C, F) and bias (F,) or None, float32 or float64, for apply_packed.
+
+    The result may share memory with ``bank``: pack again after changing the bank in place.
+    """
+    bank = np.asarray(bank)
+    if bank.ndim != 2:
+        raise ValueError(f"bank must be 2-D (channels, filters), got shape {bank.shape}")
+    if bank.dtype.char not in ("f", "d") or not bank.dtype.isnative:  # native float32 or float64
+        raise TypeError(f"bank must be float32 or float64, got {bank.dtype}")
+    n_channels, n_filters = bank.shape
+    if bias is not None:
+        bias = np.asarray(bias)
+        if bias.shape != (n_filters,):
+            raise ValueError(f"bias must have shape ({n_filters},), got {bias.shape}")
+        if bias.dtype != bank.dtype:
+            raise TypeError(f"bias dtype {bias.dtype} differs from bank dtype {bank.dtype}")
+
+    rows, width = _tile_shape(n_filters, bank.dtype.itemsize)
+    padded = -(-n_filters // width) * width
+    if padded == n_filters and bank.flags.c_contiguous and bank.flags.aligned:
+        matrix = bank
+    else:
+        matrix = np.zeros((n_channels, padded), dtype=bank.dtype)
+        matrix[:, :n_filters] = bank
+    padded_bias = np.zeros(padded, dtype=bank.dtype)
+    if bias is not None:
+        padded_bias[:n_filters] = bias
+    return PackedBank(matrix, padded_bias, n_channels, n_filters, rows, width)
+
+
+def apply_packed(
+    pixels: np.ndarray, packed: PackedBank, out: np.ndarray, relu: bool, threads: int | None = None
+) -> None:
+    """out[P, F] = act(pixels[P, C] @ bank + bias), written in place.
+
+    pixels (P, C) and out (P, F) are C-contiguous arrays of the bank's dtype.
+    threads=None uses every CPU this process may run on (or NUMBA_NUM_THREADS, if lower); an int
+    limits this call to that many threads.
+    """
+    if not isinstance(packed, PackedBank):
+        raise TypeError("packed must come from pack_bank")
+    dtype = packed.dtype
+    for name, array in (("pixels", pixels), ("out", out)):
+        if not isinstance(array, np.ndarray) or array.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D NumPy array")
+        if array.dtype != dtype:
+            raise TypeError(f"{name} dtype {array.dtype} differs from the bank's {dtype}")
+        if not array.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous")
+    n_pixels = pixels.shape[0]
+    if pixels.shape[1] != packed.n_channels:
+        raise ValueError(f"pixels have {pixels.shape[1]} channels, bank has {packed.n_channels}")
+    if out.shape != (n_pixels, packed.n_filters):
+        raise ValueError(f"out must have shape {(n_pixels, packed.n_filters)}, got {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError("out must be writeable")
+    alone = _single_threaded(threads, n_pixels * packed.n_channels * packed.n_filters)  # checks threads
+    if n_pixels == 0 or packed.n_filters == 0:
+        return
+
+    if not pixels.flags.aligned:
+        pixels = pixels.copy()  # the kernel reads through typed pointers
+    if not out.flags.aligned or _overlaps(out, pixels, packed):
+        # The kernel writes out while it still reads pixels and the bank: go through a temporary.
+        result = np.empty_like(out)
+        apply_packed(pixels, packed, result, relu, threads)
+        out[...] = result
+        return
+
+    rows, kind = (packed.rows, packed.kind) if n_pixels >= packed.rows else (1, packed.one_row_kind)
+    n_pairs = -(-n_pixels // rows) * packed.panels.shape[1]
+    # Panel-major when the bank outweighs the pixels: each panel then stays in
+    # cache while it meets every pixel tile.
+    arrays = (pixels, packed.panels, packed.panel_bias, out, bool(relu), n_pixels < packed.n_filters)
+    pool = None if alone else _worker_pool()
+    if pool is not None and pool.n_workers and pool.busy.acquire(blocking=False):
+        try:
+            n_threads = 1 + (pool.n_workers if threads is None else min(int(threads) - 1, pool.n_workers))
+            n_chunks = min(n_pairs, _CHUNKS_PER_THREAD * n_threads, _MAX_CHUNKS)
+            _prepare_serving(kind, pool)
+            pool.announce(kind)
+            _run(
+                kind,
+                _run_slp,
+                (*arrays, n_chunks, n_threads, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers),
+            )
+        finally:
+            pool.busy.release()
+    else:  # alone: one thread asked for, little work, or another thread is using the pool
+        _run(kind, _run_alone_slp, (*arrays, np.empty(_JOB_FIELDS, np.int64), *kind.markers))
+
+
+def prepare(packed: PackedBank, threads: int | None = None) -> None:
+    """Compile (or load from numba's cache) all that calls with this bank may run, now: the one-thread
+    code and, unless threads is 1, the pool's, so that a timed call does not pay for it."""
+    kind = packed.kind
+    pixels = np.zeros((packed.rows, packed.n_channels), packed.dtype)
+    out = np.empty((packed.rows, packed.n_filters), packed.dtype)
+    arrays = (pixels, packed.panels, packed.panel_bias, out, True, False)
+    _run(kind, _run_alone_slp, (*arrays, np.empty(_JOB_FIELDS, np.int64), *kind.markers))
+    pool = _worker_pool()
+    if _single_threaded(threads, work=_SERIAL_WORK) or not pool.n_workers:
+        return
+    _prepare_serving(kind, pool)
+    key = (True, pixels.flags.writeable, packed.panels.flags.writeable)  # as _run keys _run_slp
+    if key not in kind.compiled_runs:
+        _compile(_run_slp, (*arrays, 1, 2, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers))
+        kind.compiled_runs.add(key)
+
+
+def _overlaps(out: np.ndarray, pixels: np.ndarray, packed: PackedBank) -> bool:
+    # (panel_bias is always pack_bank's own allocation)
+    return np.may_share_memory(out, pixels) or np.may_share_memory(out, packed.panels)
+
+
+def _single_threaded(threads: int | None, work: int) -> bool:
+    if threads is not None and operator.index(threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    return threads == 1 or work < _SERIAL_WORK
+
+
+def pointwise(
+    pixels: np.ndarray,
+    bank: np.ndarray,
+    bias: np.ndarray | None,
+    relu: bool,
+    out: np.ndarray,
+    threads: int | None = None,
+) -> None:
+    """out[P, F] = act(pixels[P, C] @ bank[C, F] + bias[F]), all one dtype, C-contiguous."""
+    apply_packed(pixels, pack_bank(bank, bias), out, relu, threads)

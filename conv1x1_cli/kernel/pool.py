@@ -1,0 +1,439 @@
+"""The worker threads that share each call's chunks with the calling thread.
+
+Not numba's OpenMP ``prange``: its workers had to sleep between calls (spinning
+OpenMP workers hold their cores against NumPy's BLAS threads), and waking one
+cost 35-90 us per call on this class of virtual machine, more than the whole
+product on small layers.  Our own worker threads (``_WorkerPool``) run a nogil
+loop (``_serve_slp``): they claim chunks with atomic compare-and-swap
+(``_claim``), spin about 2 ms after their last chunk calling sched_yield at
+every turn (so any other thread that needs the core gets it, as with
+OpenBLAS's own workers), then sleep on a POSIX semaphore that the next call
+posts.  The calling thread (``_run_slp``) publishes the job and works on it at
+once; it never waits for a worker to wake, since it takes over any chunk nobody
+has claimed.  Sleeping, waking, and moving a worker off the caller's CPU
+(``_move_off_cpu``) all happen in compiled code, without the GIL.  One Python
+thread at a time uses the pool; calls from other threads meanwhile run alone.
+
+Each thread owns a contiguous segment of a job's chunks: it works through its
+own from the front, then helps the others from their far end.  (One shared
+chunk counter interleaved the threads, so both cores streamed every panel: 98
+against 159 GFLOP/s on 7x7x832->384.)
+
+The pool's code calls Linux functions (sched_getcpu, sched_setaffinity, unnamed
+POSIX semaphores); on other systems the pool has no workers, and
+``tiles._run_alone_slp``, which calls none of them, does every call.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import sys
+import threading
+
+import numba
+import numpy as np
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .tiles import _JOB_CHUNKS, _JOB_FIELDS, _chunk_slp, _describe_job
+
+# --------------------------------------------------------------------------
+# Atomics and C functions, callable without the GIL
+# --------------------------------------------------------------------------
+
+
+def _element_pointer(context, builder, array_type, array, index):
+    view = context.make_array(array_type)(context, builder, array)
+    return cgutils.get_item_pointer(context, builder, array_type, view, [index], wraparound=False)
+
+
+@intrinsic
+def _atomic_load(typingctx, array, index):
+    """array[index], read with acquire ordering (int64 arrays only)."""
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], *args)
+        return builder.load_atomic(pointer, "acquire", 8)
+
+    return types.int64(array, index), codegen
+
+
+@intrinsic
+def _atomic_store(typingctx, array, index, value):
+    """array[index] = value, written with release ordering: every earlier write is visible first."""
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        builder.store_atomic(args[2], pointer, "release", 8)
+        return context.get_dummy_value()
+
+    return types.none(array, index, types.int64), codegen
+
+
+def _read_modify_write(operation, ordering):
+    """Code for array[index] = operation(array[index], value), atomically, returning the value before."""
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        return builder.atomic_rmw(operation, pointer, args[2], ordering)
+
+    return codegen
+
+
+@intrinsic
+def _atomic_add(typingctx, array, index, value):
+    """array[index] += value atomically; returns the value before."""
+    return types.int64(array, index, types.int64), _read_modify_write("add", "acq_rel")
+
+
+@intrinsic
+def _atomic_exchange(typingctx, array, index, value):
+    """array[index] = value atomically; returns the value before."""
+    return types.int64(array, index, types.int64), _read_modify_write("xchg", "seq_cst")
+
+
+@intrinsic
+def _compare_and_swap(typingctx, array, index, expected, new):
+    """array[index] = new if it still holds expected, atomically; True if it did."""
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        result = builder.cmpxchg(pointer, args[2], args[3], "acq_rel", "acquire")
+        return builder.extract_value(result, 1)
+
+    return types.boolean(array, index, types.int64, types.int64), codegen
+
+
+@intrinsic
+def _address_of(typingctx, array):
+    """The array's data pointer as a void pointer, for C functions."""
+
+    def codegen(context, builder, signature, args):
+        view = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.bitcast(view.data, context.get_value_type(types.voidptr))
+
+    return types.voidptr(array), codegen
+
+
+# C functions the workers call without the GIL.  Spinning threads give their core away on every
+# turn, as OpenBLAS's do: a thread of NumPy's (or of any other program) that needs it gets it.
+_sched_yield = types.ExternalFunction("sched_yield", types.int32())
+_sched_getcpu = types.ExternalFunction("sched_getcpu", types.int32())
+_sched_getaffinity = types.ExternalFunction("sched_getaffinity", types.int32(types.int32, types.uintp, types.voidptr))
+_sched_setaffinity = types.ExternalFunction("sched_setaffinity", types.int32(types.int32, types.uintp, types.voidptr))
+_sem_wait = types.ExternalFunction("sem_wait", types.int32(types.voidptr))
+_sem_post = types.ExternalFunction("sem_post", types.int32(types.voidptr))
+
+# Control words, each on its own 64-byte cache line (8 int64) so the threads do not share lines:
+# the count of finished chunks, the stop flag, the calling thread's CPU, how many workers are
+# asleep, then one segment word per thread.
+_LINE = 8
+_DONE, _STOP, _MAIN_CPU, _SLEEPING, _SEGMENTS = 0, _LINE, 2 * _LINE, 3 * _LINE, 4 * _LINE
+_MAX_THREADS = 64
+_CONTROL_WORDS = _SEGMENTS + _LINE * _MAX_THREADS
+# A job's chunks are split into one contiguous segment per thread.  A segment word packs, from
+# bit 0: the end of the segment's unclaimed chunks (12 bits), their start (12), how many threads
+# take part (8) and the job's kind (8).  One word, so that one compare-and-swap checks them all.
+_CHUNK_BITS = 12
+_MAX_CHUNKS = (1 << _CHUNK_BITS) - 1
+_START_SHIFT, _THREADS_SHIFT, _KIND_SHIFT = 12, 24, 32
+_NOTHING, _OTHER_KIND = -1, -2  # what _claim returns instead of a chunk
+_STOPPED = -1  # what _serve_slp returns when it is not _OTHER_KIND
+# glibc's sem_t is 32 bytes on 64-bit Linux; the workers share one, and 64 bytes keep it on a line of its own.
+_SEMAPHORE_BYTES = 64
+_CPU_SET_WORDS = 16  # a cpu_set_t: 1024 CPUs, as glibc's
+
+
+@njit(inline="always")
+def _claim(control, segment, from_end, kind, me):
+    """Claim one unclaimed chunk of ``segment``: its first (a thread's own segment) or its last
+    (when helping another thread).  Returns the chunk, _NOTHING, or _OTHER_KIND for a job of
+    another kind.
+
+    A chunk is claimed with a compare-and-swap of the segment word as it was read, which succeeds
+    only while that chunk is still unclaimed; the job cannot finish before the chunk does, so
+    the job fields read after a successful claim are that job's own.
+    """
+    slot = _SEGMENTS + segment * _LINE
+    while True:
+        word = _atomic_load(control, slot)
+        start, end = (word >> _START_SHIFT) & _MAX_CHUNKS, word & _MAX_CHUNKS
+        if start >= end or me >= (word >> _THREADS_SHIFT) & 0xFF:
+            return _NOTHING
+        if (word >> _KIND_SHIFT) & 0xFF != kind:
+            return _OTHER_KIND
+        if from_end:
+            claimed, chunk = word - 1, end - 1
+        else:
+            claimed, chunk = word + (1 << _START_SHIFT), start
+        if _compare_and_swap(control, slot, word, claimed):
+            return chunk
+
+
+@njit(inline="always")
+def _next_chunk(control, kind, me, n_threads):
+    """The next chunk for thread ``me``: from the front of its own segment, else from the back of
+    another's (the far end from where its owner works, so each thread keeps to its own part of
+    the bank or the pixels as long as it can)."""
+    chunk = _claim(control, me, False, kind, me)
+    for offset in range(1, n_threads):
+        if chunk != _NOTHING:
+            break
+        chunk = _claim(control, (me + offset) % n_threads, True, kind, me)
+    return chunk
+
+
+@njit(cache=True, nogil=True)
+def _run_slp(
+    pixels,
+    panels,
+    panel_bias,
+    out,
+    relu,
+    panel_major,
+    n_chunks,
+    n_threads,
+    kind,
+    control,
+    job,
+    semaphore,
+    row_marker,
+    width_marker,
+    like,
+):
+    """The calling thread's side of a job shared with the workers: describe it, publish it, work, wait.
+
+    Each of the ``n_threads`` threads (this one is thread 0) gets a segment of the chunks; this
+    thread works through its own and then helps with the others' until none is left, and waits
+    for the chunks still running.  A worker that is asleep, or slow to wake, only means that this
+    thread takes more of its segment.
+    """
+    _describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, n_chunks)
+    _atomic_store(control, _DONE, 0)
+    _atomic_store(control, _MAIN_CPU, _sched_getcpu())
+    header = (kind << _KIND_SHIFT) | (n_threads << _THREADS_SHIFT)
+    for segment in range(_MAX_THREADS):  # release stores: the job fields above are visible first
+        start = min(segment, n_threads) * n_chunks // n_threads
+        end = min(segment + 1, n_threads) * n_chunks // n_threads
+        _atomic_store(control, _SEGMENTS + segment * _LINE, header | (start << _START_SHIFT) | end)
+    # After publishing: a worker counted here either sees the job before it sleeps or is woken now
+    # (see _sleep).  Both sides update _SLEEPING with a read-modify-write, which is what makes this
+    # safe: whichever comes second sees the other.  Neither may become a plain load or store.
+    for _ in range(_atomic_exchange(control, _SLEEPING, 0)):
+        _sem_post(_address_of(semaphore))
+    while True:
+        chunk = _next_chunk(control, kind, 0, n_threads)
+        if chunk < 0:
+            break
+        _chunk_slp(job, chunk, n_chunks, row_marker, width_marker, like)
+        _atomic_add(control, _DONE, 1)
+    while _atomic_load(control, _DONE) < n_chunks:
+        _sched_yield()
+
+
+@njit(cache=True, nogil=True)
+def _serve_slp(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_marker, width_marker, like):
+    """Worker ``me``'s loop (me >= 1): run chunks of jobs of this kind, spinning politely in
+    between, and sleeping after ``idle_turns`` idle turns (sched_yield calls).
+
+    Returns _STOPPED when told to stop, or _OTHER_KIND when a job of another kind is published
+    (the caller switches to that kind's specialisation).  Sleeping, waking and moving off the
+    calling thread's CPU all happen here, without the GIL: a worker woken into Python code
+    waited for the GIL behind the calling thread for milliseconds.
+    """
+    idle = 0
+    while True:
+        if _atomic_load(control, _STOP) != 0:
+            return _STOPPED
+        if idle == 0 and _sched_getcpu() == _atomic_load(control, _MAIN_CPU):
+            _move_off_cpu(_atomic_load(control, _MAIN_CPU), cpu_sets)
+        # How many threads share the current job, as this worker's own segment word says.
+        n_threads = (_atomic_load(control, _SEGMENTS + me * _LINE) >> _THREADS_SHIFT) & 0xFF
+        chunk = _next_chunk(control, kind, me, n_threads) if me < n_threads else _NOTHING
+        if chunk == _OTHER_KIND:
+            return _OTHER_KIND
+        if chunk != _NOTHING:
+            _chunk_slp(job, chunk, job[_JOB_CHUNKS], row_marker, width_marker, like)
+            _atomic_add(control, _DONE, 1)
+            idle = 0
+        elif idle < idle_turns:
+            _sched_yield()
+            idle += 1
+        else:
+            _sleep(control, me, semaphore)
+            # A job this worker may not join (a call with fewer threads) wakes it too: back to sleep.
+            joins = me < (_atomic_load(control, _SEGMENTS + me * _LINE) >> _THREADS_SHIFT) & 0xFF
+            idle = 0 if joins else idle_turns
+
+
+@njit(inline="always")
+def _has_work(control, me):
+    """Whether some segment still has unclaimed chunks that thread ``me`` may take."""
+    for segment in range(_MAX_THREADS):
+        word = _atomic_load(control, _SEGMENTS + segment * _LINE)
+        threads = (word >> _THREADS_SHIFT) & 0xFF
+        if me < threads and (word >> _START_SHIFT) & _MAX_CHUNKS < word & _MAX_CHUNKS:
+            return True
+    return False
+
+
+@njit(inline="always")
+def _sleep(control, me, semaphore):
+    """Sleep on the semaphore until a job is published (or return at once if one already is).
+
+    The worker counts itself as sleeping before it looks for work one last time; _run_slp
+    publishes a job before it takes the count.  So either this worker sees the job, or the count
+    it added is taken and a post wakes it.  If it sees a job, it takes back its count while that
+    is still there; when it is gone, a post is on its way and sem_wait returns at once.
+    """
+    _atomic_add(control, _SLEEPING, 1)
+    if _has_work(control, me) or _atomic_load(control, _STOP) != 0:
+        while True:
+            sleeping = _atomic_load(control, _SLEEPING)
+            if sleeping == 0:
+                break
+            if _compare_and_swap(control, _SLEEPING, sleeping, sleeping - 1):
+                return
+    # The count is committed, so a post is owed to this wait: a signal that interrupts it (EINTR)
+    # must not end it, or every later call would post once more than anyone waits for.
+    while _sem_wait(_address_of(semaphore)) != 0:
+        pass
+
+
+@njit(inline="always")
+def _move_off_cpu(cpu, cpu_sets):
+    """Move this thread off ``cpu`` at once, keeping the CPUs it may run on.
+
+    On a virtual machine Linux often wakes a thread on the waker's CPU (an idle virtual CPU whose
+    host thread is not running counts as busy).  There a worker that yields at every turn barely
+    ran beside the calling thread for whole seconds while the other CPU idled (190-200 us per
+    call instead of 106-110 on 28x28x192->64), and the scheduler never moved it.  Excluding the
+    CPU for a moment migrates the thread; the old set is restored straight after.
+    """
+    allowed, elsewhere = cpu_sets[0], cpu_sets[1]
+    if cpu < 0 or cpu >= 64 * _CPU_SET_WORDS:
+        return
+    if _sched_getaffinity(0, 8 * _CPU_SET_WORDS, _address_of(allowed)) != 0:
+        return
+    elsewhere[:] = allowed
+    elsewhere[cpu // 64] &= ~(np.uint64(1) << np.uint64(cpu % 64))
+    if not elsewhere.any():
+        return
+    if _sched_setaffinity(0, 8 * _CPU_SET_WORDS, _address_of(elsewhere)) == 0:
+        _sched_setaffinity(0, 8 * _CPU_SET_WORDS, _address_of(allowed))
+
+
+# How long an idle worker spins before it sleeps, in sched_yield turns: about 2 ms on an idle
+# machine (half a microsecond a turn here), so back-to-back calls find it awake, while a program
+# that has moved on to other work gets the core back soon.  On a busy machine each turn lets the
+# others run first, so it lasts longer in wall time but costs about as little CPU.
+_IDLE_TURNS = 4000
+
+
+class _WorkerPool:
+    """Worker threads that share each call's chunks with the calling thread (see the module docstring).
+
+    Started with the first job; daemon threads, told to stop at interpreter exit.
+    """
+
+    def __init__(self, n_workers: int):
+        self.control = np.zeros(_CONTROL_WORDS, np.int64)
+        self.job = np.zeros(_JOB_FIELDS, np.int64)
+        self.semaphore = _new_semaphore() if n_workers else None
+        self.busy = threading.Lock()  # one calling thread at a time; others run alone
+        self.n_workers = n_workers
+        self.latest_kind = None  # the _Kind of the latest job
+        self._threads: list[threading.Thread] = []
+        self._running = 0  # workers started and not yet returned
+        self._lifecycle = threading.Lock()
+
+    def announce(self, kind) -> None:
+        """Before a job of this kind is published: start the workers (again, if one has died)."""
+        self.latest_kind = kind
+        if self._running < self.n_workers:  # a plain read: Thread.is_alive on every call cost 1-3 us
+            self._threads = [
+                self._threads[me - 1]
+                if me <= len(self._threads) and self._threads[me - 1].is_alive()
+                else self._start(me)
+                for me in range(1, self.n_workers + 1)
+            ]
+
+    def _start(self, me: int) -> threading.Thread:
+        with self._lifecycle:
+            self._running += 1
+        thread = threading.Thread(target=self._work, args=(me,), daemon=True, name=f"conv1x1-worker-{me}")
+        thread.start()
+        return thread
+
+    def _work(self, me: int) -> None:
+        """Thread ``me`` (the calling thread is 0) serves jobs of the latest kind until stopped."""
+        cpu_sets = np.zeros((2, _CPU_SET_WORDS), np.uint64)
+        try:
+            while True:
+                kind = self.latest_kind
+                result = _serve_slp(
+                    self.control, self.job, kind.code, me, _IDLE_TURNS, self.semaphore, cpu_sets, *kind.markers
+                )
+                if result == _STOPPED:
+                    return
+        finally:
+            with self._lifecycle:
+                self._running -= 1
+
+    def stop(self) -> None:
+        """Make the workers return (at interpreter exit)."""
+        self.control[_STOP] = 1
+        for _ in self._threads:
+            _libc().sem_post(ctypes.c_void_p(self.semaphore.ctypes.data))
+
+
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _new_semaphore() -> np.ndarray:
+    """An unnamed POSIX semaphore (count 0) in a NumPy buffer, so compiled code can pass its address."""
+    semaphore = np.zeros(_SEMAPHORE_BYTES, np.uint8)
+    if _libc().sem_init(ctypes.c_void_p(semaphore.ctypes.data), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "sem_init failed")
+    return semaphore
+
+
+_pool_lock = threading.Lock()
+_pool: _WorkerPool | None = None
+
+
+def default_threads() -> int:
+    """Numba's thread count (NUMBA_NUM_THREADS, else the CPUs), at most the CPUs this process may use."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(numba.config.NUMBA_NUM_THREADS, cpus))
+
+
+def _worker_pool() -> _WorkerPool:
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                # The pool's compiled code calls Linux functions (sched_getcpu, sched_setaffinity,
+                # unnamed POSIX semaphores); elsewhere every call runs on the calling thread alone.
+                workers = min(default_threads(), _MAX_THREADS) - 1 if sys.platform.startswith("linux") else 0
+                _pool = _WorkerPool(workers)
+                atexit.register(_pool.stop)
+    return _pool
+
+
+def _forget_pool() -> None:
+    """In a forked child the workers do not exist: start a new pool there when one is needed.
+
+    The lock is new too: another thread of the parent may have held it at the fork.
+    """
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)

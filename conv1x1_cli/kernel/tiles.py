@@ -1,0 +1,205 @@
+"""The micro-kernel: one tile of pixels x one panel of filters, accumulated in registers.
+
+* Micro-kernel.  A tile of ``rows`` pixels x one panel is accumulated over all
+  channels in an accumulator tile (6x64 float32 = 24 zmm registers): per
+  channel, 4 vector loads of the panel row, 6 broadcasts of pixel values and 24
+  FMAs.  The accumulator lives in a stack allocation (``_stack_tile``) whose size
+  is a compile-time constant, so LLVM promotes it to registers; a heap
+  ``np.empty`` would keep it in memory and run at a fraction of the speed.  The
+  tile shape reaches the compiler through the *types* of two marker tuples
+  (``len`` of a tuple type is a constant), so one source serves every shape and
+  each shape is its own cached specialisation (closures over constants would
+  not do: numba's cache key hashes closure cells, and a cell holding a
+  dispatcher hashes differently in every process).  Bias initialises the
+  accumulators; ReLU is applied on the way out.
+* Remainders.  The last pixel tile is shifted back to end at P (it recomputes a
+  few rows with identical results instead of needing a scalar tail).  When
+  P < rows a one-row tile is used.  A partial last panel is computed at full
+  width (zero padding) and stored element by element.
+* Jobs and chunks.  A call is described as a *job* in an int64 array (array
+  addresses and shapes, ``_describe_job``), so that any thread can run a chunk
+  of it (``_chunk_slp``): a contiguous run of its (pixel tile, panel) pairs.
+* Floating point.  Only the ``contract`` fast-math flag is used (fused
+  multiply-add); each output is its own accumulation chain in channel order, so
+  no reassociation is needed and the thread count never changes a bit of the
+  result.  ReLU is ``0 if v < 0 else v``, which keeps NaN (like
+  ``np.maximum(v, 0)`` and PyTorch), and Inf/NaN propagate through FMA.
+
+Functions whose names end in ``_slp`` must be compiled through
+``kernel._compile`` only (see "Vectoriser settings" in ``kernel/__init__.py``).
+"""
+
+from __future__ import annotations
+
+import numba
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+# Fused multiply-add only: no flag that assumes away NaN/Inf or reorders sums.
+_FASTMATH = {"contract"}
+
+
+@intrinsic
+def _stack_tile(typingctx, row_marker, width_marker, like):
+    """Pointer to an uninitialised rows x width tile of like's dtype, on the stack.
+
+    The size comes from the lengths of the two marker tuple *types*, so it is a
+    compile-time constant and LLVM can promote the tile to registers.
+    """
+    dtype = like.dtype
+    count = len(row_marker) * len(width_marker)
+
+    def codegen(context, builder, signature, args):
+        return cgutils.alloca_once(builder, context.get_value_type(dtype), size=count)
+
+    return types.CPointer(dtype)(row_marker, width_marker, like), codegen
+
+
+@njit(inline="always", fastmath=_FASTMATH)
+def _accumulate_tile(pixels, first_pixel, panels, k, panel_bias, acc):
+    """acc[r, :] = panel_bias + pixels[first_pixel + r, :] @ panels[:, k, :], all channels."""
+    rows, width = acc.shape
+    for r in range(rows):
+        for j in range(width):
+            acc[r, j] = panel_bias[j]
+    # Filters go in chunks of at most 32 so that LLVM fully unrolls the row and
+    # filter loops (a 64-trip loop is not), which the SLP vectoriser needs.
+    chunk = min(width, 32)
+    for c in range(pixels.shape[1]):
+        # One contiguous row of the panel, taken once per channel: constant indices into it vectorise.
+        panel_row = panels[c, k]
+        for r in range(rows):
+            value = pixels[first_pixel + r, c]
+            for j0 in range(0, width, chunk):
+                for j in range(j0, j0 + chunk):
+                    acc[r, j] += value * panel_row[j]
+
+
+@njit(inline="always")
+def _activate(value, relu):
+    # `0 if v < 0 else v` keeps NaN (NaN < 0 is False), like np.maximum(v, 0).
+    return 0 if (relu and value < 0) else value
+
+
+@njit(inline="always")
+def _store_tile(acc, scratch, out, first_pixel, first_filter, n_valid, relu):
+    """out[first_pixel + r, first_filter + j] = act(acc[r, j]) for the valid filters."""
+    rows, width = acc.shape
+    for r in range(rows):
+        # A slice (not out[p, f0 + j]) so the vector stores need no index checks.
+        dst = out[first_pixel + r, first_filter : first_filter + n_valid]
+        if n_valid == width:
+            for j in range(width):
+                dst[j] = _activate(acc[r, j], relu)
+        else:  # partial last panel, through a scratch row: indexing acc by a
+            # run-time j would keep the whole tile out of registers.
+            for j in range(width):
+                scratch[j] = _activate(acc[r, j], relu)
+            for j in range(n_valid):
+                dst[j] = scratch[j]
+
+
+@njit(inline="always", fastmath=_FASTMATH)
+def _tile(pixels, first_pixel, panels, panel_bias, k, out, relu, row_marker, width_marker):
+    """One tile: len(row_marker) pixels from first_pixel x panel k (filters k*width onwards)."""
+    rows, width = len(row_marker), len(width_marker)
+    acc = numba.carray(_stack_tile(row_marker, width_marker, pixels), (rows, width))
+    _accumulate_tile(pixels, first_pixel, panels, k, panel_bias[k], acc)
+    first_filter = k * width
+    n_valid = min(width, out.shape[1] - first_filter)
+    scratch = numba.carray(_stack_tile((0,), width_marker, pixels), width)
+    _store_tile(acc, scratch, out, first_pixel, first_filter, n_valid, relu)
+
+
+@intrinsic
+def _pointer(typingctx, address, like):
+    """The int64 address as a pointer to like's dtype (for numba.carray)."""
+    pointer_type = types.CPointer(like.dtype)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(pointer_type))
+
+    return pointer_type(address, like), codegen
+
+
+# A job is published to the workers as int64 fields: array addresses and shapes.
+_JOB_PIXELS, _JOB_PANELS, _JOB_BIAS, _JOB_OUT = 0, 1, 2, 3
+_JOB_PIXEL_COUNT, _JOB_CHANNELS, _JOB_PANEL_COUNT, _JOB_FILTERS = 4, 5, 6, 7
+_JOB_RELU, _JOB_PANEL_MAJOR, _JOB_CHUNKS = 8, 9, 10
+_JOB_FIELDS = 16
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _chunk_slp(job, chunk, n_chunks, row_marker, width_marker, like):
+    """Run chunk ``chunk`` of ``n_chunks`` equal runs of the (pixel tile, panel) pairs of the job in ``job``."""
+    width = len(width_marker)
+    n_pixels, n_channels = job[_JOB_PIXEL_COUNT], job[_JOB_CHANNELS]
+    n_panels = job[_JOB_PANEL_COUNT]
+    pixels = numba.carray(_pointer(job[_JOB_PIXELS], like), (n_pixels, n_channels))
+    panels = numba.carray(_pointer(job[_JOB_PANELS], like), (n_channels, n_panels, width))
+    panel_bias = numba.carray(_pointer(job[_JOB_BIAS], like), (n_panels, width))
+    out = numba.carray(_pointer(job[_JOB_OUT], like), (n_pixels, job[_JOB_FILTERS]))
+    n_pairs = (n_pixels + len(row_marker) - 1) // len(row_marker) * n_panels
+    # The arrays go to a function of their own: with the tile loop in this function, next to the
+    # pointer arithmetic, LLVM kept the accumulators in memory (scalar FMAs, 15x slower).
+    _pairs_slp(
+        pixels,
+        panels,
+        panel_bias,
+        out,
+        job[_JOB_RELU] != 0,
+        job[_JOB_PANEL_MAJOR] != 0,
+        chunk * n_pairs // n_chunks,
+        (chunk + 1) * n_pairs // n_chunks,
+        row_marker,
+        width_marker,
+    )
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _pairs_slp(pixels, panels, panel_bias, out, relu, panel_major, start, stop, row_marker, width_marker):
+    """(pixel tile, panel) pairs start..stop-1, in pixel-major or panel-major order.
+
+    Pixel-major order walks one pixel tile (in L1) past every panel; panel-major order walks one
+    panel (in L2) past every pixel tile.
+    """
+    n_pixels = pixels.shape[0]
+    rows = len(row_marker)
+    n_inner = (n_pixels + rows - 1) // rows if panel_major else panels.shape[1]
+    # Walk the pairs with counters: a division per pair costs as much as a
+    # whole tile when there are few channels (RGB stem).
+    outer, inner = start // n_inner, start % n_inner
+    for _ in range(stop - start):
+        if panel_major:
+            k, t = outer, inner
+        else:
+            t, k = outer, inner
+        # The last tile is shifted back to end at n_pixels: it recomputes a
+        # few rows (same values) instead of needing a scalar remainder loop.
+        first_pixel = min(t * rows, n_pixels - rows)
+        _tile(pixels, first_pixel, panels, panel_bias, k, out, relu, row_marker, width_marker)
+        inner += 1
+        if inner == n_inner:
+            inner = 0
+            outer += 1
+
+
+@njit(inline="always")
+def _describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, n_chunks):
+    """Write the job's array addresses and shapes into ``job``, where any thread can read them."""
+    job[_JOB_PIXELS] = pixels.ctypes.data
+    job[_JOB_PANELS] = panels.ctypes.data
+    job[_JOB_BIAS] = panel_bias.ctypes.data
+    job[_JOB_OUT] = out.ctypes.data
+    job[_JOB_PIXEL_COUNT], job[_JOB_CHANNELS] = pixels.shape
+    job[_JOB_PANEL_COUNT], job[_JOB_FILTERS] = panels.shape[1], out.shape[1]
+    job[_JOB_RELU], job[_JOB_PANEL_MAJOR] = relu, panel_major
+    job[_JOB_CHUNKS] = n_chunks
+
+
+@njit(cache=True, nogil=True)
+def _run_alone_slp(pixels, panels, panel_bias, out, relu, panel_major, job, row_marker, width_marker, like):
+    """A whole job on the calling thread.  (It calls no Linux-only function, unlike the pool's code.)"""
+    _describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, 1)
+    _chunk_slp(job, 0, 1, row_marker, width_marker, like)
