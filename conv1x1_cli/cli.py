@@ -452,7 +452,15 @@ def _interruption_status(error: BaseException) -> int | None:
         if isinstance(error, SystemExit) and error.code == 128 + signal.SIGTERM:
             return error.code
         error = error.__context__
-    return None
+    # The handler's exception can also be lost on the way: raised inside a ctypes callback (llvmlite
+    # calls back into Python while Numba compiles), it is printed and dropped, and the compiler then
+    # fails with an error of its own.  The signal still arrived, so it is still an interruption.
+    if _received_signal == signal.SIGINT:
+        sys.stderr.write("Interrupted\n")
+    return None if _received_signal is None else 128 + _received_signal
+
+
+_received_signal: int | None = None
 
 
 def _signals_become_exceptions() -> None:
@@ -463,9 +471,27 @@ def _signals_become_exceptions() -> None:
     """
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt_on_sigint)
+    sys.unraisablehook = _quiet_about_lost_interrupts
+
+
+def _quiet_about_lost_interrupts(unraisable) -> None:
+    """Our handlers' exceptions raised where Python can only print them (a ctypes callback): the signal
+    is recorded in _received_signal and reported once, on the way out, without a traceback."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt | SystemExit):
+        sys.__unraisablehook__(unraisable)
+
+
+def _interrupt_on_sigint(signum, frame) -> None:
+    global _received_signal
+    _received_signal = signum
+    raise KeyboardInterrupt
 
 
 def _exit_on_sigterm(signum, frame) -> None:
+    global _received_signal
+    _received_signal = signum
     sys.stderr.write("Terminated\n")
     raise SystemExit(128 + signal.SIGTERM)
 

@@ -409,3 +409,29 @@ def test_npy_reader_reads_or_fails_cleanly_on_any_bytes(tmp_path, data):
 def test_header_parser_on_streams_fails_only_with_input_error(data):
     with contextlib.suppress(InputError):
         read_header(io.BytesIO(data), "<stdin>")
+
+
+LOST_INTERRUPT = """
+import ctypes, os, signal, sys, time
+from conv1x1_cli import cli
+
+def compile_like_numba(*args, **kwargs):
+    # llvmlite calls back into Python while Numba compiles: a Ctrl-C there is raised in the
+    # callback, where Python can only print it, and the compiler then fails with its own error.
+    @ctypes.CFUNCTYPE(None)
+    def callback():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+    callback()
+    raise RuntimeError("no compiled object yet for <Library '_pairs_slp'>")
+
+cli.main.main = compile_like_numba
+cli.run()
+"""
+
+
+def test_ctrl_c_lost_inside_a_library_callback_still_exits_as_interrupted():
+    """The signal arrives, its KeyboardInterrupt is dropped by ctypes, and the library fails: exit 130, one line."""
+    result = subprocess.run([sys.executable, "-c", LOST_INTERRUPT], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 128 + signal.SIGINT, result.stderr
+    assert result.stderr == "Interrupted\n"

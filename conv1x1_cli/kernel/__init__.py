@@ -135,7 +135,8 @@ def _compile(dispatcher, args: tuple) -> None:
             with _vectorizer_settings():
                 dispatcher.compile(signature)
         finally:
-            dispatcher.disable_compile(True)
+            if dispatcher.signatures:  # (numba refuses to disable compiling a dispatcher that has none)
+                dispatcher.disable_compile(True)
 
 
 def _run(kind: _Kind, dispatcher, args: tuple) -> None:
