@@ -124,9 +124,10 @@ def _vectorizer_settings():
 def _compile(dispatcher, args: tuple) -> None:
     """Compile (or load from numba's disk cache) ``dispatcher`` for these arguments' types.
 
-    Implicit compilation by the two entry points is disabled outside this function, so a call
-    with unforeseen argument types raises (and comes back here) instead of silently compiling
-    without the vectoriser settings.
+    Implicit compilation by the entry points (_run_slp, _run_alone_slp, _serve_slp) is disabled
+    outside this function once they have a build, so a call with unforeseen argument types raises
+    (and comes back here) instead of silently compiling without the vectoriser settings; and they
+    are only ever called after coming through here.
     """
     signature = tuple(numba.typeof(a) for a in args)
     with _setup_lock:
