@@ -576,7 +576,10 @@ def _block_medians(
     for _ in range(timing.warmups):
         for name in names:
             contenders[name]()
-    estimate = [_settled_estimate(contenders[name], settle) for name in names]
+    # The fastest of a few calls, timed as the blocks are: sized from one call made right after another
+    # contender's (torch's took 10-20 ms instead of 0.2 while OpenBLAS's workers still spun), the first
+    # layers' blocks were cut to a handful of calls.
+    estimate = [min(_settled_block(contenders[name], settle, ESTIMATE_CALLS)) for name in names]
     per_block = math.ceil(timing.repeats(estimate) / timing.rounds)
     samples: dict[str, list[float]] = {name: [] for name in names}
     collecting = gc.isenabled()
@@ -585,22 +588,19 @@ def _block_medians(
         for round_index in range(timing.rounds):
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:
-                time.sleep(settle)
-                contenders[name]()  # wakes this contender's own threads: not timed
-                samples[name] += [_seconds(contenders[name]) for _ in range(per_block)]
+                samples[name] += _settled_block(contenders[name], settle, per_block)
     finally:
         if collecting:
             gc.enable()
     return {name: statistics.median(times) for name, times in samples.items()}, per_block * timing.rounds
 
 
-def _settled_estimate(call: Callable[[], object], settle: float) -> float:
-    """The fastest of a few calls made after a pause, as the blocks are timed: one call made right after
-    another contender's was often far off (torch's ran at 10-20 ms instead of 0.2 while OpenBLAS's
-    workers still spun), which cut the first layers' blocks to a handful of calls."""
+def _settled_block(call: Callable[[], object], settle: float, calls: int) -> list[float]:
+    """Seconds of ``calls`` calls in a row, after a pause and one untimed call that wakes the
+    contender's own threads (see the module docstring)."""
     time.sleep(settle)
-    call()  # wakes this contender's own threads
-    return min(_seconds(call) for _ in range(ESTIMATE_CALLS))
+    call()
+    return [_seconds(call) for _ in range(calls)]
 
 
 def _seconds(call: Callable[[], object]) -> float:
