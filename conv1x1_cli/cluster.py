@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from . import dask_backend, stores
 from .api import ApplyReport, BankFiles, compute_dtype, volume_of
 from .chunking import default_chunks
+from .machine import usable_cpus
 
 SCHEDULER_VARIABLE = "DASK_SCHEDULER_ADDRESS"
 CONNECT_TIMEOUT = "10s"
@@ -122,7 +123,7 @@ def local_cluster(threads: int | None = None, **options) -> Iterator:
     """A ``LocalCluster`` sized to this machine; ``options`` override its arguments (tests use them)."""
     from distributed import LocalCluster
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cpus()
     kernel_threads = max(1, min(threads or 1, cores))
     settings = {
         "n_workers": max(1, cores // kernel_threads),

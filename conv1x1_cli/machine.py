@@ -70,6 +70,11 @@ class MachineLimits:
         return min(self.peak_gflops, intensity * self.bandwidth_gbs)
 
 
+def usable_cpus() -> int:
+    """How many CPUs this process may run on (its affinity mask where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_limits() -> MachineLimits:
     cores = os.cpu_count() or 1
     return MachineLimits(

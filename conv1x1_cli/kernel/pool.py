@@ -38,6 +38,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ..machine import usable_cpus
 from .tiles import _JOB_CHUNKS, _JOB_FIELDS, _chunk_slp, _describe_job
 
 # --------------------------------------------------------------------------
@@ -408,8 +409,7 @@ _pool: _WorkerPool | None = None
 
 def default_threads() -> int:
     """Numba's thread count (NUMBA_NUM_THREADS, else the CPUs), at most the CPUs this process may use."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(numba.config.NUMBA_NUM_THREADS, cpus))
+    return max(1, min(numba.config.NUMBA_NUM_THREADS, usable_cpus()))
 
 
 def _worker_pool() -> _WorkerPool:
