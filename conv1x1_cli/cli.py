@@ -477,9 +477,11 @@ def _signals_become_exceptions() -> None:
 
 
 def _quiet_about_lost_interrupts(unraisable) -> None:
-    """Our handlers' exceptions raised where Python can only print them (a ctypes callback): the signal
-    is recorded in _received_signal and reported once, on the way out, without a traceback."""
-    if not isinstance(unraisable.exc_value, KeyboardInterrupt | SystemExit):
+    """Stay quiet about exceptions Python can only print (in a ctypes callback, a ``__del__``) once we
+    are stopping for a signal: our handlers' own exceptions raised there (the signal is recorded in
+    _received_signal and reported once, on the way out), and the clean-up errors of library objects
+    the interruption left half-built (llvmlite's, when Ctrl-C lands in Numba's compiler)."""
+    if _received_signal is None and not isinstance(unraisable.exc_value, KeyboardInterrupt | SystemExit):
         sys.__unraisablehook__(unraisable)
 
 

@@ -415,15 +415,23 @@ LOST_INTERRUPT = """
 import ctypes, os, signal, sys, time
 from conv1x1_cli import cli
 
+class HalfBuilt:  # like llvmlite's objects whose construction an interruption cut short
+    def __del__(self):
+        raise AttributeError("'PipelineTuningOptions' object has no attribute '_as_parameter_'")
+
 def compile_like_numba(*args, **kwargs):
-    # llvmlite calls back into Python while Numba compiles: a Ctrl-C there is raised in the
-    # callback, where Python can only print it, and the compiler then fails with its own error.
-    @ctypes.CFUNCTYPE(None)
-    def callback():
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.05)
-    callback()
-    raise RuntimeError("no compiled object yet for <Library '_pairs_slp'>")
+    if sys.argv[1] == "interrupted":
+        # llvmlite calls back into Python while Numba compiles: a Ctrl-C there is raised in the
+        # callback, where Python can only print it, and the compiler then fails with its own error.
+        @ctypes.CFUNCTYPE(None)
+        def callback():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        callback()
+    HalfBuilt()  # dropped at once: its __del__ error can only be printed
+    if sys.argv[1] == "interrupted":
+        raise RuntimeError("no compiled object yet for <Library '_pairs_slp'>")
+    return 0
 
 cli.main.main = compile_like_numba
 cli.run()
@@ -431,7 +439,16 @@ cli.run()
 
 
 def test_ctrl_c_lost_inside_a_library_callback_still_exits_as_interrupted():
-    """The signal arrives, its KeyboardInterrupt is dropped by ctypes, and the library fails: exit 130, one line."""
-    result = subprocess.run([sys.executable, "-c", LOST_INTERRUPT], capture_output=True, text=True, timeout=60)
+    """The signal arrives, its KeyboardInterrupt is dropped by ctypes, a half-built library object fails
+    in its __del__, and the library fails: exit 130, one line."""
+    result = subprocess.run(
+        [sys.executable, "-c", LOST_INTERRUPT, "interrupted"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 128 + signal.SIGINT, result.stderr
     assert result.stderr == "Interrupted\n"
+
+
+def test_without_a_signal_errors_python_can_only_print_are_still_printed():
+    result = subprocess.run([sys.executable, "-c", LOST_INTERRUPT, "quiet"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" in result.stderr and "PipelineTuningOptions" in result.stderr
