@@ -140,14 +140,19 @@ def _compile(dispatcher, args: tuple) -> None:
                 dispatcher.disable_compile(True)
 
 
-def _run(kind: _Kind, dispatcher, args: tuple) -> None:
-    """dispatcher(*args) (_run_slp or _run_alone_slp), compiling it first for argument types not seen before."""
+def _ensure_compiled(kind: _Kind, dispatcher, args: tuple) -> None:
+    """Compile dispatcher (_run_slp or _run_alone_slp) for these arguments unless it has been already."""
     pixels, panels = args[0], args[1]
     # numba.typeof is slow (tens of microseconds); this key decides the same types.
     key = (dispatcher is _run_slp, pixels.flags.writeable, panels.flags.writeable)
     if key not in kind.compiled_runs:
         _compile(dispatcher, args)
         kind.compiled_runs.add(key)
+
+
+def _run(kind: _Kind, dispatcher, args: tuple) -> None:
+    """dispatcher(*args) (_run_slp or _run_alone_slp), compiling it first for argument types not seen before."""
+    _ensure_compiled(kind, dispatcher, args)
     try:
         dispatcher(*args)
     except TypeError as error:  # types the key did not foresee
@@ -326,10 +331,7 @@ def prepare(packed: PackedBank, threads: int | None = None) -> None:
     if _single_threaded(threads, work=_SERIAL_WORK) or not pool.n_workers:
         return
     _prepare_serving(kind, pool)
-    key = (True, pixels.flags.writeable, packed.panels.flags.writeable)  # as _run keys _run_slp
-    if key not in kind.compiled_runs:
-        _compile(_run_slp, (*arrays, 1, 2, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers))
-        kind.compiled_runs.add(key)
+    _ensure_compiled(kind, _run_slp, (*arrays, 1, 2, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers))
 
 
 def _overlaps(out: np.ndarray, pixels: np.ndarray, packed: PackedBank) -> bool:
