@@ -95,6 +95,24 @@ def test_any_shape_through_the_pool_matches_float64_reference(
     assert_close_to_reference(result, x, w, b, relu)
 
 
+@pytest.mark.parametrize("rows", [1, 6, 8])
+def test_tiles_cover_the_pixels_without_overlap_whenever_two_heights_can(rows):
+    """Tiles of rows and rows - 1 pixels: an exact cover whenever one exists (found here by brute force),
+    otherwise whole tiles of rows whose last one is shifted back, overlapping the one before."""
+    from conv1x1_cli.kernel.tiles import _tile_counts
+
+    for n_pixels in range(1, 400):
+        long, short = _tile_counts(n_pixels, rows)
+        exact = any((n_pixels - b * (rows - 1)) % rows == 0 for b in range(n_pixels // max(rows - 1, 1) + 1))
+        if exact:
+            assert long * rows + short * (rows - 1) == n_pixels, (n_pixels, long, short)
+            assert short < rows
+        else:
+            assert short == 0 and (long - 1) * rows < n_pixels < long * rows, (n_pixels, long)
+    assert _tile_counts(49, 6) == (4, 5)  # 7x7: 24 + 25
+    assert _tile_counts(13, 6) == (3, 0)  # 13 is no sum of 6s and 5s
+
+
 # Real layers above the real threshold (no patching): few pixels, where pairs go panel-major (P < F), and
 # many pixels, pixel-major; partial last panels and pixel counts that are not whole tiles.
 LAYERS = {

@@ -48,7 +48,7 @@ import numpy as np
 
 from .pool import _CPU_SET_WORDS, _IDLE_TURNS, _MAX_CHUNKS, _run_slp, _serve_slp, _worker_pool, _WorkerPool
 from .pool import default_threads as default_threads  # public: the probe uses it
-from .tiles import _JOB_FIELDS, _run_alone_slp
+from .tiles import _JOB_FIELDS, _run_alone_slp, _tile_counts
 
 # Bytes of one SIMD register (AVX-512); panel widths are multiples of half of it.
 _VECTOR_BYTES = 64
@@ -297,7 +297,7 @@ def apply_packed(
         return
 
     rows, kind = (packed.rows, packed.kind) if n_pixels >= packed.rows else (1, packed.one_row_kind)
-    n_pairs = -(-n_pixels // rows) * packed.panels.shape[1]
+    n_pairs = sum(_tile_counts(n_pixels, rows)) * packed.panels.shape[1]
     # Panel-major when the bank outweighs the pixels: each panel then stays in
     # cache while it meets every pixel tile.
     arrays = (pixels, packed.panels, packed.panel_bias, out, bool(relu), n_pixels < packed.n_filters)
