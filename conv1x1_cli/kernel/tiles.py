@@ -37,12 +37,17 @@ Functions whose names end in ``_slp`` must be compiled through
 from __future__ import annotations
 
 import numba
+from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 # Fused multiply-add only: no flag that assumes away NaN/Inf or reorders sums.
 _FASTMATH = {"contract"}
+
+# How far beyond the next pixel tile the pixel rows are prefetched (see _pairs_slp). Distances
+# from one tile to 32 KiB ahead measured alike.
+_PREFETCH_AHEAD_BYTES = 8192
 
 
 @intrinsic
@@ -115,6 +120,33 @@ def _tile(pixels, first_pixel, panels, panel_bias, k, out, relu, row_marker, wid
     n_valid = min(width, out.shape[1] - first_filter)
     scratch = numba.carray(_stack_tile((0,), width_marker, pixels), width)
     _store_tile(acc, scratch, out, first_pixel, first_filter, n_valid, relu)
+
+
+@intrinsic
+def _prefetch(typingctx, address):
+    """Ask for the cache line at address to be brought into L2 (prefetcht1): a hint, never a fault."""
+
+    def codegen(context, builder, signature, args):
+        byte_pointer = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        signature_type = ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32])
+        prefetch = builder.module.declare_intrinsic("llvm.prefetch", [byte_pointer], signature_type)
+        # (address, 0 = read, 2 = moderate locality: L2, 1 = data cache)
+        builder.call(prefetch, [builder.inttoptr(args[0], byte_pointer), i32(0), i32(2), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(types.intp), codegen
+
+
+@njit(inline="always")
+def _prefetch_ahead(pixels, first_pixel, rows):
+    """Prefetch a tile's worth of pixel rows, _PREFETCH_AHEAD_BYTES beyond the tile after this one."""
+    row_bytes = pixels.shape[1] * pixels.itemsize
+    start = (first_pixel + rows) * row_bytes + _PREFETCH_AHEAD_BYTES
+    stop = min(start + rows * row_bytes, pixels.shape[0] * row_bytes)
+    base = pixels.ctypes.data
+    for offset in range(start, stop, 64):  # one per 64-byte cache line
+        _prefetch(base + offset)
 
 
 @intrinsic
@@ -198,6 +230,12 @@ def _pairs_slp(pixels, panels, panel_bias, out, relu, panel_major, start, stop, 
             k, t = outer, inner
         else:
             t, k = outer, inner
+        if k == 0 and not panel_major:
+            # Entering a pixel tile: ask for the pixels a few tiles on. The hardware prefetchers
+            # stop at every 4 KiB page, and pixels streamed from memory without this ran 8-14 %
+            # slower (25088x256->64 on two cores: 178 against 193 GFLOP/s, side by side). Few
+            # pixels (panel-major order) are in cache already.
+            _prefetch_ahead(pixels, t * rows, rows)
         if t < n_long:
             # (shifted back to end at n_pixels when there are no short tiles:
             # it recomputes a few rows, same values, instead of a scalar remainder loop)
