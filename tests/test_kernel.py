@@ -270,6 +270,54 @@ def pool_of_three_workers(monkeypatch):
         thread.join(timeout=10)
 
 
+def one_worker_pool(monkeypatch, idle_turns):
+    """A pool of one worker that spins idle_turns turns before it sleeps, in place of the real one."""
+    if cpus_available() < 2 or not sys.platform.startswith("linux"):
+        pytest.skip("needs two CPUs on Linux")
+    pool = kernel.pool._WorkerPool(1)
+    monkeypatch.setattr(kernel.pool, "_pool", pool)
+    monkeypatch.setattr(kernel.pool, "_IDLE_TURNS", idle_turns)
+    monkeypatch.setattr(kernel, "_SERIAL_WORK", 0)
+    return pool
+
+
+def call_until_the_worker_takes_part(pool, rng):
+    x, w, _ = problem(rng, 3000, 256, 64, "float32", with_bias=False)
+    packed = kernel.pack_bank(w, None)
+    out = np.empty((len(x), w.shape[1]), np.float32)
+    for _ in range(50):
+        kernel.apply_packed(x, packed, out, True)
+        if chunks_taken_by_the_worker(pool) > 0:
+            return
+    pytest.fail("the worker took no chunk in 50 calls")
+
+
+def test_an_awake_worker_keeps_off_the_callers_cpu_and_gets_its_cpus_back_to_sleep(monkeypatch, rng):
+    """Linux on a VM put workers on the caller's CPU, where each waited for the other: awake, the worker
+    excludes the CPU the caller ran on at the last call from its affinity; asleep it has them all."""
+    pool = one_worker_pool(monkeypatch, idle_turns=10**9)  # awake for good
+    try:
+        call_until_the_worker_takes_part(pool, rng)
+        worker = pool._threads[0].native_id
+        main_cpu = int(pool.control[kernel.pool._MAIN_CPU])
+        assert os.sched_getaffinity(worker) == os.sched_getaffinity(0) - {main_cpu}
+    finally:
+        pool.stop()
+        pool._threads[0].join(timeout=10)
+
+    pool = one_worker_pool(monkeypatch, idle_turns=0)  # asleep as soon as it has nothing to do
+    try:
+        call_until_the_worker_takes_part(pool, rng)
+        deadline = time.monotonic() + 10
+        while pool.control[kernel.pool._SLEEPING] == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert pool.control[kernel.pool._SLEEPING] == 1
+        assert os.sched_getaffinity(pool._threads[0].native_id) == os.sched_getaffinity(0)
+    finally:
+        pool.stop()
+        pool._threads[0].join(timeout=10)
+
+
 def few_and_many_pixel_cases(rng):
     cases = []
     for pixels, channels, filters, dtype in [

@@ -10,8 +10,8 @@ every turn (so any other thread that needs the core gets it, as with
 OpenBLAS's own workers), then sleep on a POSIX semaphore that the next call
 posts.  The calling thread (``_run_slp``) publishes the job and works on it at
 once; it never waits for a worker to wake, since it takes over any chunk nobody
-has claimed.  Sleeping, waking, and moving a worker off the caller's CPU
-(``_move_off_cpu``) all happen in compiled code, without the GIL.  One Python
+has claimed.  Sleeping, waking, and keeping a worker off the caller's CPU
+(``_avoid_cpu``) all happen in compiled code, without the GIL.  One Python
 thread at a time uses the pool; calls from other threads meanwhile run alone.
 
 Each thread owns a contiguous segment of a job's chunks: it works through its
@@ -130,11 +130,13 @@ _sem_post = types.ExternalFunction("sem_post", types.int32(types.voidptr))
 
 # Control words, each on its own 64-byte cache line (8 int64) so the threads do not share lines:
 # the count of finished chunks, the stop flag, the calling thread's CPU, how many workers are
-# asleep, then one segment word per thread.
+# asleep, then one segment word per thread, then the CPU each worker runs on (_NO_CPU when asleep).
 _LINE = 8
 _DONE, _STOP, _MAIN_CPU, _SLEEPING, _SEGMENTS = 0, _LINE, 2 * _LINE, 3 * _LINE, 4 * _LINE
 _MAX_THREADS = 64
-_CONTROL_WORDS = _SEGMENTS + _LINE * _MAX_THREADS
+_WORKER_CPUS = _SEGMENTS + _LINE * _MAX_THREADS
+_CONTROL_WORDS = _WORKER_CPUS + _LINE * _MAX_THREADS
+_NO_CPU = -1
 # A job's chunks are split into one contiguous segment per thread.  A segment word packs, from
 # bit 0: the end of the segment's unclaimed chunks (12 bits), their start (12), how many threads
 # take part (8) and the job's kind (8).  One word, so that one compare-and-swap checks them all.
@@ -214,7 +216,8 @@ def _run_slp(
     """
     _describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, n_chunks)
     _atomic_store(control, _DONE, 0)
-    _atomic_store(control, _MAIN_CPU, _sched_getcpu())
+    main_cpu = _sched_getcpu()
+    _atomic_store(control, _MAIN_CPU, main_cpu)
     header = (kind << _KIND_SHIFT) | (n_threads << _THREADS_SHIFT)
     for segment in range(_MAX_THREADS):  # release stores: the job fields above are visible first
         start = min(segment, n_threads) * n_chunks // n_threads
@@ -223,8 +226,10 @@ def _run_slp(
     # After publishing: a worker counted here either sees the job before it sleeps or is woken now
     # (see _sleep).  Both sides update _SLEEPING with a read-modify-write, which is what makes this
     # safe: whichever comes second sees the other.  Neither may become a plain load or store.
-    for _ in range(_atomic_exchange(control, _SLEEPING, 0)):
+    woken = _atomic_exchange(control, _SLEEPING, 0)
+    for _ in range(woken):
         _sem_post(_address_of(semaphore))
+    _make_way(control, main_cpu, n_threads, woken)
     while True:
         chunk = _next_chunk(control, kind, 0, n_threads)
         if chunk < 0:
@@ -235,26 +240,52 @@ def _run_slp(
         _sched_yield()
 
 
+@njit(inline="always")
+def _make_way(control, main_cpu, n_threads, woken):
+    """Yield this thread's CPU once if a worker of this job may be waiting for it, so that the
+    worker runs and moves off it (_avoid_cpu) now, instead of at the scheduler's next tick.
+
+    On a virtual machine Linux often wakes a worker on the waker's CPU, and now and then moves the
+    calling thread onto a spinning worker's. Either way the worker waited behind the caller, which
+    computed every chunk alone while the other CPU idled, through 10-40 calls in a row (1-4 ms).
+    A woken worker's CPU is not known yet, so waking any is reason enough.
+    """
+    if woken > 0:
+        _sched_yield()
+        return
+    for me in range(1, n_threads):
+        if _atomic_load(control, _WORKER_CPUS + me * _LINE) == main_cpu:
+            _sched_yield()
+            return
+
+
 @njit(cache=True, nogil=True)
 def _serve_slp(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_marker, width_marker, like):
     """Worker ``me``'s loop (me >= 1): run chunks of jobs of this kind, spinning politely in
     between, and sleeping after ``idle_turns`` idle turns (sched_yield calls).
 
     Returns _STOPPED when told to stop, or _OTHER_KIND when a job of another kind is published
-    (the caller switches to that kind's specialisation).  Sleeping, waking and moving off the
+    (the caller switches to that kind's specialisation).  Sleeping, waking and keeping off the
     calling thread's CPU all happen here, without the GIL: a worker woken into Python code
     waited for the GIL behind the calling thread for milliseconds.
     """
     idle = 0
+    avoided = _NO_CPU  # the caller's CPU, which this worker is kept off while it is awake
     while True:
         if _atomic_load(control, _STOP) != 0:
+            _avoid_cpu(_NO_CPU, avoided, cpu_sets)
             return _STOPPED
-        if idle == 0 and _sched_getcpu() == _atomic_load(control, _MAIN_CPU):
-            _move_off_cpu(_atomic_load(control, _MAIN_CPU), cpu_sets)
+        main_cpu = _atomic_load(control, _MAIN_CPU)
+        if main_cpu != avoided:
+            avoided = _avoid_cpu(main_cpu, avoided, cpu_sets)
+        cpu = _sched_getcpu()
+        if cpu != _atomic_load(control, _WORKER_CPUS + me * _LINE):
+            _atomic_store(control, _WORKER_CPUS + me * _LINE, cpu)
         # How many threads share the current job, as this worker's own segment word says.
         n_threads = (_atomic_load(control, _SEGMENTS + me * _LINE) >> _THREADS_SHIFT) & 0xFF
         chunk = _next_chunk(control, kind, me, n_threads) if me < n_threads else _NOTHING
         if chunk == _OTHER_KIND:
+            _avoid_cpu(_NO_CPU, avoided, cpu_sets)
             return _OTHER_KIND
         if chunk != _NOTHING:
             _chunk_slp(job, chunk, job[_JOB_CHUNKS], row_marker, width_marker, like)
@@ -264,6 +295,9 @@ def _serve_slp(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_mark
             _sched_yield()
             idle += 1
         else:
+            # Asleep, it may be woken anywhere (and is moved off the caller's CPU once awake).
+            avoided = _avoid_cpu(_NO_CPU, avoided, cpu_sets)
+            _atomic_store(control, _WORKER_CPUS + me * _LINE, _NO_CPU)
             _sleep(control, me, semaphore)
             # A job this worker may not join (a call with fewer threads) wakes it too: back to sleep.
             joins = me < (_atomic_load(control, _SEGMENTS + me * _LINE) >> _THREADS_SHIFT) & 0xFF
@@ -305,26 +339,29 @@ def _sleep(control, me, semaphore):
 
 
 @njit(inline="always")
-def _move_off_cpu(cpu, cpu_sets):
-    """Move this thread off ``cpu`` at once, keeping the CPUs it may run on.
+def _avoid_cpu(cpu, avoided, cpu_sets):
+    """Keep this thread off ``cpu`` (the calling thread's), or let it on all its CPUs again if cpu
+    is _NO_CPU. ``avoided`` is the CPU it is kept off now; returns the one it is kept off from now on.
 
-    On a virtual machine Linux often wakes a thread on the waker's CPU (an idle virtual CPU whose
-    host thread is not running counts as busy).  There a worker that yields at every turn barely
-    ran beside the calling thread for whole seconds while the other CPU idled (190-200 us per
-    call instead of 106-110 on 28x28x192->64), and the scheduler never moved it.  Excluding the
-    CPU for a moment migrates the thread; the old set is restored straight after.
+    On a virtual machine Linux often wakes the worker on the caller's CPU (an idle virtual CPU whose
+    host thread is not running counts as busy) and leaves it there. Sharing that CPU, it yields to
+    the caller, which computes every chunk alone while the other CPU idles (190-200 us per call
+    instead of 106-110 on 28x28x192->64). Moving the worker off once, on waking, still left it on
+    the caller's CPU in a quarter of the calls of some blocks of small ones; excluding that CPU from
+    its affinity for as long as it is awake keeps them apart. Its own CPU set (``cpu_sets[0]``) is
+    restored before it sleeps or returns.
     """
     allowed, elsewhere = cpu_sets[0], cpu_sets[1]
-    if cpu < 0 or cpu >= 64 * _CPU_SET_WORDS:
-        return
-    if _sched_getaffinity(0, 8 * _CPU_SET_WORDS, _address_of(allowed)) != 0:
-        return
-    elsewhere[:] = allowed
-    elsewhere[cpu // 64] &= ~(np.uint64(1) << np.uint64(cpu % 64))
-    if not elsewhere.any():
-        return
-    if _sched_setaffinity(0, 8 * _CPU_SET_WORDS, _address_of(elsewhere)) == 0:
+    if avoided != _NO_CPU:  # back on every CPU it may use first
         _sched_setaffinity(0, 8 * _CPU_SET_WORDS, _address_of(allowed))
+    if cpu == _NO_CPU or _sched_getaffinity(0, 8 * _CPU_SET_WORDS, _address_of(allowed)) != 0:
+        return _NO_CPU
+    elsewhere[:] = allowed
+    if cpu < 64 * _CPU_SET_WORDS:
+        elsewhere[cpu // 64] &= ~(np.uint64(1) << np.uint64(cpu % 64))
+    if elsewhere.any():  # (a worker allowed only the caller's CPU stays there)
+        _sched_setaffinity(0, 8 * _CPU_SET_WORDS, _address_of(elsewhere))
+    return cpu
 
 
 # How long an idle worker spins before it sleeps, in sched_yield turns: about 2 ms on an idle
