@@ -237,7 +237,8 @@ def _one_layer(pixels: np.ndarray, layer: Layer, shape: tuple[int, ...], threads
     kernel = _kernel_module()
     out = np.empty(shape, pixels.dtype)
     packed = kernel.pack_bank(layer.bank, layer.bias)
-    kernel.apply_packed(pixels, packed, out.reshape(-1, layer.filters), layer.relu, threads)
+    # (whole() and build_layers have checked the pixels, and out is new: nothing left for apply_packed to check)
+    kernel.apply_to_new_output(pixels, packed, out.reshape(-1, layer.filters), layer.relu, threads)
     return out
 
 

@@ -37,6 +37,7 @@ Functions whose names end in ``_slp`` must be compiled through
 from __future__ import annotations
 
 import numba
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -264,7 +265,8 @@ def _describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, n_chu
 
 
 @njit(cache=True, nogil=True)
-def _run_alone_slp(pixels, panels, panel_bias, out, relu, panel_major, job, row_marker, width_marker, like):
+def _run_alone_slp(pixels, panels, panel_bias, out, relu, panel_major, row_marker, width_marker, like):
     """A whole job on the calling thread.  (It calls no Linux-only function, unlike the pool's code.)"""
+    job = np.empty(_JOB_FIELDS, np.int64)
     _describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, 1)
     _chunk_slp(job, 0, 1, row_marker, width_marker, like)
