@@ -270,6 +270,30 @@ def pool_of_three_workers(monkeypatch):
         thread.join(timeout=10)
 
 
+def test_a_change_to_the_tiles_alone_gives_the_pools_compiled_code_a_new_cache_entry(tmp_path):
+    """numba's disk cache checks only the file of the cached function, but the pool's entry points
+    contain tiles.py's code: without a new name, a changed tiles.py left pooled calls running the old
+    tiles (writing 8 of 32 filters). Asked of a copy of the package, before and after changing tiles.py."""
+    import shutil
+
+    import conv1x1_cli
+
+    package = tmp_path / "conv1x1_cli"
+    shutil.copytree(os.path.dirname(conv1x1_cli.__file__), package, ignore=shutil.ignore_patterns("__pycache__"))
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from conv1x1_cli.kernel import pool; "
+        "print(*(f._cache._cache_file._index_name for f in (pool._run_slp, pool._serve_slp)))"
+    )
+    before = run_python(code, tmp_path)
+    with open(package / "kernel" / "tiles.py", "a") as tiles:
+        tiles.write("\n_A_CHANGE = 1\n")
+    after = run_python(code, tmp_path)
+    assert before.returncode == after.returncode == 0, before.stderr + after.stderr
+    names_before, names_after = before.stdout.split(), after.stdout.split()
+    assert len(names_before) == len(names_after) == 2
+    assert not set(names_before) & set(names_after), (names_before, names_after)
+
+
 def one_worker_pool(monkeypatch, idle_turns):
     """A pool of one worker that spins idle_turns turns before it sleeps, in place of the real one."""
     if cpus_available() < 2 or not sys.platform.startswith("linux"):

@@ -27,10 +27,13 @@ POSIX semaphores); on other systems the pool has no workers, and
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
+import hashlib
 import os
 import sys
 import threading
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -40,6 +43,29 @@ from numba.extending import intrinsic
 
 from ..machine import usable_cpus
 from .tiles import _JOB_CHUNKS, _JOB_FIELDS, _chunk_slp, _describe_job
+
+
+def _sources_digest() -> str:
+    """A digest of the compiled code's sources: tiles.py and this file."""
+    digest = hashlib.sha256()
+    for name in ("tiles.py", "pool.py"):
+        # (without source files, in a frozen application, numba cannot cache anyway)
+        with contextlib.suppress(OSError):
+            digest.update(Path(__file__).with_name(name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _cached_with_tiles(function):
+    """njit(cache=True, nogil=True), cached under a name that changes whenever tiles.py or this file does.
+
+    numba's on-disk cache checks only the source file of the function it caches, but the pool's
+    entry points contain tiles.py's code too: after a change to tiles.py alone, pooled calls ran
+    the old tiles from the cache (found when they wrote 8 of 32 filters). An upgrade that changes
+    tiles.py would do the same to users' caches.
+    """
+    function.__qualname__ = f"{function.__qualname__}_{_sources_digest()}"
+    return njit(cache=True, nogil=True)(function)
+
 
 # --------------------------------------------------------------------------
 # Atomics and C functions, callable without the GIL
@@ -189,7 +215,7 @@ def _next_chunk(control, kind, me, n_threads):
     return chunk
 
 
-@njit(cache=True, nogil=True)
+@_cached_with_tiles
 def _run_slp(
     pixels,
     panels,
@@ -259,7 +285,7 @@ def _make_way(control, main_cpu, n_threads, woken):
             return
 
 
-@njit(cache=True, nogil=True)
+@_cached_with_tiles
 def _serve_slp(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_marker, width_marker, like):
     """Worker ``me``'s loop (me >= 1): run chunks of jobs of this kind, spinning politely in
     between, and sleeping after ``idle_turns`` idle turns (sched_yield calls).
