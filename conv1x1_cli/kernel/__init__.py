@@ -48,7 +48,7 @@ import numpy as np
 
 from .pool import _CPU_SET_WORDS, _IDLE_TURNS, _MAX_CHUNKS, _run_slp, _serve_slp, _worker_pool, _WorkerPool
 from .pool import default_threads as default_threads  # public: the probe uses it
-from .tiles import _run_alone_slp, _tile_counts
+from .tiles import _WIDTH_STEP, _run_alone_slp, _tile_counts
 
 # Bytes of one SIMD register (AVX-512); panel widths are multiples of half of it.
 _VECTOR_BYTES = 64
@@ -69,7 +69,7 @@ class _Kind:
     def __init__(self, code: int, dtype: np.dtype, rows: int, width: int):
         self.code = code
         self.row_marker = tuple(range(rows))
-        self.width_marker = tuple(range(width))
+        self.width_marker = tuple(range(width // _WIDTH_STEP))
         self.like = np.empty(0, dtype)
         self.compiled_runs: set = set()
         self.serve_compiled = False
