@@ -76,12 +76,13 @@ def _stack_tile(typingctx, row_marker, width_marker, like):
 def _accumulate_tile(pixels, first_pixel, panels, k, panel_bias, acc):
     """acc[r, :] = panel_bias + pixels[first_pixel + r, :] @ panels[:, k, :], all channels."""
     rows, width = acc.shape
-    for r in range(rows):
-        for j in range(width):
-            acc[r, j] = panel_bias[j]
     # Filters go in chunks of at most 32 so that LLVM fully unrolls the row and
     # filter loops (a 64-trip loop is not), which the SLP vectoriser needs.
     chunk = min(width, 32)
+    for r in range(rows):
+        for j0 in range(0, width, chunk):
+            for j in range(j0, j0 + chunk):
+                acc[r, j] = panel_bias[j]
     for c in range(pixels.shape[1]):
         # One contiguous row of the panel, taken once per channel: constant indices into it vectorise.
         panel_row = panels[c, k]
@@ -102,16 +103,22 @@ def _activate(value, relu):
 def _store_tile(acc, scratch, out, first_pixel, first_filter, n_valid, relu):
     """out[first_pixel + r, first_filter + j] = act(acc[r, j]) for the valid filters."""
     rows, width = acc.shape
+    # In chunks of 32 as in _accumulate_tile. Whole 64-trip loops here (and in the bias loop) were
+    # not unrolled, so the tile went through memory between the loops: a few hundred cycles a tile,
+    # half the speed on few channels (224x224x3->64 on two cores: 27 against 58 GFLOP/s).
+    chunk = min(width, 32)
     for r in range(rows):
         # A slice (not out[p, f0 + j]) so the vector stores need no index checks.
         dst = out[first_pixel + r, first_filter : first_filter + n_valid]
         if n_valid == width:
-            for j in range(width):
-                dst[j] = _activate(acc[r, j], relu)
+            for j0 in range(0, width, chunk):
+                for j in range(j0, j0 + chunk):
+                    dst[j] = _activate(acc[r, j], relu)
         else:  # partial last panel, through a scratch row: indexing acc by a
             # run-time j would keep the whole tile out of registers.
-            for j in range(width):
-                scratch[j] = _activate(acc[r, j], relu)
+            for j0 in range(0, width, chunk):
+                for j in range(j0, j0 + chunk):
+                    scratch[j] = _activate(acc[r, j], relu)
             for j in range(n_valid):
                 dst[j] = scratch[j]
 
