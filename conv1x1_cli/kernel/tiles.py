@@ -107,20 +107,18 @@ def _store_tile(acc, scratch, out, first_pixel, first_filter, n_valid, relu):
     # not unrolled, so the tile went through memory between the loops: a few hundred cycles a tile,
     # half the speed on few channels (224x224x3->64 on two cores: 27 against 58 GFLOP/s).
     chunk = min(width, 32)
-    if n_valid == width:
-        for r in range(rows):
-            # A slice (not out[p, f0 + j]) so the vector stores need no index checks.
-            dst = out[first_pixel + r, first_filter : first_filter + width]
+    for r in range(rows):
+        # A slice (not out[p, f0 + j]) so the vector stores need no index checks.
+        dst = out[first_pixel + r, first_filter : first_filter + n_valid]
+        if n_valid == width:
             for j0 in range(0, width, chunk):
                 for j in range(j0, j0 + chunk):
                     dst[j] = _activate(acc[r, j], relu)
-    else:  # partial last panel, through a scratch row: indexing acc by a
-        # run-time j would keep the whole tile out of registers.
-        for r in range(rows):
+        else:  # partial last panel, through a scratch row: indexing acc by a
+            # run-time j would keep the whole tile out of registers.
             for j0 in range(0, width, chunk):
                 for j in range(j0, j0 + chunk):
                     scratch[j] = _activate(acc[r, j], relu)
-            dst = out[first_pixel + r, first_filter : first_filter + n_valid]
             for j in range(n_valid):
                 dst[j] = scratch[j]
 
