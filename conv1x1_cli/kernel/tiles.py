@@ -60,8 +60,9 @@ _PREFETCH_AHEAD_BYTES = 8192
 def _stack_tile(typingctx, row_marker, width_marker, like):
     """Pointer to an uninitialised rows x width tile of like's dtype, on the stack.
 
-    The size comes from the lengths of the two marker tuple *types*, so it is a
-    compile-time constant and LLVM can promote the tile to registers.
+    The size comes from the lengths of the two marker tuple *types* (the width
+    marker has one element per _WIDTH_STEP filters), so it is a compile-time
+    constant and LLVM can promote the tile to registers.
     """
     dtype = like.dtype
     count = len(row_marker) * len(width_marker) * _WIDTH_STEP
