@@ -3,15 +3,15 @@
 * Micro-kernel.  A tile of ``rows`` pixels x one panel is accumulated over all
   channels in an accumulator tile (6x64 float32 = 24 zmm registers): per
   channel, 4 vector loads of the panel row, 6 broadcasts of pixel values and 24
-  FMAs.  The accumulator lives in a stack allocation (``_stack_tile``) whose size
-  is a compile-time constant, so LLVM promotes it to registers; a heap
-  ``np.empty`` would keep it in memory and run at a fraction of the speed.  The
-  tile shape reaches the compiler through the *types* of two marker tuples
-  (``len`` of a tuple type is a constant), so one source serves every shape and
-  each shape is its own cached specialisation (closures over constants would
-  not do: numba's cache key hashes closure cells, and a cell holding a
-  dispatcher hashes differently in every process).  Bias initialises the
-  accumulators; ReLU is applied on the way out.
+  FMAs.  The tile is written as LLVM IR (``_tile``, ``_TileCode``) with its
+  accumulators as SIMD values, so it needs neither of LLVM's vectorisers and
+  compiles the same in every function it is inlined into.  The tile shape
+  reaches the compiler through the *types* of two marker tuples (``len`` of a
+  tuple type is a constant), so one source serves every shape and each shape
+  is its own cached specialisation (closures over constants would not do:
+  numba's cache key hashes closure cells, and a cell holding a dispatcher
+  hashes differently in every process).  Bias initialises the accumulators;
+  ReLU is applied on the way out.
 * Remainders.  Pixels are covered by tiles of ``rows`` and then of ``rows - 1``
   pixels (``_tile_counts``): 49 = 4x6 + 5x5, so no row is computed twice.  A
   tile one row shorter runs at almost the same speed per row, while
@@ -20,14 +20,13 @@
   reaches (under 20 for 6 rows) shift the last full tile back to end at P
   instead: it recomputes a few rows with identical results.  When P < rows a
   one-row tile is used.  A partial last panel is computed at full width (zero
-  padding) and stored element by element.
+  padding) and stored with masked vector stores.
 * Jobs and chunks.  A call is described as a *job* in an int64 array (array
   addresses and shapes, ``_describe_job``), so that any thread can run a chunk
   of it (``_chunk_slp``): a contiguous run of its (pixel tile, panel) pairs.
-* Floating point.  Only the ``contract`` fast-math flag is used (fused
-  multiply-add); each output is its own accumulation chain in channel order, so
-  no reassociation is needed and the thread count never changes a bit of the
-  result.  ReLU is ``0 if v < 0 else v``, which keeps NaN (like
+* Floating point.  Each output is one chain of fused multiply-adds in channel
+  order, so the thread count never changes a bit of the result; no fast-math
+  flag is used.  ReLU is ``0 if v < 0 else v``, which keeps NaN (like
   ``np.maximum(v, 0)`` and PyTorch), and Inf/NaN propagate through FMA.
 
 Functions whose names end in ``_slp`` must be compiled through
@@ -43,9 +42,6 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-# Fused multiply-add only: no flag that assumes away NaN/Inf or reorders sums.
-_FASTMATH = {"contract"}
-
 # A width marker has one element per _WIDTH_STEP filters of the panel width (all widths are
 # multiples of 4): numba types and unboxes every element of a tuple argument at every call, and a
 # 64-element marker cost 1 us a call more than an 8-element one.
@@ -55,85 +51,175 @@ _WIDTH_STEP = 4
 # from one tile to 32 KiB ahead measured alike.
 _PREFETCH_AHEAD_BYTES = 8192
 
+# Bytes of one SIMD register (AVX-512); panel widths are multiples of half of it.
+_VECTOR_BYTES = 64
+
+
+class _TileCode:
+    """Emits the LLVM IR of one tile (rows x width accumulators) into the function being compiled.
+
+    The accumulators are ``rows`` x ``n_vectors`` SIMD values of ``lanes`` elements each, carried
+    through the channel loop as phi nodes: SSA values, which LLVM keeps in registers in every
+    function the tile is inlined into.  (Written as numba loops over a stack array, the tile's
+    edges, bias and ReLU/store, compiled well or through memory depending on the inlining context:
+    12544x32->64 ran at 130 to 213 GFLOP/s in builds that differed elsewhere.)
+    """
+
+    def __init__(self, context, builder, dtype, rows, width):
+        self.context, self.builder = context, builder
+        self.element = context.get_value_type(dtype)
+        self.itemsize = context.get_abi_sizeof(self.element)
+        self.lanes = min(width, _VECTOR_BYTES // self.itemsize)  # every panel width is a multiple
+        self.n_vectors = width // self.lanes
+        self.rows, self.width = rows, width
+        self.vector = ir.VectorType(self.element, self.lanes)
+        self.intp = context.get_value_type(types.intp)
+        self.i32 = ir.IntType(32)
+
+    # Addresses are byte offsets from an array's data pointer, with the array's own strides.
+
+    def view(self, array_type, value):
+        """(data pointer as i8*, shape, strides) of a numba array value."""
+        array = self.context.make_array(array_type)(self.context, self.builder, value)
+        data = self.builder.bitcast(array.data, ir.IntType(8).as_pointer())
+        return data, cgutils.unpack_tuple(self.builder, array.shape), cgutils.unpack_tuple(self.builder, array.strides)
+
+    def address(self, base, *terms):
+        """base + the sum of index * stride bytes over the (index, stride) pairs in terms."""
+        offset = ir.Constant(self.intp, 0)
+        for index, stride in terms:
+            offset = self.builder.add(offset, self.builder.mul(index, stride))
+        return self.builder.gep(base, [offset], inbounds=True)
+
+    def vector_pointer(self, base, v):
+        """Pointer to the v-th vector from base (a panel row, a bias row or an output row)."""
+        pointer = self.builder.gep(base, [ir.Constant(self.intp, v * self.lanes * self.itemsize)], inbounds=True)
+        return self.builder.bitcast(pointer, self.vector.as_pointer())
+
+    def load_vectors(self, base):
+        """The width elements from base, as n_vectors vectors (unaligned loads: a bank may be a view)."""
+        return [self.builder.load(self.vector_pointer(base, v), align=self.itemsize) for v in range(self.n_vectors)]
+
+    def splat(self, scalar, vector_type):
+        """A vector_type with scalar in every lane."""
+        undefined = ir.Constant(vector_type, None)
+        lane0 = self.builder.insert_element(undefined, scalar, self.i32(0))
+        zeros = ir.Constant(ir.VectorType(self.i32, vector_type.count), [0] * vector_type.count)
+        return self.builder.shuffle_vector(lane0, undefined, zeros)
+
+    def intrinsic(self, name, return_type, argument_types, name_suffix=""):
+        """The LLVM intrinsic llvm.<name> overloaded for this tile's vector type."""
+        full_name = f"llvm.{name}.v{self.lanes}{self.element.intrinsic_name}{name_suffix}"
+        function_type = ir.FunctionType(return_type, argument_types)
+        return cgutils.get_or_insert_function(self.builder.module, function_type, full_name)
+
+    # The tile: accumulate, activate, store.
+
+    def accumulate(self, initial, pixel_rows, pixel_step, panel, panel_step, n_channels):
+        """The accumulators after every channel: initial[v] + sum over c of pixel[r, c] * panel[c, v].
+
+        pixel_rows[r] points at pixel r's channel 0 and panel at channel 0's panel row; channel c is
+        c * pixel_step and c * panel_step bytes on.  Each product is one fused multiply-add, added in
+        channel order.
+        """
+        builder, intp = self.builder, self.intp
+        fma = self.intrinsic("fma", self.vector, [self.vector] * 3)
+        entry = builder.basic_block
+        loop = builder.append_basic_block("tile.channel")
+        done = builder.append_basic_block("tile.done")
+        builder.cbranch(builder.icmp_signed(">", n_channels, intp(0)), loop, done)
+
+        builder.position_at_end(loop)
+        channel = builder.phi(intp)
+        acc = [[builder.phi(self.vector) for _ in range(self.n_vectors)] for _ in range(self.rows)]
+        panel_row = self.load_vectors(self.address(panel, (channel, panel_step)))
+        updated = []
+        for pixel_row, acc_row in zip(pixel_rows, acc, strict=True):
+            pointer = builder.bitcast(self.address(pixel_row, (channel, pixel_step)), self.element.as_pointer())
+            pixel = self.splat(builder.load(pointer, align=self.itemsize), self.vector)
+            updated.append(
+                [builder.call(fma, [pixel, weights, a]) for weights, a in zip(panel_row, acc_row, strict=True)]
+            )
+        next_channel = builder.add(channel, intp(1))
+        builder.cbranch(builder.icmp_signed("<", next_channel, n_channels), loop, done)
+
+        channel.add_incoming(intp(0), entry)
+        channel.add_incoming(next_channel, loop)
+        builder.position_at_end(done)
+        final = [[builder.phi(self.vector) for _ in range(self.n_vectors)] for _ in range(self.rows)]
+        for r in range(self.rows):
+            for v in range(self.n_vectors):
+                for phi in (acc[r][v], final[r][v]):
+                    phi.add_incoming(initial[v], entry)
+                    phi.add_incoming(updated[r][v], loop)
+        return final
+
+    def activate(self, values, relu):
+        """ReLU where relu holds, as ``0 if v < 0 else v``: NaN < 0 is false, so NaN is kept, like
+        np.maximum(v, 0) (and -0.0 stays -0.0)."""
+        builder = self.builder
+        zero = ir.Constant(self.vector, [0.0] * self.lanes)
+        relu_lanes = self.splat(relu, ir.VectorType(ir.IntType(1), self.lanes))
+        return [
+            [builder.select(builder.and_(builder.fcmp_ordered("<", v, zero), relu_lanes), zero, v) for v in row]
+            for row in values
+        ]
+
+    def store(self, values, out_rows, n_valid):
+        """Store each row of values at its out_rows pointer: all width elements when n_valid >= width,
+        else only the first n_valid (masked stores: a partial last panel)."""
+        builder = self.builder
+        with builder.if_else(builder.icmp_signed(">=", n_valid, self.intp(self.width))) as (whole, partial):
+            with whole:
+                for row, out_row in zip(values, out_rows, strict=True):
+                    for v, value in enumerate(row):
+                        builder.store(value, self.vector_pointer(out_row, v), align=self.itemsize)
+            with partial:
+                mask_type = ir.VectorType(ir.IntType(1), self.lanes)
+                argument_types = [self.vector, self.vector.as_pointer(), self.i32, mask_type]
+                # (overloaded on the pointer type too: p0, a pointer in address space 0)
+                masked_store = self.intrinsic("masked.store", ir.VoidType(), argument_types, name_suffix=".p0")
+                valid = self.splat(builder.trunc(n_valid, self.i32), ir.VectorType(self.i32, self.lanes))
+                for v in range(self.n_vectors):
+                    lane_filters = ir.Constant(
+                        ir.VectorType(self.i32, self.lanes), [v * self.lanes + i for i in range(self.lanes)]
+                    )
+                    mask = builder.icmp_signed("<", lane_filters, valid)
+                    for row, out_row in zip(values, out_rows, strict=True):
+                        builder.call(
+                            masked_store, [row[v], self.vector_pointer(out_row, v), self.i32(self.itemsize), mask]
+                        )
+
 
 @intrinsic
-def _stack_tile(typingctx, row_marker, width_marker, like):
-    """Pointer to an uninitialised rows x width tile of like's dtype, on the stack.
-
-    The size comes from the lengths of the two marker tuple *types* (the width
-    marker has one element per _WIDTH_STEP filters), so it is a compile-time
-    constant and LLVM can promote the tile to registers.
-    """
-    dtype = like.dtype
-    count = len(row_marker) * len(width_marker) * _WIDTH_STEP
+def _tile(typingctx, pixels, first_pixel, panels, panel_bias, k, out, relu, row_marker, width_marker):
+    """One tile: out[p + r, k*width + j] = act(panel_bias[k, j] + pixels[p + r, :] @ panels[:, k, j]) for
+    p = first_pixel, r < len(row_marker), j < width (the panel's width) and k*width + j < out.shape[1]."""
+    rows, width = len(row_marker), len(width_marker) * _WIDTH_STEP
+    signature = types.void(pixels, first_pixel, panels, panel_bias, k, out, relu, row_marker, width_marker)
 
     def codegen(context, builder, signature, args):
-        return cgutils.alloca_once(builder, context.get_value_type(dtype), size=count)
+        code = _TileCode(context, builder, pixels.dtype, rows, width)
+        pixels_value, first_pixel_value, panels_value, bias_value, k_value, out_value, relu_value = args[:7]
+        pixel_data, pixel_shape, pixel_strides = code.view(pixels, pixels_value)
+        panel_data, _, panel_strides = code.view(panels, panels_value)
+        bias_data, _, bias_strides = code.view(panel_bias, bias_value)
+        out_data, out_shape, out_strides = code.view(out, out_value)
 
-    return types.CPointer(dtype)(row_marker, width_marker, like), codegen
+        row_indices = [builder.add(first_pixel_value, code.intp(r)) for r in range(rows)]
+        pixel_rows = [code.address(pixel_data, (row, pixel_strides[0])) for row in row_indices]
+        panel = code.address(panel_data, (k_value, panel_strides[1]))
+        bias = code.load_vectors(code.address(bias_data, (k_value, bias_strides[0])))
+        sums = code.accumulate(bias, pixel_rows, pixel_strides[1], panel, panel_strides[0], pixel_shape[1])
 
+        first_filter = builder.mul(k_value, code.intp(width))
+        out_rows = [
+            code.address(out_data, (row, out_strides[0]), (first_filter, out_strides[1])) for row in row_indices
+        ]
+        code.store(code.activate(sums, relu_value), out_rows, builder.sub(out_shape[1], first_filter))
+        return context.get_dummy_value()
 
-@njit(inline="always", fastmath=_FASTMATH)
-def _accumulate_tile(pixels, first_pixel, panels, k, panel_bias, acc):
-    """acc[r, :] = panel_bias + pixels[first_pixel + r, :] @ panels[:, k, :], all channels."""
-    rows, width = acc.shape
-    # Filters go in chunks of at most 32 so that LLVM fully unrolls the row and
-    # filter loops (a 64-trip loop is not), which the SLP vectoriser needs.
-    chunk = min(width, 32)
-    for r in range(rows):
-        for j0 in range(0, width, chunk):
-            for j in range(j0, j0 + chunk):
-                acc[r, j] = panel_bias[j]
-    for c in range(pixels.shape[1]):
-        # One contiguous row of the panel, taken once per channel: constant indices into it vectorise.
-        panel_row = panels[c, k]
-        for r in range(rows):
-            value = pixels[first_pixel + r, c]
-            for j0 in range(0, width, chunk):
-                for j in range(j0, j0 + chunk):
-                    acc[r, j] += value * panel_row[j]
-
-
-@njit(inline="always")
-def _activate(value, relu):
-    # `0 if v < 0 else v` keeps NaN (NaN < 0 is False), like np.maximum(v, 0).
-    return 0 if (relu and value < 0) else value
-
-
-@njit(inline="always")
-def _store_tile(acc, scratch, out, first_pixel, first_filter, n_valid, relu):
-    """out[first_pixel + r, first_filter + j] = act(acc[r, j]) for the valid filters."""
-    rows, width = acc.shape
-    # In chunks of 32 as in _accumulate_tile. Whole 64-trip loops here (and in the bias loop) were
-    # not unrolled, so the tile went through memory between the loops: a few hundred cycles a tile,
-    # half the speed on few channels (224x224x3->64 on two cores: 27 against 58 GFLOP/s).
-    chunk = min(width, 32)
-    for r in range(rows):
-        # A slice (not out[p, f0 + j]) so the vector stores need no index checks.
-        dst = out[first_pixel + r, first_filter : first_filter + n_valid]
-        if n_valid == width:
-            for j0 in range(0, width, chunk):
-                for j in range(j0, j0 + chunk):
-                    dst[j] = _activate(acc[r, j], relu)
-        else:  # partial last panel, through a scratch row: indexing acc by a
-            # run-time j would keep the whole tile out of registers.
-            for j0 in range(0, width, chunk):
-                for j in range(j0, j0 + chunk):
-                    scratch[j] = _activate(acc[r, j], relu)
-            for j in range(n_valid):
-                dst[j] = scratch[j]
-
-
-@njit(inline="always", fastmath=_FASTMATH)
-def _tile(pixels, first_pixel, panels, panel_bias, k, out, relu, row_marker, width_marker):
-    """One tile: len(row_marker) pixels from first_pixel x panel k (filters k*width onwards)."""
-    rows, width = len(row_marker), len(width_marker) * _WIDTH_STEP
-    acc = numba.carray(_stack_tile(row_marker, width_marker, pixels), (rows, width))
-    _accumulate_tile(pixels, first_pixel, panels, k, panel_bias[k], acc)
-    first_filter = k * width
-    n_valid = min(width, out.shape[1] - first_filter)
-    scratch = numba.carray(_stack_tile((0,), width_marker, pixels), width)
-    _store_tile(acc, scratch, out, first_pixel, first_filter, n_valid, relu)
+    return signature, codegen
 
 
 @intrinsic
@@ -181,7 +267,7 @@ _JOB_RELU, _JOB_PANEL_MAJOR, _JOB_CHUNKS = 8, 9, 10
 _JOB_FIELDS = 16
 
 
-@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True)
 def _chunk_slp(job, chunk, n_chunks, row_marker, width_marker, like):
     """Run chunk ``chunk`` of ``n_chunks`` equal runs of the (pixel tile, panel) pairs of the job in ``job``."""
     width = len(width_marker) * _WIDTH_STEP
@@ -224,7 +310,7 @@ def _tile_counts(n_pixels, rows):
 _tile_counts_inline = njit(inline="always")(_tile_counts)
 
 
-@njit(cache=True, nogil=True, fastmath=_FASTMATH)
+@njit(cache=True, nogil=True)
 def _pairs_slp(pixels, panels, panel_bias, out, relu, panel_major, start, stop, row_marker, width_marker):
     """(pixel tile, panel) pairs start..stop-1, in pixel-major or panel-major order.
 
