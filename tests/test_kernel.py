@@ -282,7 +282,7 @@ def test_a_change_to_the_tiles_alone_gives_the_pools_compiled_code_a_new_cache_e
     shutil.copytree(os.path.dirname(conv1x1_cli.__file__), package, ignore=shutil.ignore_patterns("__pycache__"))
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); from conv1x1_cli.kernel import pool; "
-        "print(*(f._cache._cache_file._index_name for f in (pool._run_slp, pool._serve_slp)))"
+        "print(*(f._cache._cache_file._index_name for f in (pool._run_pooled, pool._serve)))"
     )
     before = run_python(code, tmp_path)
     with open(package / "kernel" / "tiles.py", "a") as tiles:
@@ -845,7 +845,7 @@ def test_prepare_compiles_what_a_pooled_call_runs(rng):
     x, w, b = problem(rng, 3000, 40, 72, "float64")  # 8.6M multiply-adds: pooled without patching
     packed = kernel.pack_bank(w, b)
     kernel.prepare(packed)
-    compiled = {name: len(getattr(kernel, name).overloads) for name in ("_run_alone_slp", "_run_slp", "_serve_slp")}
+    compiled = {name: len(getattr(kernel, name).overloads) for name in ("_run_alone", "_run_pooled", "_serve")}
     out = np.full((len(x), w.shape[1]), np.nan)
     kernel.apply_packed(x, packed, out, True)
     assert {name: len(getattr(kernel, name).overloads) for name in compiled} == compiled

@@ -24,16 +24,10 @@ compilation.
   when there are few pixels (7x7=49).  They are cut into ~16 chunks per thread
   and shared out by the pool.  Problems under ~1M multiply-adds run on the
   calling thread alone.
-* Vectoriser settings.  Without LLVM's SLP vectoriser (off by default in numba)
-  the fully unrolled tile compiles to scalar FMAs; with the loop vectoriser on,
-  LLVM sometimes vectorises the wrong loop of a narrow tile (gathers and
-  scatters, 50x slower).  So SLP is switched on and the loop vectoriser off only
-  while *our* kernel compiles (``_compile``); implicit compilation by the
-  entry points is disabled, so every build of them goes through that function,
-  and their names are new, so numba's on-disk cache (whose key does not include
-  these settings) can only hold builds made with them.  Compilation is lazy
-  (nothing at import) and cached to disk (``cache=True``; numba falls back to
-  its user-wide cache directory when the package directory is read-only).
+* Compilation is lazy (nothing at import) and cached to disk (``cache=True``;
+  numba falls back to its user-wide cache directory when the package directory
+  is read-only).  Each kind of tile is compiled once, under a lock, before its
+  first call (``_ensure_compiled``); ``prepare`` does it ahead of a timed call.
 """
 
 from __future__ import annotations
@@ -41,17 +35,14 @@ from __future__ import annotations
 import operator
 import os
 import threading
-from contextlib import contextmanager
 
 import numba
 import numpy as np
 
-from .pool import _CPU_SET_WORDS, _IDLE_TURNS, _MAX_CHUNKS, _run_slp, _serve_slp, _worker_pool, _WorkerPool
+from .pool import _CPU_SET_WORDS, _IDLE_TURNS, _MAX_CHUNKS, _run_pooled, _serve, _worker_pool, _WorkerPool
 from .pool import default_threads as default_threads  # public: the probe uses it
-from .tiles import _WIDTH_STEP, _run_alone_slp, _tile_counts
+from .tiles import _VECTOR_BYTES, _WIDTH_STEP, _run_alone, _tile_counts
 
-# Bytes of one SIMD register (AVX-512); panel widths are multiples of half of it.
-_VECTOR_BYTES = 64
 # Below this many multiply-adds a call runs on one thread: handing chunks to a
 # spinning worker costs a few microseconds, which two threads win back from
 # about 1M multiply-adds up (measured here: 196x128->64, 1.6M, ran in 32 us on
@@ -105,70 +96,33 @@ def _kind(dtype: np.dtype, rows: int, width: int) -> _Kind:
     return kind
 
 
-@contextmanager
-def _vectorizer_settings():
-    """SLP vectoriser on, loop vectoriser off, for compilations inside this block only.
-
-    The tile loops are unrolled and then packed into vectors by SLP.  Left on,
-    the loop vectoriser sometimes picks the wrong loop of a narrow tile (the
-    row or channel loop, with gathers and scatters) and runs 50x slower.
-    """
-    previous = numba.config.SLP_VECTORIZE, numba.config.LOOP_VECTORIZE
-    numba.config.SLP_VECTORIZE, numba.config.LOOP_VECTORIZE = 1, 0
-    try:
-        yield
-    finally:
-        numba.config.SLP_VECTORIZE, numba.config.LOOP_VECTORIZE = previous
-
-
 def _compile(dispatcher, args: tuple) -> None:
-    """Compile (or load from numba's disk cache) ``dispatcher`` for these arguments' types.
-
-    Implicit compilation by the entry points (_run_slp, _run_alone_slp, _serve_slp) is disabled
-    outside this function once they have a build, so a call with unforeseen argument types raises
-    (and comes back here) instead of silently compiling without the vectoriser settings; and they
-    are only ever called after coming through here.
-    """
-    signature = tuple(numba.typeof(a) for a in args)
+    """Compile (or load from numba's disk cache) ``dispatcher`` for these arguments' types."""
     with _setup_lock:
-        dispatcher.disable_compile(False)
-        try:
-            with _vectorizer_settings():
-                dispatcher.compile(signature)
-        finally:
-            if dispatcher.signatures:  # (numba refuses to disable compiling a dispatcher that has none)
-                dispatcher.disable_compile(True)
+        dispatcher.compile(tuple(numba.typeof(a) for a in args))
 
 
 def _ensure_compiled(kind: _Kind, dispatcher, args: tuple) -> None:
-    """Compile dispatcher (_run_slp or _run_alone_slp) for these arguments unless it has been already."""
+    """Compile dispatcher (_run_pooled or _run_alone) for these arguments unless it has been already."""
     pixels, panels = args[0], args[1]
     # numba.typeof is slow (tens of microseconds); this key decides the same types.
-    key = (dispatcher is _run_slp, pixels.flags.writeable, panels.flags.writeable)
+    key = (dispatcher is _run_pooled, pixels.flags.writeable, panels.flags.writeable)
     if key not in kind.compiled_runs:
         _compile(dispatcher, args)
         kind.compiled_runs.add(key)
 
 
 def _run(kind: _Kind, dispatcher, args: tuple) -> None:
-    """dispatcher(*args) (_run_slp or _run_alone_slp), compiling it first for argument types not seen before."""
+    """dispatcher(*args) (_run_pooled or _run_alone), compiling it first for argument types not seen before."""
     _ensure_compiled(kind, dispatcher, args)
-    try:
-        dispatcher(*args)
-    except TypeError as error:  # types the key did not foresee
-        if "compilation disabled" not in str(error) and "No matching" not in str(error):
-            raise
-        _compile(dispatcher, args)
-        dispatcher(*args)
+    dispatcher(*args)
 
 
 def _prepare_serving(kind: _Kind, pool: _WorkerPool) -> None:
     """Compile the workers' loop for this kind before any job of the kind is published."""
     if not kind.serve_compiled:
         cpu_sets = np.zeros((2, _CPU_SET_WORDS), np.uint64)
-        _compile(
-            _serve_slp, (pool.control, pool.job, kind.code, 1, _IDLE_TURNS, pool.semaphore, cpu_sets, *kind.markers)
-        )
+        _compile(_serve, (pool.control, pool.job, kind.code, 1, _IDLE_TURNS, pool.semaphore, cpu_sets, *kind.markers))
         kind.serve_compiled = True
 
 
@@ -323,13 +277,13 @@ def apply_to_new_output(
             pool.announce(kind)
             _run(
                 kind,
-                _run_slp,
+                _run_pooled,
                 (*arrays, n_chunks, n_threads, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers),
             )
         finally:
             pool.busy.release()
     else:  # alone: one thread asked for, little work, or another thread is using the pool
-        _run(kind, _run_alone_slp, (*arrays, *kind.markers))
+        _run(kind, _run_alone, (*arrays, *kind.markers))
 
 
 def prepare(packed: PackedBank, threads: int | None = None) -> None:
@@ -339,12 +293,14 @@ def prepare(packed: PackedBank, threads: int | None = None) -> None:
     pixels = np.zeros((packed.rows, packed.n_channels), packed.dtype)
     out = np.empty((packed.rows, packed.n_filters), packed.dtype)
     arrays = (pixels, packed.panels, packed.panel_bias, out, True, False)
-    _run(kind, _run_alone_slp, (*arrays, *kind.markers))
+    _run(kind, _run_alone, (*arrays, *kind.markers))
     pool = _worker_pool()
     if _single_threaded(threads, work=_SERIAL_WORK) or not pool.n_workers:
         return
     _prepare_serving(kind, pool)
-    _ensure_compiled(kind, _run_slp, (*arrays, 1, 2, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers))
+    _ensure_compiled(
+        kind, _run_pooled, (*arrays, 1, 2, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers)
+    )
 
 
 def _overlaps(out: np.ndarray, pixels: np.ndarray, packed: PackedBank) -> bool:

@@ -4,11 +4,11 @@ Not numba's OpenMP ``prange``: its workers had to sleep between calls (spinning
 OpenMP workers hold their cores against NumPy's BLAS threads), and waking one
 cost 35-90 us per call on this class of virtual machine, more than the whole
 product on small layers.  Our own worker threads (``_WorkerPool``) run a nogil
-loop (``_serve_slp``): they claim chunks with atomic compare-and-swap
+loop (``_serve``): they claim chunks with atomic compare-and-swap
 (``_claim``), spin about 2 ms after their last chunk calling sched_yield at
 every turn (so any other thread that needs the core gets it, as with
 OpenBLAS's own workers), then sleep on a POSIX semaphore that the next call
-posts.  The calling thread (``_run_slp``) publishes the job and works on it at
+posts.  The calling thread (``_run_pooled``) publishes the job and works on it at
 once; it never waits for a worker to wake, since it takes over any chunk nobody
 has claimed.  Sleeping, waking, and keeping a worker off the caller's CPU
 (``_avoid_cpu``) all happen in compiled code, without the GIL.  One Python
@@ -21,7 +21,7 @@ against 159 GFLOP/s on 7x7x832->384.)
 
 The pool's code calls Linux functions (sched_getcpu, sched_setaffinity, unnamed
 POSIX semaphores); on other systems the pool has no workers, and
-``tiles._run_alone_slp``, which calls none of them, does every call.
+``tiles._run_alone``, which calls none of them, does every call.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..machine import usable_cpus
-from .tiles import _JOB_CHUNKS, _JOB_FIELDS, _chunk_slp, _describe_job
+from .tiles import _JOB_CHUNKS, _JOB_FIELDS, _compute_chunk, _describe_job
 
 
 def _sources_digest() -> str:
@@ -170,7 +170,7 @@ _CHUNK_BITS = 12
 _MAX_CHUNKS = (1 << _CHUNK_BITS) - 1
 _START_SHIFT, _THREADS_SHIFT, _KIND_SHIFT = 12, 24, 32
 _NOTHING, _OTHER_KIND = -1, -2  # what _claim returns instead of a chunk
-_STOPPED = -1  # what _serve_slp returns when it is not _OTHER_KIND
+_STOPPED = -1  # what _serve returns when it is not _OTHER_KIND
 # glibc's sem_t is 32 bytes on 64-bit Linux; the workers share one, and 64 bytes keep it on a line of its own.
 _SEMAPHORE_BYTES = 64
 _CPU_SET_WORDS = 16  # a cpu_set_t: 1024 CPUs, as glibc's
@@ -216,7 +216,7 @@ def _next_chunk(control, kind, me, n_threads):
 
 
 @_cached_with_tiles
-def _run_slp(
+def _run_pooled(
     pixels,
     panels,
     panel_bias,
@@ -260,7 +260,7 @@ def _run_slp(
         chunk = _next_chunk(control, kind, 0, n_threads)
         if chunk < 0:
             break
-        _chunk_slp(job, chunk, n_chunks, row_marker, width_marker, like)
+        _compute_chunk(job, chunk, n_chunks, row_marker, width_marker, like)
         _atomic_add(control, _DONE, 1)
     while _atomic_load(control, _DONE) < n_chunks:
         _sched_yield()
@@ -286,7 +286,7 @@ def _make_way(control, main_cpu, n_threads, woken):
 
 
 @_cached_with_tiles
-def _serve_slp(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_marker, width_marker, like):
+def _serve(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_marker, width_marker, like):
     """Worker ``me``'s loop (me >= 1): run chunks of jobs of this kind, spinning politely in
     between, and sleeping after ``idle_turns`` idle turns (sched_yield calls).
 
@@ -314,7 +314,7 @@ def _serve_slp(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_mark
             _avoid_cpu(_NO_CPU, avoided, cpu_sets)
             return _OTHER_KIND
         if chunk != _NOTHING:
-            _chunk_slp(job, chunk, job[_JOB_CHUNKS], row_marker, width_marker, like)
+            _compute_chunk(job, chunk, job[_JOB_CHUNKS], row_marker, width_marker, like)
             _atomic_add(control, _DONE, 1)
             idle = 0
         elif idle < idle_turns:
@@ -345,7 +345,7 @@ def _has_work(control, me):
 def _sleep(control, me, semaphore):
     """Sleep on the semaphore until a job is published (or return at once if one already is).
 
-    The worker counts itself as sleeping before it looks for work one last time; _run_slp
+    The worker counts itself as sleeping before it looks for work one last time; _run_pooled
     publishes a job before it takes the count.  So either this worker sees the job, or the count
     it added is taken and a post wakes it.  If it sees a job, it takes back its count while that
     is still there; when it is gone, a post is on its way and sem_wait returns at once.
@@ -438,7 +438,7 @@ class _WorkerPool:
         try:
             while True:
                 kind = self.latest_kind
-                result = _serve_slp(
+                result = _serve(
                     self.control, self.job, kind.code, me, _IDLE_TURNS, self.semaphore, cpu_sets, *kind.markers
                 )
                 if result == _STOPPED:

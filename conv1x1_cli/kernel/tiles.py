@@ -23,14 +23,12 @@
   padding) and stored with masked vector stores.
 * Jobs and chunks.  A call is described as a *job* in an int64 array (array
   addresses and shapes, ``_describe_job``), so that any thread can run a chunk
-  of it (``_chunk_slp``): a contiguous run of its (pixel tile, panel) pairs.
+  of it (``_compute_chunk``): a contiguous run of its (pixel tile, panel) pairs.
 * Floating point.  Each output is one chain of fused multiply-adds in channel
   order, so the thread count never changes a bit of the result; no fast-math
   flag is used.  ReLU is ``0 if v < 0 else v``, which keeps NaN (like
   ``np.maximum(v, 0)`` and PyTorch), and Inf/NaN propagate through FMA.
 
-Functions whose names end in ``_slp`` must be compiled through
-``kernel._compile`` only (see "Vectoriser settings" in ``kernel/__init__.py``).
 """
 
 from __future__ import annotations
@@ -47,7 +45,7 @@ from numba.extending import intrinsic
 # 64-element marker cost 1 us a call more than an 8-element one.
 _WIDTH_STEP = 4
 
-# How far beyond the next pixel tile the pixel rows are prefetched (see _pairs_slp). Distances
+# How far beyond the next pixel tile the pixel rows are prefetched (see _compute_pairs). Distances
 # from one tile to 32 KiB ahead measured alike.
 _PREFETCH_AHEAD_BYTES = 8192
 
@@ -268,7 +266,7 @@ _JOB_FIELDS = 16
 
 
 @njit(cache=True, nogil=True)
-def _chunk_slp(job, chunk, n_chunks, row_marker, width_marker, like):
+def _compute_chunk(job, chunk, n_chunks, row_marker, width_marker, like):
     """Run chunk ``chunk`` of ``n_chunks`` equal runs of the (pixel tile, panel) pairs of the job in ``job``."""
     width = len(width_marker) * _WIDTH_STEP
     n_pixels, n_channels = job[_JOB_PIXEL_COUNT], job[_JOB_CHANNELS]
@@ -281,7 +279,7 @@ def _chunk_slp(job, chunk, n_chunks, row_marker, width_marker, like):
     n_pairs = (n_long + n_short) * n_panels
     # The arrays go to a function of their own: with the tile loop in this function, next to the
     # pointer arithmetic, LLVM kept the accumulators in memory (scalar FMAs, 15x slower).
-    _pairs_slp(
+    _compute_pairs(
         pixels,
         panels,
         panel_bias,
@@ -311,7 +309,7 @@ _tile_counts_inline = njit(inline="always")(_tile_counts)
 
 
 @njit(cache=True, nogil=True)
-def _pairs_slp(pixels, panels, panel_bias, out, relu, panel_major, start, stop, row_marker, width_marker):
+def _compute_pairs(pixels, panels, panel_bias, out, relu, panel_major, start, stop, row_marker, width_marker):
     """(pixel tile, panel) pairs start..stop-1, in pixel-major or panel-major order.
 
     Pixel-major order walks one pixel tile (in L1) past every panel; panel-major order walks one
@@ -364,8 +362,8 @@ def _describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, n_chu
 
 
 @njit(cache=True, nogil=True)
-def _run_alone_slp(pixels, panels, panel_bias, out, relu, panel_major, row_marker, width_marker, like):
+def _run_alone(pixels, panels, panel_bias, out, relu, panel_major, row_marker, width_marker, like):
     """A whole job on the calling thread.  (It calls no Linux-only function, unlike the pool's code.)"""
     job = np.empty(_JOB_FIELDS, np.int64)
     _describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, 1)
-    _chunk_slp(job, 0, 1, row_marker, width_marker, like)
+    _compute_chunk(job, 0, 1, row_marker, width_marker, like)
