@@ -153,15 +153,16 @@ class _TileCode:
         return final
 
     def activate(self, values, relu):
-        """ReLU where relu holds, as ``0 if v < 0 else v``: NaN < 0 is false, so NaN is kept, like
-        np.maximum(v, 0) (and -0.0 stays -0.0)."""
+        """max(v, floor), with floor 0 when relu holds (ReLU) and -inf otherwise (identity).
+
+        Written ``floor if v < floor else v``: NaN < floor is false, so NaN is kept, like
+        np.maximum(v, 0), and -0.0 stays -0.0.  One select per vector, which x86 does in one
+        instruction (vmaxps); a ReLU flag and-ed into the comparison took three.
+        """
         builder = self.builder
-        zero = ir.Constant(self.vector, [0.0] * self.lanes)
-        relu_lanes = self.splat(relu, ir.VectorType(ir.IntType(1), self.lanes))
-        return [
-            [builder.select(builder.and_(builder.fcmp_ordered("<", v, zero), relu_lanes), zero, v) for v in row]
-            for row in values
-        ]
+        floor_value = builder.select(relu, ir.Constant(self.element, 0.0), ir.Constant(self.element, float("-inf")))
+        floor = self.splat(floor_value, self.vector)
+        return [[builder.select(builder.fcmp_ordered("<", v, floor), floor, v) for v in row] for row in values]
 
     def store(self, values, out_rows, n_valid):
         """Store each row of values at its out_rows pointer: all width elements when n_valid >= width,
