@@ -337,9 +337,18 @@ def test_an_awake_worker_keeps_off_the_callers_cpu_and_gets_its_cpus_back_to_sle
             time.sleep(0.001)
         assert pool.control[kernel.pool._SLEEPING] == 1
         assert os.sched_getaffinity(pool._threads[0].native_id) == os.sched_getaffinity(0)
+        assert pool.control[kernel.pool._WORKER_CPUS + kernel.pool._LINE] == kernel.pool._NO_CPU
     finally:
         pool.stop()
         pool._threads[0].join(timeout=10)
+
+
+def test_a_new_pool_shows_no_worker_on_any_cpu():
+    """The caller yields its CPU to a worker it sees on it (_make_way): before any worker has run, none is."""
+    pool = kernel.pool._WorkerPool(1)
+    published_cpus = pool.control[kernel.pool._WORKER_CPUS :: kernel.pool._LINE]
+    assert len(published_cpus) == kernel.pool._MAX_THREADS
+    assert (published_cpus == kernel.pool._NO_CPU).all()
 
 
 def few_and_many_pixel_cases(rng):

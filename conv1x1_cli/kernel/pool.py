@@ -177,6 +177,12 @@ _CPU_SET_WORDS = 16  # a cpu_set_t: 1024 CPUs, as glibc's
 
 
 @njit(inline="always")
+def _threads_of(segment_word):
+    """How many threads take part in the job that a segment word belongs to."""
+    return (segment_word >> _THREADS_SHIFT) & 0xFF
+
+
+@njit(inline="always")
 def _claim(control, segment, from_end, kind, me):
     """Claim one unclaimed chunk of ``segment``: its first (a thread's own segment) or its last
     (when helping another thread).  Returns the chunk, _NOTHING, or _OTHER_KIND for a job of
@@ -190,7 +196,7 @@ def _claim(control, segment, from_end, kind, me):
     while True:
         word = _atomic_load(control, slot)
         start, end = (word >> _START_SHIFT) & _MAX_CHUNKS, word & _MAX_CHUNKS
-        if start >= end or me >= (word >> _THREADS_SHIFT) & 0xFF:
+        if start >= end or me >= _threads_of(word):
             return _NOTHING
         if (word >> _KIND_SHIFT) & 0xFF != kind:
             return _OTHER_KIND
@@ -297,22 +303,23 @@ def _serve(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_marker, 
     """
     idle = 0
     avoided = _NO_CPU  # the caller's CPU, which this worker is kept off while it is awake
-    while True:
-        if _atomic_load(control, _STOP) != 0:
-            _avoid_cpu(_NO_CPU, avoided, cpu_sets)
-            return _STOPPED
+    published_cpu = _NO_CPU  # what this worker's line in _WORKER_CPUS says
+    my_segment, my_cpu_slot = _SEGMENTS + me * _LINE, _WORKER_CPUS + me * _LINE
+    result = _STOPPED
+    while _atomic_load(control, _STOP) == 0:
         main_cpu = _atomic_load(control, _MAIN_CPU)
         if main_cpu != avoided:
             avoided = _avoid_cpu(main_cpu, avoided, cpu_sets)
         cpu = _sched_getcpu()
-        if cpu != _atomic_load(control, _WORKER_CPUS + me * _LINE):
-            _atomic_store(control, _WORKER_CPUS + me * _LINE, cpu)
+        if cpu != published_cpu:
+            _atomic_store(control, my_cpu_slot, cpu)
+            published_cpu = cpu
         # How many threads share the current job, as this worker's own segment word says.
-        n_threads = (_atomic_load(control, _SEGMENTS + me * _LINE) >> _THREADS_SHIFT) & 0xFF
+        n_threads = _threads_of(_atomic_load(control, my_segment))
         chunk = _next_chunk(control, kind, me, n_threads) if me < n_threads else _NOTHING
         if chunk == _OTHER_KIND:
-            _avoid_cpu(_NO_CPU, avoided, cpu_sets)
-            return _OTHER_KIND
+            result = _OTHER_KIND
+            break
         if chunk != _NOTHING:
             _compute_chunk(job, chunk, job[_JOB_CHUNKS], row_marker, width_marker, like)
             _atomic_add(control, _DONE, 1)
@@ -323,11 +330,13 @@ def _serve(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_marker, 
         else:
             # Asleep, it may be woken anywhere (and is moved off the caller's CPU once awake).
             avoided = _avoid_cpu(_NO_CPU, avoided, cpu_sets)
-            _atomic_store(control, _WORKER_CPUS + me * _LINE, _NO_CPU)
+            _atomic_store(control, my_cpu_slot, _NO_CPU)
+            published_cpu = _NO_CPU
             _sleep(control, me, semaphore)
             # A job this worker may not join (a call with fewer threads) wakes it too: back to sleep.
-            joins = me < (_atomic_load(control, _SEGMENTS + me * _LINE) >> _THREADS_SHIFT) & 0xFF
-            idle = 0 if joins else idle_turns
+            idle = 0 if me < _threads_of(_atomic_load(control, my_segment)) else idle_turns
+    _avoid_cpu(_NO_CPU, avoided, cpu_sets)  # back on all its CPUs
+    return result
 
 
 @njit(inline="always")
@@ -335,8 +344,7 @@ def _has_work(control, me):
     """Whether some segment still has unclaimed chunks that thread ``me`` may take."""
     for segment in range(_MAX_THREADS):
         word = _atomic_load(control, _SEGMENTS + segment * _LINE)
-        threads = (word >> _THREADS_SHIFT) & 0xFF
-        if me < threads and (word >> _START_SHIFT) & _MAX_CHUNKS < word & _MAX_CHUNKS:
+        if me < _threads_of(word) and (word >> _START_SHIFT) & _MAX_CHUNKS < word & _MAX_CHUNKS:
             return True
     return False
 
@@ -405,6 +413,7 @@ class _WorkerPool:
 
     def __init__(self, n_workers: int):
         self.control = np.zeros(_CONTROL_WORDS, np.int64)
+        self.control[_WORKER_CPUS:] = _NO_CPU  # no worker is on any CPU yet (_make_way reads these)
         self.job = np.zeros(_JOB_FIELDS, np.int64)
         self.semaphore = _new_semaphore() if n_workers else None
         self.busy = threading.Lock()  # one calling thread at a time; others run alone
