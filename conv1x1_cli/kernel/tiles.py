@@ -278,8 +278,7 @@ def _compute_chunk(job, chunk, n_chunks, row_marker, width_marker, like):
     out = numba.carray(_pointer(job[_JOB_OUT], like), (n_pixels, job[_JOB_FILTERS]))
     n_long, n_short = _tile_counts_inline(n_pixels, len(row_marker))
     n_pairs = (n_long + n_short) * n_panels
-    # The arrays go to a function of their own: with the tile loop in this function, next to the
-    # pointer arithmetic, LLVM kept the accumulators in memory (scalar FMAs, 15x slower).
+    # This function only rebuilds the arrays from the job's addresses; the loop over the pairs works on them.
     _compute_pairs(
         pixels,
         panels,
