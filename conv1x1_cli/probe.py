@@ -8,8 +8,8 @@ Each thread runs ``_CHAINS`` independent accumulator vectors of ``_LANES`` float
 (4 cycles) is covered even on a core with two 512-bit FMA pipes, and all chains stay in registers:
 the accumulators live in a fixed-size stack allocation that LLVM promotes to registers once the
 lane loops are fully unrolled, and the SLP vectoriser (switched on only while this function
-compiles, as the kernel does for its own code) fuses each chain's lanes into one
-``vfmadd...ps zmm``. ``mul`` < 1 keeps values bounded and away from denormals.
+compiles; the kernel no longer needs it, its tile being written as vector IR) fuses each chain's
+lanes into one ``vfmadd...ps zmm``. ``mul`` < 1 keeps values bounded and away from denormals.
 
 >>> fma_peak_gflops(threads=1, seconds=0.01) > 0
 True
