@@ -74,6 +74,37 @@ def test_fortran_ordered_and_strided_inputs(rng):
     assert_close_to_reference(conv1x1(strided, w), strided, w)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_plain_arrays_and_the_general_path_give_the_same_bits(rng, dtype, with_bias):
+    """A C-contiguous array with a bank and bias of its dtype skips the general path's checks; the
+    same values through the general path (a Fortran-ordered copy, a list of one bank) must agree."""
+    x = rng.standard_normal((7, 11, 20)).astype(dtype)
+    w = rng.standard_normal((20, 70)).astype(dtype)
+    b = rng.standard_normal(70).astype(dtype) if with_bias else None
+    plain = conv1x1(x, w, b)
+    np.testing.assert_array_equal(plain, conv1x1(np.asfortranarray(x), [w], [b] if with_bias else None))
+    assert_close_to_reference(plain, x, w, b)
+
+
+@pytest.mark.parametrize(
+    ("x", "w", "bias", "message"),
+    [
+        (np.zeros((2, 3), np.float32), np.zeros((3, 2), np.float32), np.zeros(3, np.float32), r"shape \(2,\)"),
+        (np.zeros((2, 3), np.float32), np.zeros((4, 2), np.float32), None, "expects 4 input channels"),
+        (np.zeros((2, 3), np.float32), np.zeros((3, 0), np.float32), None, "is empty"),
+    ],
+)
+def test_plain_arrays_with_mismatched_banks_get_the_general_paths_errors(x, w, bias, message):
+    with pytest.raises(ShapeError, match=message):
+        conv1x1(x, w, bias)
+
+
+def test_an_unknown_activation_is_refused_for_plain_arrays_too():
+    with pytest.raises(ShapeError, match="activation must be one of relu, none"):
+        conv1x1(np.zeros((2, 3), np.float32), np.zeros((3, 2), np.float32), activation="tanh")
+
+
 @pytest.mark.parametrize("shape", [(2, 6, 5, 7), (6, 5, 7)])
 def test_nchw_input_keeps_its_layout(rng, shape):
     x = rng.standard_normal(shape).astype(np.float32)
