@@ -141,6 +141,59 @@ def test_thread_count_does_not_change_a_single_bit(layer, rng):
         assert_pool_healthy(kernel._worker_pool())
 
 
+@contextmanager
+def channel_blocks(block_bytes):
+    """Every panel, however small, is accumulated in blocks of block_bytes of it (at least one channel)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kernel, "_PANEL_BYTES_WHOLE", -1)
+        patch.setattr(kernel, "_BLOCK_BYTES", block_bytes)
+        yield
+
+
+# Pixel counts whose tiles of 6 (or 8) rows overlap: no sum of 6s and 5s (8s and 7s) reaches them.
+OVERLAPPING_TILES = [7, 8, 9, 13, 14, 19, 10, 11, 12, 17, 18, 20, 25, 26, 27, 33, 34, 41]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    pixels=st.one_of(st.sampled_from(OVERLAPPING_TILES), st.integers(1, 200)),
+    channels=st.integers(1, 70),
+    filters=st.integers(1, 140),
+    dtype=st.sampled_from(["float32", "float64"]),
+    with_bias=st.booleans(),
+    relu=st.booleans(),
+    block_bytes=st.integers(1, 4096),
+    threads=st.sampled_from([None, 1, 2]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_channel_blocks_of_any_size_give_the_bits_of_one_pass(
+    pixels, channels, filters, dtype, with_bias, relu, block_bytes, threads, seed
+):
+    """A tile over a later block of channels starts from the partial sums the block before left in
+    the output, so blocks change no bit; that includes pixel counts whose tiles overlap, which must
+    then be computed in one pass (blocks would add the overlap twice)."""
+    x, w, b = problem(np.random.default_rng(seed), pixels, channels, filters, dtype, with_bias)
+    with through_the_pool():
+        one_pass = convolve(x, w, b, relu, threads)
+        with channel_blocks(block_bytes):
+            blocked = convolve(x, w, b, relu, threads)
+    assert_close_to_reference(one_pass, x, w, b, relu)
+    np.testing.assert_array_equal(blocked, one_pass)
+
+
+def test_real_blocks_of_channels_are_used_for_a_big_panel_and_change_no_bit(rng):
+    """7x7x2048->512 (512 KiB panels) is accumulated 256 channels at a time, as one pass would."""
+    x, w, b = problem(rng, 49, 2048, 512, "float32")
+    packed = kernel.pack_bank(w, b)
+    assert kernel._channel_block(packed, 49, packed.rows) == 256
+    blocked = convolve(x, w, b)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kernel, "_PANEL_BYTES_WHOLE", 2**40)
+        assert kernel._channel_block(packed, 49, packed.rows) == 2048
+        np.testing.assert_array_equal(convolve(x, w, b), blocked)
+    assert_close_to_reference(blocked, x, w, b)
+
+
 def chunks_taken_by_the_worker(pool):
     """How many chunks of the last two-thread job the worker computed, read from the segment words.
 
@@ -456,8 +509,11 @@ def test_nan_and_inf_propagate_through_the_pool_as_in_numpy(dtype, relu, rng, mo
     np.testing.assert_array_equal(result, convolve(x, w, b, relu, threads=1))
 
 
-def test_no_channels_gives_the_bias_and_no_pixels_gives_nothing(monkeypatch):
+@pytest.mark.parametrize("blocked", [False, True], ids=["one pass", "channel blocks"])
+def test_no_channels_gives_the_bias_and_no_pixels_gives_nothing(monkeypatch, blocked):
     monkeypatch.setattr(kernel, "_SERIAL_WORK", 0)
+    if blocked:
+        monkeypatch.setattr(kernel, "_PANEL_BYTES_WHOLE", -1)
     bias = np.arange(-2, 3, dtype=np.float32)
     for pixels in (1, 7, 300):
         np.testing.assert_array_equal(

@@ -229,6 +229,7 @@ def _run_pooled(
     out,
     relu,
     panel_major,
+    block,
     n_chunks,
     n_threads,
     kind,
@@ -246,7 +247,7 @@ def _run_pooled(
     for the chunks still running.  A worker that is asleep, or slow to wake, only means that this
     thread takes more of its segment.
     """
-    _describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, n_chunks)
+    _describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, block, n_chunks)
     _atomic_store(control, _DONE, 0)
     main_cpu = _sched_getcpu()
     _atomic_store(control, _MAIN_CPU, main_cpu)

@@ -26,8 +26,10 @@
   of it (``_compute_chunk``): a contiguous run of its (pixel tile, panel) pairs.
 * Floating point.  Each output is one chain of fused multiply-adds in channel
   order, so the thread count never changes a bit of the result; no fast-math
-  flag is used.  ReLU is ``0 if v < 0 else v``, which keeps NaN (like
-  ``np.maximum(v, 0)`` and PyTorch), and Inf/NaN propagate through FMA.
+  flag is used.  A tile over a later block of channels picks the chain up from
+  the partial sum that the tile over the block before stored in the output.
+  ReLU is ``0 if v < 0 else v``, which keeps NaN (like ``np.maximum(v, 0)``
+  and PyTorch), and Inf/NaN propagate through FMA.
 
 """
 
@@ -113,12 +115,15 @@ class _TileCode:
 
     # The tile: accumulate, activate, store.
 
-    def accumulate(self, initial, pixel_rows, pixel_step, panel, panel_step, n_channels):
-        """The accumulators after every channel: initial[v] + sum over c of pixel[r, c] * panel[c, v].
+    def accumulate(self, initial, pixel_rows, pixel_step, panel, panel_step, first_channel, n_channels):
+        """The accumulators after channels first_channel .. first_channel + n_channels - 1:
+        initial[r][v] + sum over those c of pixel[r, c] * panel[c, v].
 
         pixel_rows[r] points at pixel r's channel 0 and panel at channel 0's panel row; channel c is
         c * pixel_step and c * panel_step bytes on.  Each product is one fused multiply-add, added in
-        channel order.
+        channel order.  (The loop counts from first_channel rather than moving the pointers there: with
+        pointers moved, LLVM kept one register per pixel row and spilled two accumulators to the stack,
+        at half the speed.)
         """
         builder, intp = self.builder, self.intp
         fma = self.intrinsic("fma", self.vector, [self.vector] * 3)
@@ -139,18 +144,58 @@ class _TileCode:
                 [builder.call(fma, [pixel, weights, a]) for weights, a in zip(panel_row, acc_row, strict=True)]
             )
         next_channel = builder.add(channel, intp(1))
-        builder.cbranch(builder.icmp_signed("<", next_channel, n_channels), loop, done)
+        builder.cbranch(builder.icmp_signed("<", next_channel, builder.add(first_channel, n_channels)), loop, done)
 
-        channel.add_incoming(intp(0), entry)
+        channel.add_incoming(first_channel, entry)
         channel.add_incoming(next_channel, loop)
         builder.position_at_end(done)
         final = [[builder.phi(self.vector) for _ in range(self.n_vectors)] for _ in range(self.rows)]
         for r in range(self.rows):
             for v in range(self.n_vectors):
                 for phi in (acc[r][v], final[r][v]):
-                    phi.add_incoming(initial[v], entry)
+                    phi.add_incoming(initial[r][v], entry)
                     phi.add_incoming(updated[r][v], loop)
         return final
+
+    def initial(self, bias, out_rows, n_valid, first_channel):
+        """Where each row's accumulators start: the bias when the channels start at 0, else the partial
+        sums that the tiles over the channels before left in the output rows (only the first n_valid
+        elements are read: masked loads for a partial last panel)."""
+        builder = self.builder
+        with builder.if_else(builder.icmp_signed("==", first_channel, self.intp(0)), likely=True) as (first, later):
+            with first:
+                first_block = builder.basic_block
+            with later:
+                loaded = [self.load_valid(out_row, n_valid) for out_row in out_rows]
+                later_block = builder.basic_block
+        rows = []
+        for loaded_row in loaded:
+            row = []
+            for bias_vector, loaded_vector in zip(bias, loaded_row, strict=True):
+                phi = builder.phi(self.vector)
+                phi.add_incoming(bias_vector, first_block)
+                phi.add_incoming(loaded_vector, later_block)
+                row.append(phi)
+            rows.append(row)
+        return rows
+
+    def load_valid(self, base, n_valid):
+        builder = self.builder
+        mask_type = ir.VectorType(ir.IntType(1), self.lanes)
+        argument_types = [self.vector.as_pointer(), self.i32, mask_type, self.vector]
+        masked_load = self.intrinsic("masked.load", self.vector, argument_types, name_suffix=".p0")
+        zeros = ir.Constant(self.vector, [0.0] * self.lanes)
+        alignment = self.i32(self.itemsize)
+        return [
+            builder.call(masked_load, [self.vector_pointer(base, v), alignment, self.lane_mask(v, n_valid), zeros])
+            for v in range(self.n_vectors)
+        ]
+
+    def lane_mask(self, v, n_valid):
+        """Which lanes of the v-th vector of a row hold one of its first n_valid elements."""
+        valid = self.splat(self.builder.trunc(n_valid, self.i32), ir.VectorType(self.i32, self.lanes))
+        lane_filters = ir.Constant(ir.VectorType(self.i32, self.lanes), [v * self.lanes + i for i in range(self.lanes)])
+        return self.builder.icmp_signed("<", lane_filters, valid)
 
     def activate(self, values, relu):
         """max(v, floor), with floor 0 when relu holds (ReLU) and -inf otherwise (identity).
@@ -178,12 +223,8 @@ class _TileCode:
                 argument_types = [self.vector, self.vector.as_pointer(), self.i32, mask_type]
                 # (overloaded on the pointer type too: p0, a pointer in address space 0)
                 masked_store = self.intrinsic("masked.store", ir.VoidType(), argument_types, name_suffix=".p0")
-                valid = self.splat(builder.trunc(n_valid, self.i32), ir.VectorType(self.i32, self.lanes))
                 for v in range(self.n_vectors):
-                    lane_filters = ir.Constant(
-                        ir.VectorType(self.i32, self.lanes), [v * self.lanes + i for i in range(self.lanes)]
-                    )
-                    mask = builder.icmp_signed("<", lane_filters, valid)
+                    mask = self.lane_mask(v, n_valid)
                     for row, out_row in zip(values, out_rows, strict=True):
                         builder.call(
                             masked_store, [row[v], self.vector_pointer(out_row, v), self.i32(self.itemsize), mask]
@@ -191,31 +232,42 @@ class _TileCode:
 
 
 @intrinsic
-def _tile(typingctx, pixels, first_pixel, panels, panel_bias, k, out, relu, row_marker, width_marker):
-    """One tile: out[p + r, k*width + j] = act(panel_bias[k, j] + pixels[p + r, :] @ panels[:, k, j]) for
-    p = first_pixel, r < len(row_marker), j < width (the panel's width) and k*width + j < out.shape[1]."""
+def _tile(typingctx, pixels, first_pixel, panels, panel_bias, k, out, relu, channels, row_marker, width_marker):
+    """One tile over one block of channels: for p = first_pixel, r < len(row_marker), j < width (the
+    panel's width) with k*width + j < out.shape[1], and (c0, n) = channels, c1 = c0 + n,
+
+        out[p + r, k*width + j] = start + pixels[p + r, c0:c1] @ panels[c0:c1, k, j],
+
+    where start is panel_bias[k, j] when c0 is 0 and what the tile of the block before left in out
+    otherwise; the activation is applied (ReLU when relu holds) once c1 reaches the last channel."""
     rows, width = len(row_marker), len(width_marker) * _WIDTH_STEP
-    signature = types.void(pixels, first_pixel, panels, panel_bias, k, out, relu, row_marker, width_marker)
+    signature = types.void(pixels, first_pixel, panels, panel_bias, k, out, relu, channels, row_marker, width_marker)
 
     def codegen(context, builder, signature, args):
         code = _TileCode(context, builder, pixels.dtype, rows, width)
         pixels_value, first_pixel_value, panels_value, bias_value, k_value, out_value, relu_value = args[:7]
+        first_channel_value, n_block_value = cgutils.unpack_tuple(builder, args[7])
         pixel_data, pixel_shape, pixel_strides = code.view(pixels, pixels_value)
         panel_data, _, panel_strides = code.view(panels, panels_value)
         bias_data, _, bias_strides = code.view(panel_bias, bias_value)
         out_data, out_shape, out_strides = code.view(out, out_value)
 
         row_indices = [builder.add(first_pixel_value, code.intp(r)) for r in range(rows)]
-        pixel_rows = [code.address(pixel_data, (row, pixel_strides[0])) for row in row_indices]
-        panel = code.address(panel_data, (k_value, panel_strides[1]))
-        bias = code.load_vectors(code.address(bias_data, (k_value, bias_strides[0])))
-        sums = code.accumulate(bias, pixel_rows, pixel_strides[1], panel, panel_strides[0], pixel_shape[1])
-
         first_filter = builder.mul(k_value, code.intp(width))
+        n_valid = builder.sub(out_shape[1], first_filter)
+
         out_rows = [
             code.address(out_data, (row, out_strides[0]), (first_filter, out_strides[1])) for row in row_indices
         ]
-        code.store(code.activate(sums, relu_value), out_rows, builder.sub(out_shape[1], first_filter))
+        bias = code.load_vectors(code.address(bias_data, (k_value, bias_strides[0])))
+        start = code.initial(bias, out_rows, n_valid, first_channel_value)
+        pixel_rows = [code.address(pixel_data, (row, pixel_strides[0])) for row in row_indices]
+        panel = code.address(panel_data, (k_value, panel_strides[1]))
+        sums = code.accumulate(
+            start, pixel_rows, pixel_strides[1], panel, panel_strides[0], first_channel_value, n_block_value
+        )
+        last_block = builder.icmp_signed(">=", builder.add(first_channel_value, n_block_value), pixel_shape[1])
+        code.store(code.activate(sums, builder.and_(relu_value, last_block)), out_rows, n_valid)
         return context.get_dummy_value()
 
     return signature, codegen
@@ -262,7 +314,7 @@ def _pointer(typingctx, address, like):
 # A job is published to the workers as int64 fields: array addresses and shapes.
 _JOB_PIXELS, _JOB_PANELS, _JOB_BIAS, _JOB_OUT = 0, 1, 2, 3
 _JOB_PIXEL_COUNT, _JOB_CHANNELS, _JOB_PANEL_COUNT, _JOB_FILTERS = 4, 5, 6, 7
-_JOB_RELU, _JOB_PANEL_MAJOR, _JOB_CHUNKS = 8, 9, 10
+_JOB_RELU, _JOB_PANEL_MAJOR, _JOB_CHUNKS, _JOB_BLOCK = 8, 9, 10, 11
 _JOB_FIELDS = 16
 
 
@@ -286,6 +338,7 @@ def _compute_chunk(job, chunk, n_chunks, row_marker, width_marker, like):
         out,
         job[_JOB_RELU] != 0,
         job[_JOB_PANEL_MAJOR] != 0,
+        job[_JOB_BLOCK],
         chunk * n_pairs // n_chunks,
         (chunk + 1) * n_pairs // n_chunks,
         row_marker,
@@ -309,47 +362,55 @@ _tile_counts_inline = njit(inline="always")(_tile_counts)
 
 
 @njit(cache=True, nogil=True)
-def _compute_pairs(pixels, panels, panel_bias, out, relu, panel_major, start, stop, row_marker, width_marker):
-    """(pixel tile, panel) pairs start..stop-1, in pixel-major or panel-major order.
+def _compute_pairs(pixels, panels, panel_bias, out, relu, panel_major, block, start, stop, row_marker, width_marker):
+    """(pixel tile, panel) pairs start..stop-1, in pixel-major or panel-major order, ``block``
+    channels at a time: every pair over the first block of channels, then every pair over the next.
 
     Pixel-major order walks one pixel tile (in L1) past every panel; panel-major order walks one
-    panel (in L2) past every pixel tile.
+    panel (in L2) past every pixel tile.  Blocks of channels keep the part of the bank that the
+    pairs share small enough to stay in L2 while they all use it (see _channel_block).
     """
-    n_pixels = pixels.shape[0]
+    n_pixels, n_channels = pixels.shape
     rows = len(row_marker)
     short_marker = row_marker[1:]  # the tile one row shorter: its own unrolled code
     n_long, n_short = _tile_counts_inline(n_pixels, rows)
     n_inner = n_long + n_short if panel_major else panels.shape[1]
-    # Walk the pairs with counters: a division per pair costs as much as a
-    # whole tile when there are few channels (RGB stem).
-    outer, inner = start // n_inner, start % n_inner
-    for _ in range(stop - start):
-        if panel_major:
-            k, t = outer, inner
-        else:
-            t, k = outer, inner
-        if k == 0 and not panel_major:
-            # Entering a pixel tile: ask for the pixels a few tiles on. The hardware prefetchers
-            # stop at every 4 KiB page, and pixels streamed from memory without this ran 8-14 %
-            # slower (25088x256->64 on two cores: 178 against 193 GFLOP/s, side by side). Few
-            # pixels (panel-major order) are in cache already.
-            _prefetch_ahead(pixels, t * rows, rows)
-        if t < n_long:
-            # (shifted back to end at n_pixels when there are no short tiles:
-            # it recomputes a few rows, same values, instead of a scalar remainder loop)
-            first_pixel = min(t * rows, n_pixels - rows)
-            _tile(pixels, first_pixel, panels, panel_bias, k, out, relu, row_marker, width_marker)
-        else:
-            first_pixel = n_long * rows + (t - n_long) * (rows - 1)
-            _tile(pixels, first_pixel, panels, panel_bias, k, out, relu, short_marker, width_marker)
-        inner += 1
-        if inner == n_inner:
-            inner = 0
-            outer += 1
+    # (one pass even without channels: it writes the bias)
+    for first_channel in range(0, max(n_channels, 1), block):
+        n_block = min(block, n_channels - first_channel)
+        # Walk the pairs with counters: a division per pair costs as much as a
+        # whole tile when there are few channels (RGB stem).
+        outer, inner = start // n_inner, start % n_inner
+        for _ in range(stop - start):
+            if panel_major:
+                k, t = outer, inner
+            else:
+                t, k = outer, inner
+            if k == 0 and not panel_major and n_block == n_channels:
+                # Entering a pixel tile: ask for the pixels a few tiles on. The hardware prefetchers
+                # stop at every 4 KiB page, and pixels streamed from memory without this ran 8-14 %
+                # slower (25088x256->64 on two cores: 178 against 193 GFLOP/s, side by side). Few
+                # pixels (panel-major order) are in cache already; and with blocks of channels,
+                # prefetching the next tiles' part of the rows made 1568x2048->512 slower (173 and
+                # 169 GFLOP/s against 180 without, side by side).
+                _prefetch_ahead(pixels, t * rows, rows)
+            channels = (first_channel, n_block)
+            if t < n_long:
+                # (shifted back to end at n_pixels when there are no short tiles:
+                # it recomputes a few rows, same values, instead of a scalar remainder loop)
+                first_pixel = min(t * rows, n_pixels - rows)
+                _tile(pixels, first_pixel, panels, panel_bias, k, out, relu, channels, row_marker, width_marker)
+            else:
+                first_pixel = n_long * rows + (t - n_long) * (rows - 1)
+                _tile(pixels, first_pixel, panels, panel_bias, k, out, relu, channels, short_marker, width_marker)
+            inner += 1
+            if inner == n_inner:
+                inner = 0
+                outer += 1
 
 
 @njit(inline="always")
-def _describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, n_chunks):
+def _describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, block, n_chunks):
     """Write the job's array addresses and shapes into ``job``, where any thread can read them."""
     job[_JOB_PIXELS] = pixels.ctypes.data
     job[_JOB_PANELS] = panels.ctypes.data
@@ -357,13 +418,13 @@ def _describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, n_chu
     job[_JOB_OUT] = out.ctypes.data
     job[_JOB_PIXEL_COUNT], job[_JOB_CHANNELS] = pixels.shape
     job[_JOB_PANEL_COUNT], job[_JOB_FILTERS] = panels.shape[1], out.shape[1]
-    job[_JOB_RELU], job[_JOB_PANEL_MAJOR] = relu, panel_major
+    job[_JOB_RELU], job[_JOB_PANEL_MAJOR], job[_JOB_BLOCK] = relu, panel_major, block
     job[_JOB_CHUNKS] = n_chunks
 
 
 @njit(cache=True, nogil=True)
-def _run_alone(pixels, panels, panel_bias, out, relu, panel_major, row_marker, width_marker, like):
+def _run_alone(pixels, panels, panel_bias, out, relu, panel_major, block, row_marker, width_marker, like):
     """A whole job on the calling thread.  (It calls no Linux-only function, unlike the pool's code.)"""
     job = np.empty(_JOB_FIELDS, np.int64)
-    _describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, 1)
+    _describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, block, 1)
     _compute_chunk(job, 0, 1, row_marker, width_marker, like)
