@@ -144,7 +144,8 @@ def test_quick_run_on_a_tiny_suite_returns_verified_rows_and_saves_limits(tmp_pa
         assert row.verified and row.repeats >= 5
         assert row.torch_seconds is None
         assert row.ours_seconds > 0 and row.numpy_seconds > 0
-    assert steps[0] == ("machine limits", 0, 3) and steps[-1] == ("done", 3, 3)
+    assert steps[0] == ("machine limits", 0, 4) and steps[-1] == ("done", 4, 4)
+    assert steps[-2] == ("machine limits again", 3, 4)
     assert report.limits_saved and load_limits() == report.limits
     assert report.limits.source.startswith("measured ")
     assert report.summary.mismatches == []
