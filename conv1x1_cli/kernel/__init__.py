@@ -328,7 +328,7 @@ def _channel_block(packed: PackedBank, n_pixels: int, rows: int) -> int:
     pixels, and when the bank's rows lie a power of two of bytes apart in 2 MiB pages (NumPy asks
     for those above 4 MiB) they fall into a quarter of L2's sets. 7x7x2048->512 ran at 154 GFLOP/s,
     and at 188 with the same bank copied into 4 KiB pages. Blocks of 256 channels, each over every
-    pair of a chunk before the next: 146 -> 169 (49 pixels) and 151 -> 178 (1568), side by side.
+    pair of a chunk before the next: 148 -> 178 (49 pixels) and 160 -> 192 (1568), side by side.
 
     Tiles that overlap (a pixel count no sum of two tile heights reaches) recompute rows, which
     only a single pass may do: blocks would add the overlap twice.

@@ -1,17 +1,18 @@
 """The micro-kernel: one tile of pixels x one panel of filters, accumulated in registers.
 
 * Micro-kernel.  A tile of ``rows`` pixels x one panel is accumulated over all
-  channels in an accumulator tile (6x64 float32 = 24 zmm registers): per
-  channel, 4 vector loads of the panel row, 6 broadcasts of pixel values and 24
-  FMAs.  The tile is written as LLVM IR (``_tile``, ``_TileCode``) with its
-  accumulators as SIMD values, so it needs neither of LLVM's vectorisers and
-  compiles the same in every function it is inlined into.  The tile shape
-  reaches the compiler through the *types* of two marker tuples (``len`` of a
-  tuple type is a constant), so one source serves every shape and each shape
-  is its own cached specialisation (closures over constants would not do:
-  numba's cache key hashes closure cells, and a cell holding a dispatcher
-  hashes differently in every process).  Bias initialises the accumulators;
-  ReLU is applied on the way out.
+  channels (or one block of them, see ``_compute_pairs``) in an accumulator
+  tile (6x64 float32 = 24 zmm registers): per channel, 4 vector loads of the
+  panel row, 6 broadcasts of pixel values and 24 FMAs.  The tile is written as
+  LLVM IR (``_tile``, ``_TileCode``) with its accumulators as SIMD values, so
+  it needs neither of LLVM's vectorisers and compiles the same in every
+  function it is inlined into.  The tile shape reaches the compiler through
+  the *types* of two marker tuples (``len`` of a tuple type is a constant), so
+  one source serves every shape and each shape is its own cached
+  specialisation (closures over constants would not do: numba's cache key
+  hashes closure cells, and a cell holding a dispatcher hashes differently in
+  every process).  Bias (or the block before's partial sums) initialises the
+  accumulators; ReLU is applied on the way out of the last block.
 * Remainders.  Pixels are covered by tiles of ``rows`` and then of ``rows - 1``
   pixels (``_tile_counts``): 49 = 4x6 + 5x5, so no row is computed twice.  A
   tile one row shorter runs at almost the same speed per row, while
@@ -180,6 +181,8 @@ class _TileCode:
         return rows
 
     def load_valid(self, base, n_valid):
+        """The width elements from base as n_vectors vectors, reading only the first n_valid of them
+        (masked loads, zeros in the other lanes): a partial last panel's row ends before width."""
         builder = self.builder
         mask_type = ir.VectorType(ir.IntType(1), self.lanes)
         argument_types = [self.vector.as_pointer(), self.i32, mask_type, self.vector]
