@@ -185,11 +185,11 @@ def test_real_blocks_of_channels_are_used_for_a_big_panel_and_change_no_bit(rng)
     """7x7x2048->512 (512 KiB panels) is accumulated 256 channels at a time, as one pass would."""
     x, w, b = problem(rng, 49, 2048, 512, "float32")
     packed = kernel.pack_bank(w, b)
-    assert kernel._channel_block(packed, 49, packed.rows) == 256
+    assert kernel._channel_block(packed, exact_cover=True) == 256
     blocked = convolve(x, w, b)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(kernel, "_PANEL_BYTES_WHOLE", 2**40)
-        assert kernel._channel_block(packed, 49, packed.rows) == 2048
+        assert kernel._channel_block(packed, exact_cover=True) == 2048
         np.testing.assert_array_equal(convolve(x, w, b), blocked)
     assert_close_to_reference(blocked, x, w, b)
 

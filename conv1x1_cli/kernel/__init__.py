@@ -272,13 +272,14 @@ def apply_to_new_output(
     # Panel-major when the bank outweighs the pixels: each panel then stays in
     # cache while it meets every pixel tile.
     panel_major = n_pixels < packed.n_filters
-    block = _channel_block(packed, n_pixels, rows)
+    n_long, n_short = _tile_counts(n_pixels, rows)
+    block = _channel_block(packed, exact_cover=n_long * rows + n_short * (rows - 1) == n_pixels)
     arrays = (pixels, packed.panels, packed.panel_bias, out, bool(relu), panel_major, block)
     pool = None if alone else _worker_pool()
     if pool is not None and pool.n_workers and pool.busy.acquire(blocking=False):
         try:
             n_threads = 1 + (pool.n_workers if threads is None else min(int(threads) - 1, pool.n_workers))
-            n_pairs = sum(_tile_counts(n_pixels, rows)) * packed.panels.shape[1]
+            n_pairs = (n_long + n_short) * packed.panels.shape[1]
             n_chunks = min(n_pairs, _CHUNKS_PER_THREAD * n_threads, _MAX_CHUNKS)
             if panel_major and block < packed.n_channels:
                 n_chunks = min(n_chunks, _CHUNKS_PER_PANEL * packed.panels.shape[1])
@@ -321,7 +322,7 @@ _BLOCK_BYTES = 64 * 1024
 _CHUNKS_PER_PANEL = 2
 
 
-def _channel_block(packed: PackedBank, n_pixels: int, rows: int) -> int:
+def _channel_block(packed: PackedBank, exact_cover: bool) -> int:
     """How many channels each tile accumulates at a time: all of them, or a block (see _PANEL_BYTES_WHOLE).
 
     A tile reads its whole panel, which with C = 2048 is 512 KiB: it shares L2 (1 MiB here) with the
@@ -330,13 +331,11 @@ def _channel_block(packed: PackedBank, n_pixels: int, rows: int) -> int:
     and at 188 with the same bank copied into 4 KiB pages. Blocks of 256 channels, each over every
     pair of a chunk before the next: 148 -> 178 (49 pixels) and 160 -> 192 (1568), side by side.
 
-    Tiles that overlap (a pixel count no sum of two tile heights reaches) recompute rows, which
-    only a single pass may do: blocks would add the overlap twice.
+    Unless the tiles cover the pixels exactly, the last one overlaps the one before and recomputes
+    its rows, which only a single pass may do: blocks would add the overlap twice.
     """
-    n_long, n_short = _tile_counts(n_pixels, rows)
     panel_row_bytes = packed.width * packed.dtype.itemsize
-    overlapping = n_long * rows + n_short * (rows - 1) != n_pixels
-    if overlapping or packed.n_channels * panel_row_bytes <= _PANEL_BYTES_WHOLE:
+    if not exact_cover or packed.n_channels * panel_row_bytes <= _PANEL_BYTES_WHOLE:
         return max(packed.n_channels, 1)
     return max(1, _BLOCK_BYTES // panel_row_bytes)
 
