@@ -662,6 +662,23 @@ def test_pack_bank_refuses_what_the_kernel_cannot_take(bank, bias, exception, me
         kernel.pack_bank(bank, bias)
 
 
+@pytest.mark.parametrize("width", [4, 8, 16, 32, 64])
+def test_width_markers_stand_for_their_panel_width(width):
+    assert kernel.tiles._marker_width(kernel.tiles._width_marker_for(width)) == width
+
+
+def test_the_cuts_kept_per_filter_count_stay_bounded_and_right(monkeypatch):
+    monkeypatch.setattr(kernel, "_cuts", {})
+    monkeypatch.setattr(kernel, "_MAX_CUTS", 8)
+    x = np.arange(6 * 3, dtype=F32).reshape(6, 3) / 7
+    for filters in range(1, 30):
+        w = np.linspace(-1, 1, 3 * filters, dtype=F32).reshape(3, filters)
+        out = np.empty((6, filters), F32)
+        kernel.apply_packed(x, kernel.pack_bank(w, None), out, True, threads=1)
+        np.testing.assert_allclose(out, np.maximum(x.astype(np.float64) @ w, 0), rtol=1e-6, atol=1e-6)
+        assert len(kernel._cuts) <= 8
+
+
 # --- processes -------------------------------------------------------------------------------------------
 
 # Both fork scripts end by waiting for their child, at most `seconds`: a hang fails instead of blocking.

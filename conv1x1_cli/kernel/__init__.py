@@ -46,7 +46,7 @@ import numpy as np
 
 from .pool import _CPU_SET_WORDS, _IDLE_TURNS, _MAX_CHUNKS, _run_pooled, _serve, _worker_pool, _WorkerPool
 from .pool import default_threads as default_threads  # public: the probe uses it
-from .tiles import _VECTOR_BYTES, _WIDTH_STEP, _run_alone, _tile_counts
+from .tiles import _VECTOR_BYTES, _run_alone, _tile_counts, _width_marker_for
 
 # Below this many multiply-adds a call runs on one thread: handing chunks to a
 # spinning worker costs a few microseconds, which two threads win back from
@@ -65,7 +65,7 @@ class _Kind:
     def __init__(self, code: int, dtype: np.dtype, rows: int, width: int):
         self.code = code
         self.row_marker = tuple(range(rows))
-        self.width_marker = tuple(range(width // _WIDTH_STEP))
+        self.width_marker = _width_marker_for(width)
         self.like = np.empty(0, dtype)
         self.compiled_runs: set = set()
         self.serve_compiled = False
@@ -154,6 +154,33 @@ def _tile_shape(n_filters: int, itemsize: int) -> tuple[int, int]:
     return 6, 4 * lanes
 
 
+class _Cut:
+    """How every bank of one dtype and filter count is cut: the tile's rows, the panels (how many,
+    how wide) and the compiled kind that runs them."""
+
+    __slots__ = ("kind", "n_panels", "rows", "width")
+
+    def __init__(self, dtype: np.dtype, n_filters: int):
+        self.rows, self.width = _tile_shape(n_filters, dtype.itemsize)
+        self.n_panels = -(-n_filters // self.width)
+        self.kind = _kind(dtype, self.rows, self.width)
+
+
+# Cuts by (dtype char, filters), kept because working one out again cost a tenth of a tiny call.
+_cuts: dict[tuple[str, int], _Cut] = {}
+_MAX_CUTS = 1024  # (a program that tries every filter count does not grow this without end)
+
+
+def _cut(dtype: np.dtype, n_filters: int) -> _Cut:
+    key = (dtype.char, n_filters)
+    cut = _cuts.get(key)
+    if cut is None:
+        if len(_cuts) >= _MAX_CUTS:
+            _cuts.clear()
+        cut = _cuts[key] = _Cut(dtype, n_filters)
+    return cut
+
+
 class PackedBank:
     """A bank and bias padded to whole panels of ``width`` filters, ready for apply_packed.
 
@@ -166,16 +193,11 @@ class PackedBank:
 
     __slots__ = ("dtype", "kind", "n_channels", "n_filters", "panel_bias", "panels", "rows", "width")
 
-    def __init__(self, matrix, bias, n_channels, n_filters, rows, width):
-        n_panels = matrix.shape[1] // width
-        self.panels = matrix.reshape(n_channels, n_panels, width)
-        self.panel_bias = bias.reshape(n_panels, width)
-        self.n_channels = n_channels
-        self.n_filters = n_filters
-        self.dtype = matrix.dtype
-        self.rows = rows
-        self.width = width
-        self.kind = _kind(self.dtype, rows, width)
+    def __init__(self, panels: np.ndarray, panel_bias: np.ndarray, n_filters: int, cut: _Cut):
+        self.panels, self.panel_bias = panels, panel_bias
+        self.n_channels, self.n_filters = panels.shape[0], n_filters
+        self.dtype = panels.dtype
+        self.rows, self.width, self.kind = cut.rows, cut.width, cut.kind
 
     def __repr__(self) -> str:
         return (
@@ -192,27 +214,29 @@ def pack_bank(bank: np.ndarray, bias: np.ndarray | None) -> PackedBank:
     bank = np.asarray(bank)
     if bank.ndim != 2:
         raise ValueError(f"bank must be 2-D (channels, filters), got shape {bank.shape}")
-    if bank.dtype.char not in ("f", "d") or not bank.dtype.isnative:  # native float32 or float64
-        raise TypeError(f"bank must be float32 or float64, got {bank.dtype}")
+    dtype = bank.dtype
+    if dtype.char not in ("f", "d") or not dtype.isnative:  # native float32 or float64
+        raise TypeError(f"bank must be float32 or float64, got {dtype}")
     n_channels, n_filters = bank.shape
     if bias is not None:
         bias = np.asarray(bias)
         if bias.shape != (n_filters,):
             raise ValueError(f"bias must have shape ({n_filters},), got {bias.shape}")
-        if bias.dtype != bank.dtype:
-            raise TypeError(f"bias dtype {bias.dtype} differs from bank dtype {bank.dtype}")
+        if bias.dtype != dtype:
+            raise TypeError(f"bias dtype {bias.dtype} differs from bank dtype {dtype}")
 
-    rows, width = _tile_shape(n_filters, bank.dtype.itemsize)
-    padded = -(-n_filters // width) * width
-    if padded == n_filters and bank.flags.c_contiguous and bank.flags.aligned:
+    cut = _cut(dtype, n_filters)
+    padded = cut.n_panels * cut.width
+    flags = bank.flags
+    if padded == n_filters and flags.c_contiguous and flags.aligned:
         matrix = bank
     else:
-        matrix = np.zeros((n_channels, padded), dtype=bank.dtype)
+        matrix = np.zeros((n_channels, padded), dtype=dtype)
         matrix[:, :n_filters] = bank
-    padded_bias = np.zeros(padded, dtype=bank.dtype)
+    panel_bias = np.zeros((cut.n_panels, cut.width), dtype=dtype)
     if bias is not None:
-        padded_bias[:n_filters] = bias
-    return PackedBank(matrix, padded_bias, n_channels, n_filters, rows, width)
+        panel_bias.reshape(padded)[:n_filters] = bias
+    return PackedBank(matrix.reshape(n_channels, cut.n_panels, cut.width), panel_bias, n_filters, cut)
 
 
 def apply_packed(
