@@ -160,12 +160,13 @@ class Stack:
         self._packed = [kernel.pack_bank(layer.bank, layer.bias) for layer in layers]
         self.kernel_seconds = 0.0
 
-    def warm_up(self) -> None:
-        """Load (or compile) the kernel code every layer may run, so that it is not timed as work.
+    def warm_up(self) -> bool:
+        """Load (or compile) the kernel code every layer may run, so that it is not timed as work;
+        returns whether any had to be compiled.
 
         Only worth it where the kernel time is reported: it costs one small call per layer."""
-        for packed in self._packed:
-            self._kernel.prepare(packed, self.threads)
+        compiled = [self._kernel.prepare(packed, self.threads) for packed in self._packed]
+        return any(compiled)
 
     @property
     def filters(self) -> int:
@@ -448,9 +449,20 @@ class ApplyReport:
     cost: ChainCost
     seconds: float
     kernel_seconds: float
+    setup_seconds: float = 0.0  # loading numba and the kernel's code, part of seconds
+    compiled: bool = False  # whether that code had to be compiled (numba's cache lacked it)
 
     @classmethod
-    def of(cls, input_shape, volume: Volume, layers: list[Layer], seconds: float, kernel_seconds: float):
+    def of(
+        cls,
+        input_shape,
+        volume: Volume,
+        layers: list[Layer],
+        seconds: float,
+        kernel_seconds: float,
+        setup_seconds: float = 0.0,
+        compiled: bool = False,
+    ):
         cost = chain_cost(
             volume,
             [layer.filters for layer in layers],
@@ -458,7 +470,8 @@ class ApplyReport:
             dtype=layers[0].bank.dtype.name,
         )
         output_shape = volume.with_channels(layers[-1].filters).shape()
-        return cls(input_shape, [layer.bank.shape for layer in layers], output_shape, cost, seconds, kernel_seconds)
+        bank_shapes = [layer.bank.shape for layer in layers]
+        return cls(input_shape, bank_shapes, output_shape, cost, seconds, kernel_seconds, setup_seconds, compiled)
 
 
 @dataclass(frozen=True)
@@ -514,12 +527,15 @@ def apply_files(
             activation, volume.channels, dtype, npy.name
         )
         source = _source_for(npy, volume)
+        setup_started = time.perf_counter()
         stack = Stack(layers, threads)
-        stack.warm_up()
+        compiled = stack.warm_up()
+        setup_seconds = time.perf_counter() - setup_started
         output_volume = volume.with_channels(stack.filters)
         with NpyOutput(output_path, output_volume.shape(), dtype) as output:
             run(source, stack, StreamSink(output, volume, stack.filters, dtype), progress)
-    return ApplyReport.of(npy.header.shape, volume, layers, time.perf_counter() - started, stack.kernel_seconds)
+    seconds = time.perf_counter() - started
+    return ApplyReport.of(npy.header.shape, volume, layers, seconds, stack.kernel_seconds, setup_seconds, compiled)
 
 
 def _source_for(npy: NpyInput, volume: Volume):

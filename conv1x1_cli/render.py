@@ -294,13 +294,23 @@ def apply_summary(report) -> Table:
     table.add_row("output", shape_text(report.output_shape))
     table.add_row("params", count_text(report.cost.total("params")))
     table.add_row("MACs", count_text(report.cost.total("macs")))
-    table.add_row("time", f"{report.seconds * 1e3:,.1f} ms (kernel {report.kernel_seconds * 1e3:,.1f} ms)")
+    table.add_row("time", _time_text(report))
     table.add_row(
         "speed",
         f"{_rate(flops, report.kernel_seconds)} GFLOP/s in the kernel, "
         f"{_rate(flops, report.seconds)} GFLOP/s end to end",
     )
     return table
+
+
+def _time_text(report) -> str:
+    """The run's time, with the kernel's share and, when it was measured, the kernel's set-up."""
+    text = f"{report.seconds * 1e3:,.1f} ms (kernel {report.kernel_seconds * 1e3:,.1f} ms"
+    if report.compiled:
+        text += f"; compiling it {report.setup_seconds * 1e3:,.1f} ms, once: cached for later runs"
+    elif report.setup_seconds:
+        text += f"; loading it {report.setup_seconds * 1e3:,.1f} ms"
+    return text + ")"
 
 
 def _rate(flops: int, seconds: float) -> str:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 
+import numpy as np
 import pytest
 from rich.console import Console
 
@@ -128,3 +129,36 @@ def test_bench_renders_as_table_and_csv_from_one_report(tmp_path, monkeypatch):
     assert "tiny" in text and f"{row['ours_gflops']:,.1f}" in text and "yes" in text
     header, values = bench_csv_rows(report)
     assert dict(zip(header, values, strict=True))["ours_gflops"] == row["ours_gflops"]
+
+
+def apply_report(**timings):
+    from conv1x1_cli.accounting import Volume
+    from conv1x1_cli.api import ApplyReport, Layer
+
+    bank = np.ones((192, 32), np.float32)
+    layer = Layer(bank=bank, bias=None, relu=True)
+    return ApplyReport.of((28, 28, 192), Volume(1, 28, 28, 192), [layer], **timings)
+
+
+@pytest.mark.parametrize(
+    ("timings", "time_text"),
+    [
+        (
+            {"seconds": 7.5, "kernel_seconds": 0.0002, "setup_seconds": 7.4, "compiled": True},
+            "7,500.0 ms (kernel 0.2 ms; compiling it 7,400.0 ms, once: cached for later runs)",
+        ),
+        (
+            {"seconds": 0.41, "kernel_seconds": 0.0003, "setup_seconds": 0.4},
+            "410.0 ms (kernel 0.3 ms; loading it 400.0 ms)",
+        ),
+        ({"seconds": 2.0, "kernel_seconds": 1.5}, "2,000.0 ms (kernel 1,500.0 ms)"),
+    ],
+    ids=["compiled", "loaded", "not measured"],
+)
+def test_apply_summary_says_where_the_time_went(timings, time_text):
+    from conv1x1_cli.render import apply_summary
+
+    console = Console(width=200, record=True)
+    console.print(apply_summary(apply_report(**timings)))
+    lines = console.export_text().splitlines()
+    assert any(line.split() == ["time", *time_text.split()] for line in lines), lines

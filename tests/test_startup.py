@@ -73,3 +73,19 @@ def test_read_only_package_caches_in_the_user_cache_directory(tmp_path):
     assert cached, f"no cache index under {home}/.cache; numba said:\n{first[-2000:]}"
     second = convolve()
     assert "data loaded from" in second and "data saved to" not in second
+
+
+def test_the_first_apply_compiles_once_and_says_so(tmp_path, samples_dir):
+    """On a cold cache the summary says the time went to compiling; the next run loads the cached code."""
+    environment = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cold-cache")}
+    command = [sys.executable, "-m", "conv1x1_cli", "apply", str(samples_dir / "volume_28x28x192.npy")]
+    command += [str(samples_dir / "bank_192x32.npy"), "-o", str(tmp_path / "out.npy")]
+
+    def time_row() -> str:
+        result = subprocess.run(command, capture_output=True, text=True, env=environment)
+        assert result.returncode == 0, result.stderr
+        return " ".join(result.stderr.split())
+
+    first, second = time_row(), time_row()
+    assert "compiling it" in first and "cached for later runs" in first, first
+    assert "loading it" in second and "compiling" not in second, second
