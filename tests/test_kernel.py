@@ -184,12 +184,11 @@ def test_channel_blocks_of_any_size_give_the_bits_of_one_pass(
 def test_real_blocks_of_channels_are_used_for_a_big_panel_and_change_no_bit(rng):
     """7x7x2048->512 (512 KiB panels) is accumulated 256 channels at a time, as one pass would."""
     x, w, b = problem(rng, 49, 2048, 512, "float32")
-    packed = kernel.pack_bank(w, b)
-    assert kernel._channel_block(packed, exact_cover=True) == 256
+    assert kernel.pack_bank(w, b).block == 256
     blocked = convolve(x, w, b)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(kernel, "_PANEL_BYTES_WHOLE", 2**40)
-        assert kernel._channel_block(packed, exact_cover=True) == 2048
+        assert kernel.pack_bank(w, b).block == 2048
         np.testing.assert_array_equal(convolve(x, w, b), blocked)
     assert_close_to_reference(blocked, x, w, b)
 
@@ -203,7 +202,7 @@ def chunks_taken_by_the_worker(pool):
     meeting_points = []
     for segment in (0, 1):
         word = int(pool.control[kernel.pool._SEGMENTS + segment * kernel.pool._LINE])
-        start, end = (word >> kernel.pool._START_SHIFT) & kernel._MAX_CHUNKS, word & kernel._MAX_CHUNKS
+        start, end = (word >> kernel.pool._START_SHIFT) & kernel.pool._MAX_CHUNKS, word & kernel.pool._MAX_CHUNKS
         assert start == end, "chunks left unclaimed"
         meeting_points.append(start)
     return meeting_points[1] - meeting_points[0]
@@ -222,7 +221,7 @@ def test_workers_take_part_in_a_large_call(rng, pause):
     packed = kernel.pack_bank(w, None)
     out = np.empty((len(x), w.shape[1]), np.float32)
     kernel.apply_packed(x[:4096], packed, out[:4096], True, threads=2)  # loads the kernel, starts the workers
-    n_chunks = min(-(-len(x) // packed.rows) * packed.panels.shape[1], 2 * kernel._CHUNKS_PER_THREAD)
+    n_chunks = min(-(-len(x) // packed.rows) * packed.panels.shape[1], 2 * kernel.pool._CHUNKS_PER_THREAD)
     taken = []
     for _ in range(3):
         time.sleep(pause)

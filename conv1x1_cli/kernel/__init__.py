@@ -44,19 +44,15 @@ import threading
 import numba
 import numpy as np
 
-from .pool import _CPU_SET_WORDS, _IDLE_TURNS, _MAX_CHUNKS, _run_pooled, _serve, _worker_pool, _WorkerPool
+from .pool import _CPU_SET_WORDS, _IDLE_TURNS, _run_pooled, _serve, _worker_pool, _WorkerPool
 from .pool import default_threads as default_threads  # public: the probe uses it
-from .tiles import _VECTOR_BYTES, _run_alone, _tile_counts, _width_marker_for
+from .tiles import _VECTOR_BYTES, _run_alone, _width_marker_for
 
 # Below this many multiply-adds a call runs on one thread: handing chunks to a
 # spinning worker costs a few microseconds, which two threads win back from
 # about 1M multiply-adds up (measured here: 196x128->64, 1.6M, ran in 32 us on
 # one thread and 23 on two; 3136x3->64, 0.6M, in 24 and 27).
 _SERIAL_WORK = 1 << 20
-
-
-# Chunks per thread: enough that the last one to finish leaves little idle time (~1/32 here).
-_CHUNKS_PER_THREAD = 16
 
 
 class _Kind:
@@ -188,16 +184,18 @@ class PackedBank:
     ``panels[c, k, j] = bank[c, k * width + j]``: panel k of channel c is one contiguous run. When F
     is already a multiple of width the view is of the caller's bank itself: copying a 2048x512 bank
     into a panel-major layout cost twice the product itself on 7x7 layers.
-    ``panel_bias[k, j]`` is the bias, padded the same way.
+    ``panel_bias[k, j]`` is the bias, padded the same way.  Tiles accumulate ``block`` channels
+    at a time (see _channel_block).
     """
 
-    __slots__ = ("dtype", "kind", "n_channels", "n_filters", "panel_bias", "panels", "rows", "width")
+    __slots__ = ("block", "dtype", "kind", "n_channels", "n_filters", "panel_bias", "panels", "rows", "width")
 
     def __init__(self, panels: np.ndarray, panel_bias: np.ndarray, n_filters: int, cut: _Cut):
         self.panels, self.panel_bias = panels, panel_bias
         self.n_channels, self.n_filters = panels.shape[0], n_filters
         self.dtype = panels.dtype
         self.rows, self.width, self.kind = cut.rows, cut.width, cut.kind
+        self.block = _channel_block(self.n_channels, cut.width * self.dtype.itemsize)
 
     def __repr__(self) -> str:
         return (
@@ -289,30 +287,19 @@ def apply_to_new_output(
         return
     if not pixels.flags.aligned:
         pixels = pixels.copy()  # the kernel reads through typed pointers
-    if n_pixels >= packed.rows:
-        rows, kind = packed.rows, packed.kind
-    else:
-        rows, kind = 1, _kind(packed.dtype, 1, packed.width)  # one-row tiles
-    # Panel-major when the bank outweighs the pixels: each panel then stays in
-    # cache while it meets every pixel tile.
-    panel_major = n_pixels < packed.n_filters
-    n_long, n_short = _tile_counts(n_pixels, rows)
-    block = _channel_block(packed, exact_cover=n_long * rows + n_short * (rows - 1) == n_pixels)
-    arrays = (pixels, packed.panels, packed.panel_bias, out, bool(relu), panel_major, block)
+    kind = packed.kind if n_pixels >= packed.rows else _kind(packed.dtype, 1, packed.width)  # one-row tiles
+    # (the order of the pairs, the blocks and the chunks are worked out in the compiled code: _plan)
+    arrays = (pixels, packed.panels, packed.panel_bias, out, bool(relu), packed.block)
     pool = None if alone else _worker_pool()
     if pool is not None and pool.n_workers and pool.busy.acquire(blocking=False):
         try:
             n_threads = 1 + (pool.n_workers if threads is None else min(int(threads) - 1, pool.n_workers))
-            n_pairs = (n_long + n_short) * packed.panels.shape[1]
-            n_chunks = min(n_pairs, _CHUNKS_PER_THREAD * n_threads, _MAX_CHUNKS)
-            if panel_major and block < packed.n_channels:
-                n_chunks = min(n_chunks, _CHUNKS_PER_PANEL * packed.panels.shape[1])
             _prepare_serving(kind, pool)
             pool.announce(kind)
             _run(
                 kind,
                 _run_pooled,
-                (*arrays, n_chunks, n_threads, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers),
+                (*arrays, n_threads, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers),
             )
         finally:
             pool.busy.release()
@@ -328,13 +315,13 @@ def prepare(packed: PackedBank, threads: int | None = None) -> bool:
     kind = packed.kind
     pixels = np.zeros((packed.rows, packed.n_channels), packed.dtype)
     out = np.empty((packed.rows, packed.n_filters), packed.dtype)
-    arrays = (pixels, packed.panels, packed.panel_bias, out, True, False, max(packed.n_channels, 1))
+    arrays = (pixels, packed.panels, packed.panel_bias, out, True, packed.block)
     _run(kind, _run_alone, (*arrays, *kind.markers))
     pool = _worker_pool()
     if not _single_threaded(threads, work=_SERIAL_WORK) and pool.n_workers:
         _prepare_serving(kind, pool)
         _ensure_compiled(
-            kind, _run_pooled, (*arrays, 1, 2, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers)
+            kind, _run_pooled, (*arrays, 2, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers)
         )
         # Workers started by the first call cost it 0.6 ms (28x28x192->32, which then takes 0.1 ms).
         if pool.busy.acquire(blocking=False):  # (announce runs under the pool's lock, as in calls)
@@ -352,15 +339,15 @@ def _cache_misses() -> int:
 
 # Panels up to this size are read whole by each tile. Above it, channels go in blocks of _BLOCK_BYTES
 # of a panel (measured alike from 32 to 128 KiB); a block of a panel-major job is shared by about
-# _CHUNKS_PER_PANEL chunks (more chunks, each re-reading it, measured slower).  Blocking a 256 KiB
-# panel (14x14x1024->256) or a smaller one gained nothing.
+# pool._CHUNKS_PER_PANEL chunks.  Blocking a 256 KiB panel (14x14x1024->256) or a smaller one
+# gained nothing.
 _PANEL_BYTES_WHOLE = 256 * 1024
 _BLOCK_BYTES = 64 * 1024
-_CHUNKS_PER_PANEL = 2
 
 
-def _channel_block(packed: PackedBank, exact_cover: bool) -> int:
-    """How many channels each tile accumulates at a time: all of them, or a block (see _PANEL_BYTES_WHOLE).
+def _channel_block(n_channels: int, panel_row_bytes: int) -> int:
+    """How many channels each tile of a bank accumulates at a time: all of them, or a block (see
+    _PANEL_BYTES_WHOLE).  ``panel_row_bytes``: the bytes of one channel's row of a panel.
 
     A tile reads its whole panel, which with C = 2048 is 512 KiB: it shares L2 (1 MiB here) with the
     pixels, and when the bank's rows lie a power of two of bytes apart in 2 MiB pages (NumPy asks
@@ -368,12 +355,11 @@ def _channel_block(packed: PackedBank, exact_cover: bool) -> int:
     and at 188 with the same bank copied into 4 KiB pages. Blocks of 256 channels, each over every
     pair of a chunk before the next: 148 -> 178 (49 pixels) and 160 -> 192 (1568), side by side.
 
-    Unless the tiles cover the pixels exactly, the last one overlaps the one before and recomputes
-    its rows, which only a single pass may do: blocks would add the overlap twice.
+    Only tiles that cover the pixels exactly use the blocks (tiles._plan): an overlapping last tile
+    recomputes rows of the one before, which only a single pass may do.
     """
-    panel_row_bytes = packed.width * packed.dtype.itemsize
-    if not exact_cover or packed.n_channels * panel_row_bytes <= _PANEL_BYTES_WHOLE:
-        return max(packed.n_channels, 1)
+    if n_channels * panel_row_bytes <= _PANEL_BYTES_WHOLE:
+        return max(n_channels, 1)
     return max(1, _BLOCK_BYTES // panel_row_bytes)
 
 

@@ -42,7 +42,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..machine import usable_cpus
-from .tiles import _JOB_CHUNKS, _JOB_FIELDS, _compute_chunk, _describe_job
+from .tiles import _JOB_CHUNKS, _JOB_FIELDS, _compute_chunk, _describe_job, _plan
 
 
 def _sources_digest() -> str:
@@ -168,6 +168,11 @@ _NO_CPU = -1
 # take part (8) and the job's kind (8).  One word, so that one compare-and-swap checks them all.
 _CHUNK_BITS = 12
 _MAX_CHUNKS = (1 << _CHUNK_BITS) - 1
+# Chunks per thread: enough that the last one to finish leaves little idle time (~1/32 here).
+_CHUNKS_PER_THREAD = 16
+# A block of channels of a panel-major job is shared by about this many chunks (more chunks, each
+# re-reading it, measured slower; see kernel._channel_block).
+_CHUNKS_PER_PANEL = 2
 _START_SHIFT, _THREADS_SHIFT, _KIND_SHIFT = 12, 24, 32
 _NOTHING, _OTHER_KIND = -1, -2  # what _claim returns instead of a chunk
 _STOPPED = -1  # what _serve returns when it is not _OTHER_KIND
@@ -228,9 +233,7 @@ def _run_pooled(
     panel_bias,
     out,
     relu,
-    panel_major,
     block,
-    n_chunks,
     n_threads,
     kind,
     control,
@@ -247,6 +250,10 @@ def _run_pooled(
     for the chunks still running.  A worker that is asleep, or slow to wake, only means that this
     thread takes more of its segment.
     """
+    panel_major, block, n_pairs = _plan(pixels, panels, out, block, len(row_marker))
+    n_chunks = min(n_pairs, _CHUNKS_PER_THREAD * n_threads, _MAX_CHUNKS)
+    if panel_major and block < pixels.shape[1]:
+        n_chunks = min(n_chunks, _CHUNKS_PER_PANEL * panels.shape[1])
     _describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, block, n_chunks)
     _atomic_store(control, _DONE, 0)
     main_cpu = _sched_getcpu()
