@@ -31,8 +31,9 @@ compilation.
   one pass.
 * Compilation is lazy (nothing at import) and cached to disk (``cache=True``;
   numba falls back to its user-wide cache directory when the package directory
-  is read-only).  Each kind of tile is compiled once, under a lock, before its
-  first call (``_ensure_compiled``); ``prepare`` does it ahead of a timed call.
+  is read-only).  ``prepare`` compiles a bank's kind of tile, under a lock, ahead
+  of a timed call (``_ensure_compiled``); a call whose argument types are new
+  (a read-only input, say) has numba compile them first.
 """
 
 from __future__ import annotations
@@ -111,12 +112,6 @@ def _ensure_compiled(kind: _Kind, dispatcher, args: tuple) -> None:
     if key not in kind.compiled_runs:
         _compile(dispatcher, args)
         kind.compiled_runs.add(key)
-
-
-def _run(kind: _Kind, dispatcher, args: tuple) -> None:
-    """dispatcher(*args) (_run_pooled or _run_alone), compiling it first for argument types not seen before."""
-    _ensure_compiled(kind, dispatcher, args)
-    dispatcher(*args)
 
 
 def _prepare_serving(kind: _Kind, pool: _WorkerPool) -> None:
@@ -288,23 +283,33 @@ def apply_to_new_output(
     if not pixels.flags.aligned:
         pixels = pixels.copy()  # the kernel reads through typed pointers
     kind = packed.kind if n_pixels >= packed.rows else _kind(packed.dtype, 1, packed.width)  # one-row tiles
-    # (the order of the pairs, the blocks and the chunks are worked out in the compiled code: _plan)
-    arrays = (pixels, packed.panels, packed.panel_bias, out, bool(relu), packed.block)
+    relu = bool(relu)
+    # The order of the pairs, the blocks and the chunks are worked out in the compiled code (tiles._plan),
+    # and the dispatchers are called directly (numba compiles any argument types it has not seen): run
+    # with the caches full of the kernel's data, each step of Python here cost tenths of a microsecond.
     pool = None if alone else _worker_pool()
     if pool is not None and pool.n_workers and pool.busy.acquire(blocking=False):
         try:
             n_threads = 1 + (pool.n_workers if threads is None else min(int(threads) - 1, pool.n_workers))
             _prepare_serving(kind, pool)
             pool.announce(kind)
-            _run(
-                kind,
-                _run_pooled,
-                (*arrays, n_threads, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers),
+            pool_arrays = (pool.control, pool.job, pool.semaphore)
+            _run_pooled(
+                pixels,
+                packed.panels,
+                packed.panel_bias,
+                out,
+                relu,
+                packed.block,
+                n_threads,
+                kind.code,
+                *pool_arrays,
+                *kind.markers,
             )
         finally:
             pool.busy.release()
     else:  # alone: one thread asked for, little work, or another thread is using the pool
-        _run(kind, _run_alone, (*arrays, *kind.markers))
+        _run_alone(pixels, packed.panels, packed.panel_bias, out, relu, packed.block, *kind.markers)
 
 
 def prepare(packed: PackedBank, threads: int | None = None) -> bool:
@@ -316,7 +321,7 @@ def prepare(packed: PackedBank, threads: int | None = None) -> bool:
     pixels = np.zeros((packed.rows, packed.n_channels), packed.dtype)
     out = np.empty((packed.rows, packed.n_filters), packed.dtype)
     arrays = (pixels, packed.panels, packed.panel_bias, out, True, packed.block)
-    _run(kind, _run_alone, (*arrays, *kind.markers))
+    _ensure_compiled(kind, _run_alone, (*arrays, *kind.markers))
     pool = _worker_pool()
     if not _single_threaded(threads, work=_SERIAL_WORK) and pool.n_workers:
         _prepare_serving(kind, pool)
