@@ -169,6 +169,8 @@ _NO_CPU = -1
 _CHUNK_BITS = 12
 _MAX_CHUNKS = (1 << _CHUNK_BITS) - 1
 # Chunks per thread: enough that the last one to finish leaves little idle time (~1/32 here).
+# 2, 4, 8 and 16 measured within 4 % of each other on layers of 2.4M-51M multiply-adds
+# (interleaved in one process); 16 leaves the most room to rebalance when a core is slowed.
 _CHUNKS_PER_THREAD = 16
 # A block of channels of a panel-major job is shared by about this many chunks (more chunks, each
 # re-reading it, measured slower; see kernel._channel_block).

@@ -44,8 +44,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 # A width marker has log2(width) - 1 elements (widths are powers of two from 4 to 64): numba types
-# and unboxes every element of a tuple argument at every call, and a 16-element marker (one per 4
-# filters) cost 0.4 us a call more than this 5-element one.
+# and unboxes every element of a tuple argument at every call (a call taking an array and a
+# 16-element tuple: 389 ns; with a 5-element one: 250 ns).
 
 
 def _marker_width(width_marker) -> int:
@@ -445,7 +445,7 @@ def _plan(pixels, panels, out, block, rows):
     that cover the pixels exactly may use: an overlapping last tile recomputes rows of the one
     before, which blocks would add twice.  (Worked out here, compiled, rather than in Python
     before the call: Python's share of a call, run with the caches full of the kernel's data,
-    cost 5-12 us of a 140-450 us call.)
+    measured 5-19 us of a 90-460 us call.)
     """
     n_pixels, n_channels = pixels.shape
     n_long, n_short = _tile_counts_inline(n_pixels, rows)
