@@ -1,3 +1,4 @@
+import signal
 import sys
 from pathlib import Path
 
@@ -9,6 +10,13 @@ from hypothesis import settings
 # example of the .npy fuzz test (a small file written and read) took 508 ms while the other core was busy.
 settings.register_profile("conv1x1", deadline=None)
 settings.load_profile("conv1x1")
+
+# Started in the background by a shell without job control (`.ci/run &`, nohup), a process inherits
+# SIGINT ignored, and so does every process it starts: the CLI rightly keeps ignoring it, so the tests
+# that press Ctrl-C on a child failed or skipped. A handler, unlike SIG_IGN, is not inherited across
+# exec: children then start with Ctrl-C working, as from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # tests/ holds naive.py, the references; make it importable as a plain module.
 sys.path.insert(0, str(Path(__file__).resolve().parent))

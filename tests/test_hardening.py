@@ -137,6 +137,21 @@ def test_ctrl_c_exits_130_and_leaves_nothing(volume, tmp_path, delay):
         assert np.load(out).shape == VOLUME_SHAPE
 
 
+def test_ctrl_c_ignored_by_the_parent_stays_ignored(volume, tmp_path):
+    """Started with SIGINT ignored (nohup, `cmd &` in a script), the run keeps ignoring it and finishes."""
+    out = tmp_path / "out.npy"
+    process = subprocess.Popen(
+        [*COMMAND, "apply", *volume, "-o", str(out), "-q"],
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr.decode()
+    assert np.load(out).shape == VOLUME_SHAPE and leftovers(tmp_path) == []
+
+
 def test_sigterm_cleans_up_too(volume, tmp_path):
     out = tmp_path / "out.npy"
     process = subprocess.Popen([*COMMAND, "apply", *volume, "-o", str(out), "-q"], stderr=subprocess.PIPE)
