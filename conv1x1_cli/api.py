@@ -159,14 +159,20 @@ class Stack:
         self.threads = threads
         self._packed = [kernel.pack_bank(layer.bank, layer.bias) for layer in layers]
         self.kernel_seconds = 0.0
+        self._compilations_at_start = kernel.compilations()
 
-    def warm_up(self) -> bool:
-        """Load (or compile) the kernel code every layer may run, so that it is not timed as work;
-        returns whether any had to be compiled.
+    def warm_up(self) -> None:
+        """Load (or compile) the kernel code every layer may run and start the pool's workers, so that
+        neither is timed as work.  Only worth it where the kernel time is reported."""
+        for packed in self._packed:
+            self._kernel.prepare(packed, self.threads)
 
-        Only worth it where the kernel time is reported: it costs one small call per layer."""
-        compiled = [self._kernel.prepare(packed, self.threads) for packed in self._packed]
-        return any(compiled)
+    @property
+    def compiled(self) -> bool:
+        """Whether any kernel code had to be compiled since this stack was made (numba's cache lacked it):
+        in warm_up, or in a call that needed a kind warm_up could not foresee (one-row tiles for a
+        chunk of fewer pixels than a tile has rows)."""
+        return self._kernel.compilations() > self._compilations_at_start
 
     @property
     def filters(self) -> int:
@@ -449,8 +455,8 @@ class ApplyReport:
     cost: ChainCost
     seconds: float
     kernel_seconds: float
-    setup_seconds: float = 0.0  # loading numba and the kernel's code, part of seconds
-    compiled: bool = False  # whether that code had to be compiled (numba's cache lacked it)
+    setup_seconds: float = 0.0  # part of seconds: importing numba, packing the banks, loading or compiling
+    compiled: bool = False  # whether kernel code had to be compiled (numba's cache lacked it)
 
     @classmethod
     def of(
@@ -529,13 +535,15 @@ def apply_files(
         source = _source_for(npy, volume)
         setup_started = time.perf_counter()
         stack = Stack(layers, threads)
-        compiled = stack.warm_up()
+        stack.warm_up()
         setup_seconds = time.perf_counter() - setup_started
         output_volume = volume.with_channels(stack.filters)
         with NpyOutput(output_path, output_volume.shape(), dtype) as output:
             run(source, stack, StreamSink(output, volume, stack.filters, dtype), progress)
     seconds = time.perf_counter() - started
-    return ApplyReport.of(npy.header.shape, volume, layers, seconds, stack.kernel_seconds, setup_seconds, compiled)
+    return ApplyReport.of(
+        npy.header.shape, volume, layers, seconds, stack.kernel_seconds, setup_seconds, stack.compiled
+    )
 
 
 def _source_for(npy: NpyInput, volume: Volume):

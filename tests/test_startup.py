@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "conv1x1_cli"
@@ -76,16 +77,22 @@ def test_read_only_package_caches_in_the_user_cache_directory(tmp_path):
 
 
 def test_the_first_apply_compiles_once_and_says_so(tmp_path, samples_dir):
-    """On a cold cache the summary says the time went to compiling; the next run loads the cached code."""
+    """On a cold cache the summary says the time went to compiling; the next run loads the cached code.
+    So does a run whose few pixels need a kind of tile that the runs before did not."""
     environment = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cold-cache")}
-    command = [sys.executable, "-m", "conv1x1_cli", "apply", str(samples_dir / "volume_28x28x192.npy")]
-    command += [str(samples_dir / "bank_192x32.npy"), "-o", str(tmp_path / "out.npy")]
+    bank = str(samples_dir / "bank_192x32.npy")
+    four_pixels = tmp_path / "four_pixels.npy"
+    np.save(four_pixels, np.ones((2, 2, 192), np.float32))  # fewer pixels than a tile's 6 rows
 
-    def time_row() -> str:
+    def summary(volume) -> str:
+        command = [sys.executable, "-m", "conv1x1_cli", "apply", str(volume), bank, "-o", str(tmp_path / "o.npy")]
         result = subprocess.run(command, capture_output=True, text=True, env=environment)
         assert result.returncode == 0, result.stderr
         return " ".join(result.stderr.split())
 
-    first, second = time_row(), time_row()
+    volume = samples_dir / "volume_28x28x192.npy"
+    first, second, few, few_again = summary(volume), summary(volume), summary(four_pixels), summary(four_pixels)
     assert "compiling it" in first and "cached for later runs" in first, first
     assert "loading it" in second and "compiling" not in second, second
+    assert "compiling it" in few, few
+    assert "loading it" in few_again and "compiling" not in few_again, few_again

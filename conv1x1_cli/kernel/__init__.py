@@ -316,7 +316,7 @@ def prepare(packed: PackedBank, threads: int | None = None) -> bool:
     """Make ready now all that calls with this bank may run, so that a timed call does not pay for
     it: compile (or load from numba's cache) the one-thread code and, unless threads is 1, the
     pool's, and start the pool's workers.  Returns whether anything had to be compiled."""
-    misses = _cache_misses()
+    before = compilations()
     kind = packed.kind
     pixels = np.zeros((packed.rows, packed.n_channels), packed.dtype)
     out = np.empty((packed.rows, packed.n_filters), packed.dtype)
@@ -334,11 +334,12 @@ def prepare(packed: PackedBank, threads: int | None = None) -> bool:
                 pool.announce(kind)
             finally:
                 pool.busy.release()
-    return _cache_misses() > misses
+    return compilations() > before
 
 
-def _cache_misses() -> int:
-    """How many specialisations this process has compiled so far for want of them in numba's disk cache."""
+def compilations() -> int:
+    """How many specialisations of the kernel this process has compiled so far, for want of them in
+    numba's disk cache (a call whose tiles or argument types prepare() did not foresee compiles too)."""
     return sum(sum(entry.stats.cache_misses.values()) for entry in (_run_alone, _run_pooled, _serve))
 
 

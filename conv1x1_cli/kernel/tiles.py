@@ -55,6 +55,7 @@ def _marker_width(width_marker) -> int:
 
 def _width_marker_for(width: int) -> tuple:
     """The marker of a panel width (a power of two, at least 4)."""
+    assert width >= 4 and width & (width - 1) == 0, width
     return tuple(range(width.bit_length() - 2))
 
 
@@ -441,7 +442,7 @@ def _plan(pixels, panels, out, block, rows):
     """(panel-major order?, channels per block, number of (pixel tile, panel) pairs) of a job.
 
     Panel-major when the bank outweighs the pixels: each panel then stays in cache while it meets
-    every pixel tile.  ``block`` is the bank's block of channels (see pack_bank), which only tiles
+    every pixel tile.  ``block`` is the bank's block of channels (PackedBank.block), which only tiles
     that cover the pixels exactly may use: an overlapping last tile recomputes rows of the one
     before, which blocks would add twice.  (Worked out here, compiled, rather than in Python
     before the call: Python's share of a call, run with the caches full of the kernel's data,
