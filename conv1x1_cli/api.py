@@ -159,20 +159,23 @@ class Stack:
         self.threads = threads
         self._packed = [kernel.pack_bank(layer.bank, layer.bias) for layer in layers]
         self.kernel_seconds = 0.0
-        self._compilations_at_start = kernel.compilations()
+        self._compilations_before_warm_up: int | None = None
 
     def warm_up(self) -> None:
         """Load (or compile) the kernel code every layer may run and start the pool's workers, so that
         neither is timed as work.  Only worth it where the kernel time is reported."""
+        # (counted here, not when the stack is made: counting costs 4 us, and most stacks are the API's)
+        self._compilations_before_warm_up = self._kernel.compilations()
         for packed in self._packed:
             self._kernel.prepare(packed, self.threads)
 
     @property
     def compiled(self) -> bool:
-        """Whether any kernel code had to be compiled since this stack was made (numba's cache lacked it):
-        in warm_up, or in a call that needed a kind warm_up could not foresee (one-row tiles for a
-        chunk of fewer pixels than a tile has rows)."""
-        return self._kernel.compilations() > self._compilations_at_start
+        """Whether any kernel code had to be compiled since warm_up began (numba's cache lacked it): in
+        warm_up, or in a call that needed a kind warm_up could not foresee (one-row tiles for a chunk
+        of fewer pixels than a tile has rows).  False for a stack that was never warmed up."""
+        before = self._compilations_before_warm_up
+        return before is not None and self._kernel.compilations() > before
 
     @property
     def filters(self) -> int:
