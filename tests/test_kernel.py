@@ -674,7 +674,7 @@ def test_the_cuts_kept_per_filter_count_stay_bounded_and_right(monkeypatch):
         w = np.linspace(-1, 1, 3 * filters, dtype=F32).reshape(3, filters)
         out = np.empty((6, filters), F32)
         kernel.apply_packed(x, kernel.pack_bank(w, None), out, True, threads=1)
-        np.testing.assert_allclose(out, np.maximum(x.astype(np.float64) @ w, 0), rtol=1e-6, atol=1e-6)
+        assert_close_to_reference(out, x, w)
         assert len(kernel._cuts) <= 8
 
 
