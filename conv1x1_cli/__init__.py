@@ -10,13 +10,15 @@ array([[3., 3.],
 >>> bottleneck_cost(parse_spec("28x28x192"), reduce=16, kernel=5, filters=32).bottleneck.total("macs")
 12443648
 
-Nothing heavy is imported here: NumPy's API module loads on first use of ``conv1x1`` and Numba on
-the first convolution.
+The public API: ``conv1x1`` on arrays and ``apply`` on files and stores (with ``ApplyOptions``, giving
+an ``ApplyReport``); the costs of layers, chains, bottlenecks and Inception modules; and the errors,
+all derived from ``Conv1x1Error``. Nothing heavy is imported here: NumPy loads on first use of
+``conv1x1`` or ``apply``, Numba on the first convolution.
 """
 
 from __future__ import annotations
 
-from .accounting import (
+from .costs import (
     BottleneckCost,
     ChainCost,
     InceptionCost,
@@ -28,13 +30,21 @@ from .accounting import (
     layer_cost,
     parse_spec,
 )
+from .errors import ArgumentError, ClusterError, Conv1x1Error, InputError
 
 __all__ = [
+    "ApplyOptions",
+    "ApplyReport",
+    "ArgumentError",
     "BottleneckCost",
     "ChainCost",
+    "ClusterError",
+    "Conv1x1Error",
     "InceptionCost",
+    "InputError",
     "LayerCost",
     "Volume",
+    "apply",
     "bottleneck_cost",
     "chain_cost",
     "conv1x1",
@@ -43,10 +53,13 @@ __all__ = [
     "parse_spec",
 ]
 
+# Imported on first use, so that importing the package (or running `conv1x1 shapes`) loads no NumPy.
+_FROM_API = ("conv1x1", "apply", "ApplyOptions", "ApplyReport")
+
 
 def __getattr__(name: str):
-    if name == "conv1x1":
-        from .api import conv1x1
+    if name in _FROM_API:
+        from . import api
 
-        return conv1x1
+        return getattr(api, name)
     raise AttributeError(f"module 'conv1x1_cli' has no attribute {name!r}")

@@ -45,15 +45,15 @@ import threading
 import numba
 import numpy as np
 
-from .pool import _CPU_SET_WORDS, _IDLE_TURNS, _run_pooled, _serve, _worker_pool, _WorkerPool
-from .pool import default_threads as default_threads  # public: the probe uses it
-from .tiles import _VECTOR_BYTES, _run_alone, _width_marker_for
+from ..costs.packing import panel_count, tile_shape
+from .pool import CPU_SET_WORDS, IDLE_TURNS, WorkerPool, default_threads, run_pooled, serve, worker_pool
+from .tiles import run_alone, width_marker_for
 
 # Below this many multiply-adds a call runs on one thread: handing chunks to a
 # spinning worker costs a few microseconds, which two threads win back from
 # about 1M multiply-adds up (measured here: 196x128->64, 1.6M, ran in 32 us on
 # one thread and 23 on two; 3136x3->64, 0.6M, in 24 and 27).
-_SERIAL_WORK = 1 << 20
+SERIAL_WORK = 1 << 20
 
 
 class _Kind:
@@ -62,7 +62,7 @@ class _Kind:
     def __init__(self, code: int, dtype: np.dtype, rows: int, width: int):
         self.code = code
         self.row_marker = tuple(range(rows))
-        self.width_marker = _width_marker_for(width)
+        self.width_marker = width_marker_for(width)
         self.like = np.empty(0, dtype)
         self.compiled_runs: set = set()
         self.serve_compiled = False
@@ -105,44 +105,26 @@ def _compile(dispatcher, args: tuple) -> None:
 
 
 def _ensure_compiled(kind: _Kind, dispatcher, args: tuple) -> None:
-    """Compile dispatcher (_run_pooled or _run_alone) for these arguments unless it has been already."""
+    """Compile dispatcher (run_pooled or run_alone) for these arguments unless it has been already."""
     pixels, panels = args[0], args[1]
     # numba.typeof is slow (tens of microseconds); this key decides the same types.
-    key = (dispatcher is _run_pooled, pixels.flags.writeable, panels.flags.writeable)
+    key = (dispatcher is run_pooled, pixels.flags.writeable, panels.flags.writeable)
     if key not in kind.compiled_runs:
         _compile(dispatcher, args)
         kind.compiled_runs.add(key)
 
 
-def _prepare_serving(kind: _Kind, pool: _WorkerPool) -> None:
+def _prepare_serving(kind: _Kind, pool: WorkerPool) -> None:
     """Compile the workers' loop for this kind before any job of the kind is published."""
     if not kind.serve_compiled:
-        cpu_sets = np.zeros((2, _CPU_SET_WORDS), np.uint64)
-        _compile(_serve, (pool.control, pool.job, kind.code, 1, _IDLE_TURNS, pool.semaphore, cpu_sets, *kind.markers))
+        cpu_sets = np.zeros((2, CPU_SET_WORDS), np.uint64)
+        _compile(serve, (pool.control, pool.job, kind.code, 1, IDLE_TURNS, pool.semaphore, cpu_sets, *kind.markers))
         kind.serve_compiled = True
 
 
 # --------------------------------------------------------------------------
 # Public interface
 # --------------------------------------------------------------------------
-
-
-def _tile_shape(n_filters: int, itemsize: int) -> tuple[int, int]:
-    """(pixel rows, panel width) of the accumulator tile for this many filters.
-
-    Six rows of up to four vectors: 24 accumulators cover the FMA latency and
-    leave registers for the panel loads and broadcasts.  Narrower panels for
-    narrow banks waste less padding; taller tiles (12 rows) measured slower, as
-    each row is another pointer and another stream from memory.
-    """
-    lanes = _VECTOR_BYTES // itemsize  # 16 float32 or 8 float64 per zmm register
-    if n_filters <= lanes // 2:
-        return 8, lanes // 2  # half a vector (e.g. F = 1..8 float32)
-    if n_filters <= lanes:
-        return 6, lanes
-    if n_filters <= 2 * lanes:
-        return 6, 2 * lanes
-    return 6, 4 * lanes
 
 
 class _Cut:
@@ -152,8 +134,8 @@ class _Cut:
     __slots__ = ("kind", "n_panels", "rows", "width")
 
     def __init__(self, dtype: np.dtype, n_filters: int):
-        self.rows, self.width = _tile_shape(n_filters, dtype.itemsize)
-        self.n_panels = -(-n_filters // self.width)
+        self.rows, self.width = tile_shape(n_filters, dtype.itemsize)  # the rule the Dask planner counts by
+        self.n_panels = panel_count(n_filters, dtype.itemsize)
         self.kind = _kind(dtype, self.rows, self.width)
 
 
@@ -284,17 +266,17 @@ def apply_to_new_output(
         pixels = pixels.copy()  # the kernel reads through typed pointers
     kind = packed.kind if n_pixels >= packed.rows else _kind(packed.dtype, 1, packed.width)  # one-row tiles
     relu = bool(relu)
-    # The order of the pairs, the blocks and the chunks are worked out in the compiled code (tiles._plan),
+    # The order of the pairs, the blocks and the chunks are worked out in the compiled code (tiles.plan),
     # and the dispatchers are called directly (numba compiles any argument types it has not seen): run
     # with the caches full of the kernel's data, each step of Python here cost tenths of a microsecond.
-    pool = None if alone else _worker_pool()
+    pool = None if alone else worker_pool()
     if pool is not None and pool.n_workers and pool.busy.acquire(blocking=False):
         try:
             n_threads = 1 + (pool.n_workers if threads is None else min(int(threads) - 1, pool.n_workers))
             _prepare_serving(kind, pool)
             pool.announce(kind)
             pool_arrays = (pool.control, pool.job, pool.semaphore)
-            _run_pooled(
+            run_pooled(
                 pixels,
                 packed.panels,
                 packed.panel_bias,
@@ -309,7 +291,7 @@ def apply_to_new_output(
         finally:
             pool.busy.release()
     else:  # alone: one thread asked for, little work, or another thread is using the pool
-        _run_alone(pixels, packed.panels, packed.panel_bias, out, relu, packed.block, *kind.markers)
+        run_alone(pixels, packed.panels, packed.panel_bias, out, relu, packed.block, *kind.markers)
 
 
 def prepare(packed: PackedBank, threads: int | None = None) -> bool:
@@ -321,12 +303,12 @@ def prepare(packed: PackedBank, threads: int | None = None) -> bool:
     pixels = np.zeros((packed.rows, packed.n_channels), packed.dtype)
     out = np.empty((packed.rows, packed.n_filters), packed.dtype)
     arrays = (pixels, packed.panels, packed.panel_bias, out, True, packed.block)
-    _ensure_compiled(kind, _run_alone, (*arrays, *kind.markers))
-    pool = _worker_pool()
-    if not _single_threaded(threads, work=_SERIAL_WORK) and pool.n_workers:
+    _ensure_compiled(kind, run_alone, (*arrays, *kind.markers))
+    pool = worker_pool()
+    if not _single_threaded(threads, work=SERIAL_WORK) and pool.n_workers:
         _prepare_serving(kind, pool)
         _ensure_compiled(
-            kind, _run_pooled, (*arrays, 2, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers)
+            kind, run_pooled, (*arrays, 2, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers)
         )
         # Workers started by the first call cost it 0.6 ms (28x28x192->32, which then takes 0.1 ms).
         if pool.busy.acquire(blocking=False):  # (announce runs under the pool's lock, as in calls)
@@ -340,12 +322,12 @@ def prepare(packed: PackedBank, threads: int | None = None) -> bool:
 def compilations() -> int:
     """How many specialisations of the kernel this process has compiled so far, for want of them in
     numba's disk cache (a call whose tiles or argument types prepare() did not foresee compiles too)."""
-    return sum(sum(entry.stats.cache_misses.values()) for entry in (_run_alone, _run_pooled, _serve))
+    return sum(sum(entry.stats.cache_misses.values()) for entry in (run_alone, run_pooled, serve))
 
 
 # Panels up to this size are read whole by each tile. Above it, channels go in blocks of _BLOCK_BYTES
 # of a panel (measured alike from 32 to 128 KiB); a block of a panel-major job is shared by about
-# pool._CHUNKS_PER_PANEL chunks.  Blocking a 256 KiB panel (14x14x1024->256) or a smaller one
+# pool.CHUNKS_PER_PANEL chunks.  Blocking a 256 KiB panel (14x14x1024->256) or a smaller one
 # gained nothing.
 _PANEL_BYTES_WHOLE = 256 * 1024
 _BLOCK_BYTES = 64 * 1024
@@ -361,7 +343,7 @@ def _channel_block(n_channels: int, panel_row_bytes: int) -> int:
     and at 188 with the same bank copied into 4 KiB pages. Blocks of 256 channels, each over every
     pair of a chunk before the next: 148 -> 178 (49 pixels) and 160 -> 192 (1568), side by side.
 
-    Only tiles that cover the pixels exactly use the blocks (tiles._plan): an overlapping last tile
+    Only tiles that cover the pixels exactly use the blocks (tiles.plan): an overlapping last tile
     recomputes rows of the one before, which only a single pass may do.
     """
     if n_channels * panel_row_bytes <= _PANEL_BYTES_WHOLE:
@@ -377,16 +359,4 @@ def _overlaps(out: np.ndarray, pixels: np.ndarray, packed: PackedBank) -> bool:
 def _single_threaded(threads: int | None, work: int) -> bool:
     if threads is not None and operator.index(threads) < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    return threads == 1 or work < _SERIAL_WORK
-
-
-def pointwise(
-    pixels: np.ndarray,
-    bank: np.ndarray,
-    bias: np.ndarray | None,
-    relu: bool,
-    out: np.ndarray,
-    threads: int | None = None,
-) -> None:
-    """out[P, F] = act(pixels[P, C] @ bank[C, F] + bias[F]), all one dtype, C-contiguous."""
-    apply_packed(pixels, pack_bank(bank, bias), out, relu, threads)
+    return threads == 1 or work < SERIAL_WORK

@@ -3,12 +3,12 @@
 Not numba's OpenMP ``prange``: its workers had to sleep between calls (spinning
 OpenMP workers hold their cores against NumPy's BLAS threads), and waking one
 cost 35-90 us per call on this class of virtual machine, more than the whole
-product on small layers.  Our own worker threads (``_WorkerPool``) run a nogil
-loop (``_serve``): they claim chunks with atomic compare-and-swap
+product on small layers.  Our own worker threads (``WorkerPool``) run a nogil
+loop (``serve``): they claim chunks with atomic compare-and-swap
 (``_claim``), spin about 2 ms after their last chunk calling sched_yield at
 every turn (so any other thread that needs the core gets it, as with
 OpenBLAS's own workers), then sleep on a POSIX semaphore that the next call
-posts.  The calling thread (``_run_pooled``) publishes the job and works on it at
+posts.  The calling thread (``run_pooled``) publishes the job and works on it at
 once; it never waits for a worker to wake, since it takes over any chunk nobody
 has claimed.  Sleeping, waking, and keeping a worker off the caller's CPU
 (``_avoid_cpu``) all happen in compiled code, without the GIL.  One Python
@@ -21,7 +21,7 @@ against 159 GFLOP/s on 7x7x832->384.)
 
 The pool's code calls Linux functions (sched_getcpu, sched_setaffinity, unnamed
 POSIX semaphores); on other systems the pool has no workers, and
-``tiles._run_alone``, which calls none of them, does every call.
+``tiles.run_alone``, which calls none of them, does every call.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ..machine import usable_cpus
-from .tiles import _JOB_CHUNKS, _JOB_FIELDS, _compute_chunk, _describe_job, _plan
+from ..costs.roofline import usable_cpus
+from .tiles import JOB_CHUNKS, JOB_FIELDS, compute_chunk, describe_job, plan
 
 
 def _sources_digest() -> str:
@@ -156,13 +156,13 @@ _sem_post = types.ExternalFunction("sem_post", types.int32(types.voidptr))
 
 # Control words, each on its own 64-byte cache line (8 int64) so the threads do not share lines:
 # the count of finished chunks, the stop flag, the calling thread's CPU, how many workers are
-# asleep, then one segment word per thread, then the CPU each worker runs on (_NO_CPU when asleep).
+# asleep, then one segment word per thread, then the CPU each worker runs on (NO_CPU when asleep).
 _LINE = 8
 _DONE, _STOP, _MAIN_CPU, _SLEEPING, _SEGMENTS = 0, _LINE, 2 * _LINE, 3 * _LINE, 4 * _LINE
-_MAX_THREADS = 64
-_WORKER_CPUS = _SEGMENTS + _LINE * _MAX_THREADS
-_CONTROL_WORDS = _WORKER_CPUS + _LINE * _MAX_THREADS
-_NO_CPU = -1
+MAX_THREADS = 64
+_WORKER_CPUS = _SEGMENTS + _LINE * MAX_THREADS
+_CONTROL_WORDS = _WORKER_CPUS + _LINE * MAX_THREADS
+NO_CPU = -1
 # A job's chunks are split into one contiguous segment per thread.  A segment word packs, from
 # bit 0: the end of the segment's unclaimed chunks (12 bits), their start (12), how many threads
 # take part (8) and the job's kind (8).  One word, so that one compare-and-swap checks them all.
@@ -171,16 +171,16 @@ _MAX_CHUNKS = (1 << _CHUNK_BITS) - 1
 # Chunks per thread: enough that the last one to finish leaves little idle time (~1/32 here).
 # 2, 4, 8 and 16 measured within 4 % of each other on layers of 2.4M-51M multiply-adds
 # (interleaved in one process); 16 leaves the most room to rebalance when a core is slowed.
-_CHUNKS_PER_THREAD = 16
+CHUNKS_PER_THREAD = 16
 # A block of channels of a panel-major job is shared by about this many chunks (more chunks, each
 # re-reading it, measured slower; see kernel._channel_block).
-_CHUNKS_PER_PANEL = 2
+CHUNKS_PER_PANEL = 2
 _START_SHIFT, _THREADS_SHIFT, _KIND_SHIFT = 12, 24, 32
 _NOTHING, _OTHER_KIND = -1, -2  # what _claim returns instead of a chunk
-_STOPPED = -1  # what _serve returns when it is not _OTHER_KIND
+_STOPPED = -1  # what serve returns when it is not _OTHER_KIND
 # glibc's sem_t is 32 bytes on 64-bit Linux; the workers share one, and 64 bytes keep it on a line of its own.
 _SEMAPHORE_BYTES = 64
-_CPU_SET_WORDS = 16  # a cpu_set_t: 1024 CPUs, as glibc's
+CPU_SET_WORDS = 16  # a cpu_set_t: 1024 CPUs, as glibc's
 
 
 @njit(inline="always")
@@ -229,7 +229,7 @@ def _next_chunk(control, kind, me, n_threads):
 
 
 @_cached_with_tiles
-def _run_pooled(
+def run_pooled(
     pixels,
     panels,
     panel_bias,
@@ -252,16 +252,16 @@ def _run_pooled(
     for the chunks still running.  A worker that is asleep, or slow to wake, only means that this
     thread takes more of its segment.
     """
-    panel_major, block, n_pairs = _plan(pixels, panels, out, block, len(row_marker))
-    n_chunks = min(n_pairs, _CHUNKS_PER_THREAD * n_threads, _MAX_CHUNKS)
+    panel_major, block, n_pairs = plan(pixels, panels, out, block, len(row_marker))
+    n_chunks = min(n_pairs, CHUNKS_PER_THREAD * n_threads, _MAX_CHUNKS)
     if panel_major and block < pixels.shape[1]:
-        n_chunks = min(n_chunks, _CHUNKS_PER_PANEL * panels.shape[1])
-    _describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, block, n_chunks)
+        n_chunks = min(n_chunks, CHUNKS_PER_PANEL * panels.shape[1])
+    describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, block, n_chunks)
     _atomic_store(control, _DONE, 0)
     main_cpu = _sched_getcpu()
     _atomic_store(control, _MAIN_CPU, main_cpu)
     header = (kind << _KIND_SHIFT) | (n_threads << _THREADS_SHIFT)
-    for segment in range(_MAX_THREADS):  # release stores: the job fields above are visible first
+    for segment in range(MAX_THREADS):  # release stores: the job fields above are visible first
         start = min(segment, n_threads) * n_chunks // n_threads
         end = min(segment + 1, n_threads) * n_chunks // n_threads
         _atomic_store(control, _SEGMENTS + segment * _LINE, header | (start << _START_SHIFT) | end)
@@ -276,7 +276,7 @@ def _run_pooled(
         chunk = _next_chunk(control, kind, 0, n_threads)
         if chunk < 0:
             break
-        _compute_chunk(job, chunk, n_chunks, row_marker, width_marker, like)
+        compute_chunk(job, chunk, n_chunks, row_marker, width_marker, like)
         _atomic_add(control, _DONE, 1)
     while _atomic_load(control, _DONE) < n_chunks:
         _sched_yield()
@@ -302,7 +302,7 @@ def _make_way(control, main_cpu, n_threads, woken):
 
 
 @_cached_with_tiles
-def _serve(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_marker, width_marker, like):
+def serve(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_marker, width_marker, like):
     """Worker ``me``'s loop (me >= 1): run chunks of jobs of this kind, spinning politely in
     between, and sleeping after ``idle_turns`` idle turns (sched_yield calls).
 
@@ -312,8 +312,8 @@ def _serve(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_marker, 
     waited for the GIL behind the calling thread for milliseconds.
     """
     idle = 0
-    avoided = _NO_CPU  # the caller's CPU, which this worker is kept off while it is awake
-    published_cpu = _NO_CPU  # what this worker's line in _WORKER_CPUS says
+    avoided = NO_CPU  # the caller's CPU, which this worker is kept off while it is awake
+    published_cpu = NO_CPU  # what this worker's line in _WORKER_CPUS says
     my_segment, my_cpu_slot = _SEGMENTS + me * _LINE, _WORKER_CPUS + me * _LINE
     result = _STOPPED
     while _atomic_load(control, _STOP) == 0:
@@ -331,7 +331,7 @@ def _serve(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_marker, 
             result = _OTHER_KIND
             break
         if chunk != _NOTHING:
-            _compute_chunk(job, chunk, job[_JOB_CHUNKS], row_marker, width_marker, like)
+            compute_chunk(job, chunk, job[JOB_CHUNKS], row_marker, width_marker, like)
             _atomic_add(control, _DONE, 1)
             idle = 0
         elif idle < idle_turns:
@@ -339,20 +339,20 @@ def _serve(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_marker, 
             idle += 1
         else:
             # Asleep, it may be woken anywhere (and is moved off the caller's CPU once awake).
-            avoided = _avoid_cpu(_NO_CPU, avoided, cpu_sets)
-            _atomic_store(control, my_cpu_slot, _NO_CPU)
-            published_cpu = _NO_CPU
+            avoided = _avoid_cpu(NO_CPU, avoided, cpu_sets)
+            _atomic_store(control, my_cpu_slot, NO_CPU)
+            published_cpu = NO_CPU
             _sleep(control, me, semaphore)
             # A job this worker may not join (a call with fewer threads) wakes it too: back to sleep.
             idle = 0 if me < _threads_of(_atomic_load(control, my_segment)) else idle_turns
-    _avoid_cpu(_NO_CPU, avoided, cpu_sets)  # back on all its CPUs
+    _avoid_cpu(NO_CPU, avoided, cpu_sets)  # back on all its CPUs
     return result
 
 
 @njit(inline="always")
 def _has_work(control, me):
     """Whether some segment still has unclaimed chunks that thread ``me`` may take."""
-    for segment in range(_MAX_THREADS):
+    for segment in range(MAX_THREADS):
         word = _atomic_load(control, _SEGMENTS + segment * _LINE)
         if me < _threads_of(word) and (word >> _START_SHIFT) & _MAX_CHUNKS < word & _MAX_CHUNKS:
             return True
@@ -363,7 +363,7 @@ def _has_work(control, me):
 def _sleep(control, me, semaphore):
     """Sleep on the semaphore until a job is published (or return at once if one already is).
 
-    The worker counts itself as sleeping before it looks for work one last time; _run_pooled
+    The worker counts itself as sleeping before it looks for work one last time; run_pooled
     publishes a job before it takes the count.  So either this worker sees the job, or the count
     it added is taken and a post wakes it.  If it sees a job, it takes back its count while that
     is still there; when it is gone, a post is on its way and sem_wait returns at once.
@@ -385,7 +385,7 @@ def _sleep(control, me, semaphore):
 @njit(inline="always")
 def _avoid_cpu(cpu, avoided, cpu_sets):
     """Keep this thread off ``cpu`` (the calling thread's), or let it on all its CPUs again if cpu
-    is _NO_CPU. ``avoided`` is the CPU it is kept off now; returns the one it is kept off from now on.
+    is NO_CPU. ``avoided`` is the CPU it is kept off now; returns the one it is kept off from now on.
 
     On a virtual machine Linux often wakes the worker on the caller's CPU (an idle virtual CPU whose
     host thread is not running counts as busy) and leaves it there. Sharing that CPU, it yields to
@@ -396,15 +396,15 @@ def _avoid_cpu(cpu, avoided, cpu_sets):
     restored before it sleeps or returns.
     """
     allowed, elsewhere = cpu_sets[0], cpu_sets[1]
-    if avoided != _NO_CPU:  # back on every CPU it may use first
-        _sched_setaffinity(0, 8 * _CPU_SET_WORDS, _address_of(allowed))
-    if cpu == _NO_CPU or _sched_getaffinity(0, 8 * _CPU_SET_WORDS, _address_of(allowed)) != 0:
-        return _NO_CPU
+    if avoided != NO_CPU:  # back on every CPU it may use first
+        _sched_setaffinity(0, 8 * CPU_SET_WORDS, _address_of(allowed))
+    if cpu == NO_CPU or _sched_getaffinity(0, 8 * CPU_SET_WORDS, _address_of(allowed)) != 0:
+        return NO_CPU
     elsewhere[:] = allowed
-    if cpu < 64 * _CPU_SET_WORDS:
+    if cpu < 64 * CPU_SET_WORDS:
         elsewhere[cpu // 64] &= ~(np.uint64(1) << np.uint64(cpu % 64))
     if elsewhere.any():  # (a worker allowed only the caller's CPU stays there)
-        _sched_setaffinity(0, 8 * _CPU_SET_WORDS, _address_of(elsewhere))
+        _sched_setaffinity(0, 8 * CPU_SET_WORDS, _address_of(elsewhere))
     return cpu
 
 
@@ -412,10 +412,10 @@ def _avoid_cpu(cpu, avoided, cpu_sets):
 # machine (half a microsecond a turn here), so back-to-back calls find it awake, while a program
 # that has moved on to other work gets the core back soon.  On a busy machine each turn lets the
 # others run first, so it lasts longer in wall time but costs about as little CPU.
-_IDLE_TURNS = 4000
+IDLE_TURNS = 4000
 
 
-class _WorkerPool:
+class WorkerPool:
     """Worker threads that share each call's chunks with the calling thread (see the module docstring).
 
     Started with the first job; daemon threads, told to stop at interpreter exit.
@@ -423,8 +423,8 @@ class _WorkerPool:
 
     def __init__(self, n_workers: int):
         self.control = np.zeros(_CONTROL_WORDS, np.int64)
-        self.control[_WORKER_CPUS:] = _NO_CPU  # no worker is on any CPU yet (_make_way reads these)
-        self.job = np.zeros(_JOB_FIELDS, np.int64)
+        self.control[_WORKER_CPUS:] = NO_CPU  # no worker is on any CPU yet (_make_way reads these)
+        self.job = np.zeros(JOB_FIELDS, np.int64)
         self.semaphore = _new_semaphore() if n_workers else None
         self.busy = threading.Lock()  # one calling thread at a time; others run alone
         self.n_workers = n_workers
@@ -453,12 +453,12 @@ class _WorkerPool:
 
     def _work(self, me: int) -> None:
         """Thread ``me`` (the calling thread is 0) serves jobs of the latest kind until stopped."""
-        cpu_sets = np.zeros((2, _CPU_SET_WORDS), np.uint64)
+        cpu_sets = np.zeros((2, CPU_SET_WORDS), np.uint64)
         try:
             while True:
                 kind = self.latest_kind
-                result = _serve(
-                    self.control, self.job, kind.code, me, _IDLE_TURNS, self.semaphore, cpu_sets, *kind.markers
+                result = serve(
+                    self.control, self.job, kind.code, me, IDLE_TURNS, self.semaphore, cpu_sets, *kind.markers
                 )
                 if result == _STOPPED:
                     return
@@ -486,7 +486,7 @@ def _new_semaphore() -> np.ndarray:
 
 
 _pool_lock = threading.Lock()
-_pool: _WorkerPool | None = None
+_pool: WorkerPool | None = None
 
 
 def default_threads() -> int:
@@ -494,15 +494,15 @@ def default_threads() -> int:
     return max(1, min(numba.config.NUMBA_NUM_THREADS, usable_cpus()))
 
 
-def _worker_pool() -> _WorkerPool:
+def worker_pool() -> WorkerPool:
     global _pool
     if _pool is None:
         with _pool_lock:
             if _pool is None:
                 # The pool's compiled code calls Linux functions (sched_getcpu, sched_setaffinity,
                 # unnamed POSIX semaphores); elsewhere every call runs on the calling thread alone.
-                workers = min(default_threads(), _MAX_THREADS) - 1 if sys.platform.startswith("linux") else 0
-                _pool = _WorkerPool(workers)
+                workers = min(default_threads(), MAX_THREADS) - 1 if sys.platform.startswith("linux") else 0
+                _pool = WorkerPool(workers)
                 atexit.register(_pool.stop)
     return _pool
 

@@ -14,7 +14,7 @@
   every process).  Bias (or the block before's partial sums) initialises the
   accumulators; ReLU is applied on the way out of the last block.
 * Remainders.  Pixels are covered by tiles of ``rows`` and then of ``rows - 1``
-  pixels (``_tile_counts``): 49 = 4x6 + 5x5, so no row is computed twice.  A
+  pixels (``tile_counts``): 49 = 4x6 + 5x5, so no row is computed twice.  A
   tile one row shorter runs at almost the same speed per row, while
   recomputing rows cost 9 % on 7x7 layers (49 pixels in nine 6-row tiles:
   203 GFLOP/s against 224 for 48 pixels).  Pixel counts that no such sum
@@ -23,8 +23,8 @@
   one-row tile is used.  A partial last panel is computed at full width (zero
   padding) and stored with masked vector stores.
 * Jobs and chunks.  A call is described as a *job* in an int64 array (array
-  addresses and shapes, ``_describe_job``), so that any thread can run a chunk
-  of it (``_compute_chunk``): a contiguous run of its (pixel tile, panel) pairs.
+  addresses and shapes, ``describe_job``), so that any thread can run a chunk
+  of it (``compute_chunk``): a contiguous run of its (pixel tile, panel) pairs.
 * Floating point.  Each output is one chain of fused multiply-adds in channel
   order, so the thread count never changes a bit of the result; no fast-math
   flag is used.  A tile over a later block of channels picks the chain up from
@@ -43,17 +43,19 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ..costs.packing import VECTOR_BYTES
+
 # A width marker has log2(width) - 1 elements (widths are powers of two from 4 to 64): numba types
 # and unboxes every element of a tuple argument at every call (a call taking an array and a
 # 16-element tuple: 389 ns; with a 5-element one: 250 ns).
 
 
-def _marker_width(width_marker) -> int:
+def marker_width(width_marker) -> int:
     """The panel width that a width marker (or its numba type) stands for."""
     return 2 << len(width_marker)
 
 
-def _width_marker_for(width: int) -> tuple:
+def width_marker_for(width: int) -> tuple:
     """The marker of a panel width (a power of two, at least 4)."""
     assert width >= 4 and width & (width - 1) == 0, width
     return tuple(range(width.bit_length() - 2))
@@ -62,10 +64,6 @@ def _width_marker_for(width: int) -> tuple:
 # How far beyond the next pixel tile the pixel rows are prefetched (see _compute_pairs). Distances
 # from one tile to 32 KiB ahead measured alike.
 _PREFETCH_AHEAD_BYTES = 8192
-
-# Bytes of one SIMD register (AVX-512); panel widths are multiples of half of it.
-_VECTOR_BYTES = 64
-
 
 class _TileCode:
     """Emits the LLVM IR of one tile (rows x width accumulators) into the function being compiled.
@@ -81,7 +79,7 @@ class _TileCode:
         self.context, self.builder = context, builder
         self.element = context.get_value_type(dtype)
         self.itemsize = context.get_abi_sizeof(self.element)
-        self.lanes = min(width, _VECTOR_BYTES // self.itemsize)  # every panel width is a multiple
+        self.lanes = min(width, VECTOR_BYTES // self.itemsize)  # every panel width is a multiple
         self.n_vectors = width // self.lanes
         self.rows, self.width = rows, width
         self.vector = ir.VectorType(self.element, self.lanes)
@@ -254,7 +252,7 @@ def _tile(typingctx, pixels, first_pixel, panels, panel_bias, k, out, relu, chan
 
     where start is panel_bias[k, j] when c0 is 0 and what the tile of the block before left in out
     otherwise; the activation is applied (ReLU when relu holds) once c1 reaches the last channel."""
-    rows, width = len(row_marker), _marker_width(width_marker)
+    rows, width = len(row_marker), marker_width(width_marker)
     signature = types.void(pixels, first_pixel, panels, panel_bias, k, out, relu, channels, row_marker, width_marker)
 
     def codegen(context, builder, signature, args):
@@ -328,12 +326,12 @@ def _pointer(typingctx, address, like):
 # A job is published to the workers as int64 fields: array addresses and shapes.
 _JOB_PIXELS, _JOB_PANELS, _JOB_BIAS, _JOB_OUT = 0, 1, 2, 3
 _JOB_PIXEL_COUNT, _JOB_CHANNELS, _JOB_PANEL_COUNT, _JOB_FILTERS = 4, 5, 6, 7
-_JOB_RELU, _JOB_PANEL_MAJOR, _JOB_CHUNKS, _JOB_BLOCK = 8, 9, 10, 11
-_JOB_FIELDS = 16
+_JOB_RELU, _JOB_PANEL_MAJOR, JOB_CHUNKS, _JOB_BLOCK = 8, 9, 10, 11
+JOB_FIELDS = 16
 
 
 @njit(cache=True, nogil=True)
-def _compute_chunk(job, chunk, n_chunks, row_marker, width_marker, like):
+def compute_chunk(job, chunk, n_chunks, row_marker, width_marker, like):
     """Run chunk ``chunk`` of ``n_chunks`` equal runs of the (pixel tile, panel) pairs of the job in ``job``."""
     width = _marker_width_inline(width_marker)
     n_pixels, n_channels = job[_JOB_PIXEL_COUNT], job[_JOB_CHANNELS]
@@ -360,7 +358,7 @@ def _compute_chunk(job, chunk, n_chunks, row_marker, width_marker, like):
     )
 
 
-def _tile_counts(n_pixels, rows):
+def tile_counts(n_pixels, rows):
     """(tiles of ``rows`` pixels, tiles of ``rows - 1`` pixels after them) that cover n_pixels.
 
     The second count is the fewest short tiles that leave a whole number of long ones. When they
@@ -372,8 +370,8 @@ def _tile_counts(n_pixels, rows):
     return (n_pixels - short * (rows - 1) + rows - 1) // rows, short
 
 
-_tile_counts_inline = njit(inline="always")(_tile_counts)
-_marker_width_inline = njit(inline="always")(_marker_width)
+_tile_counts_inline = njit(inline="always")(tile_counts)
+_marker_width_inline = njit(inline="always")(marker_width)
 
 
 @njit(cache=True, nogil=True)
@@ -425,7 +423,7 @@ def _compute_pairs(pixels, panels, panel_bias, out, relu, panel_major, block, st
 
 
 @njit(inline="always")
-def _describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, block, n_chunks):
+def describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, block, n_chunks):
     """Write the job's array addresses and shapes into ``job``, where any thread can read them."""
     job[_JOB_PIXELS] = pixels.ctypes.data
     job[_JOB_PANELS] = panels.ctypes.data
@@ -434,11 +432,11 @@ def _describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, block
     job[_JOB_PIXEL_COUNT], job[_JOB_CHANNELS] = pixels.shape
     job[_JOB_PANEL_COUNT], job[_JOB_FILTERS] = panels.shape[1], out.shape[1]
     job[_JOB_RELU], job[_JOB_PANEL_MAJOR], job[_JOB_BLOCK] = relu, panel_major, block
-    job[_JOB_CHUNKS] = n_chunks
+    job[JOB_CHUNKS] = n_chunks
 
 
 @njit(inline="always")
-def _plan(pixels, panels, out, block, rows):
+def plan(pixels, panels, out, block, rows):
     """(panel-major order?, channels per block, number of (pixel tile, panel) pairs) of a job.
 
     Panel-major when the bank outweighs the pixels: each panel then stays in cache while it meets
@@ -456,9 +454,9 @@ def _plan(pixels, panels, out, block, rows):
 
 
 @njit(cache=True, nogil=True)
-def _run_alone(pixels, panels, panel_bias, out, relu, block, row_marker, width_marker, like):
+def run_alone(pixels, panels, panel_bias, out, relu, block, row_marker, width_marker, like):
     """A whole job on the calling thread.  (It calls no Linux-only function, unlike the pool's code.)"""
-    panel_major, block, _ = _plan(pixels, panels, out, block, len(row_marker))
-    job = np.empty(_JOB_FIELDS, np.int64)
-    _describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, block, 1)
-    _compute_chunk(job, 0, 1, row_marker, width_marker, like)
+    panel_major, block, _ = plan(pixels, panels, out, block, len(row_marker))
+    job = np.empty(JOB_FIELDS, np.int64)
+    describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, block, 1)
+    compute_chunk(job, 0, 1, row_marker, width_marker, like)

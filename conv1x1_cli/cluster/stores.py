@@ -6,48 +6,29 @@
 - A store is written beside its destination and renamed into place only when every block is in it;
   on object storage, where nothing renames atomically, the array's metadata (``zarr.json``) is written
   last, so until the run succeeds no reader sees an array there. A failed run removes what it wrote.
-- A .npy output is streamed in C order through ``io.NpyOutput`` (atomic too): the blocks of one band
+- A .npy output is streamed in C order through ``sources.npy.NpyOutput`` (atomic too): the blocks of one band
   of rows are computed, written and dropped before the band after next is asked for.
 
-Dask and zarr are imported by the functions that need them: ``require_dask`` turns their absence into
-one line naming the extra to install.
+Dask and zarr are imported by the functions that need them: ``paths.require_dask`` turns their
+absence into one line naming the extra to install.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from math import prod
 
 import numpy as np
 
-from .io import NUMERIC_KINDS, STDIO, InputError, NpyInput, NpyOutput
-
-EXTRA = 'pip install "conv1x1[dask]"'
+from ..engine.layers import NUMERIC_KINDS
+from ..errors import InputError, first_line
+from ..sources.atomic import Replacement
+from ..sources.npy import STDIO, NpyInput, NpyOutput
+from .paths import is_url
 # Slabs of output asked for ahead of the one being written: enough to keep the workers busy.
 SLABS_AHEAD_PER_THREAD = 2
-
-
-def is_store(path: str) -> bool:
-    """Whether ``path`` names a zarr store (``.zarr``, local or an fsspec URL); cheap, imports nothing."""
-    return path.rstrip("/").lower().endswith(".zarr")
-
-
-def is_url(path: str) -> bool:
-    return "://" in path
-
-
-def require_dask(name: str, action: str = "reading") -> None:
-    """Raise one ``InputError`` line naming the extra if dask, distributed or zarr cannot be imported."""
-    try:
-        import dask.array  # noqa: F401
-        import distributed  # noqa: F401
-        import zarr  # noqa: F401
-    except ImportError:
-        raise InputError(f"{name}: {action} .zarr stores needs the dask extra: {EXTRA}") from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -64,7 +45,7 @@ def open_store(path: str):
     except FileNotFoundError:
         raise InputError(f"{path}: no such zarr store") from None
     except Exception as error:  # zarr raises many types for a group, v2 metadata or garbage
-        raise InputError(f"{path}: not a zarr array ({_first_line(error)})") from None
+        raise InputError(f"{path}: not a zarr array ({first_line(error)})") from None
     if array.dtype.kind not in NUMERIC_KINDS:
         raise InputError(f"{path}: has dtype {array.dtype}; a real numeric array is needed")
     return da.from_zarr(array)
@@ -127,16 +108,9 @@ def write_store(result, path: str, compute: Callable[[object], None]) -> None:
     if is_url(path):
         _write_remote_store(result, path, compute)
         return
-    directory = os.path.dirname(os.path.abspath(path))
-    _check_replaceable(path, directory)
-    temp = tempfile.mkdtemp(dir=directory, prefix=f".{os.path.basename(path.rstrip('/'))}.", suffix=".tmp")
-    try:
-        compute(_store_graph(result, _create_array(temp, result)))
-        _keep_permissions(temp)
-        _rename_into_place(temp, path.rstrip("/"))
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+    _check_replaceable(path, os.path.dirname(os.path.abspath(path)))
+    with Replacement(path, directory=True) as store:
+        compute(_store_graph(result, _create_array(store.temp, result)))
 
 
 def _create_array(store, result):
@@ -167,28 +141,6 @@ def _check_replaceable(path: str, directory: str) -> None:
         raise InputError(f"{path}: exists and is not a zarr store; refusing to replace it")
 
 
-def _rename_into_place(temp: str, path: str) -> None:
-    """A directory cannot replace another in one rename: the old store steps aside for a moment."""
-    if not os.path.lexists(path):
-        os.rename(temp, path)
-        return
-    old = f"{temp}.old"
-    os.rename(path, old)
-    try:
-        os.rename(temp, path)
-    except BaseException:
-        os.rename(old, path)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _keep_permissions(temp: str) -> None:
-    """mkdtemp makes a 0700 directory; give the store the mode a plain mkdir would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp, 0o777 & ~umask)
-
-
 def _write_remote_store(result, url: str, compute: Callable[[object], None]) -> None:
     """Object storage has no atomic rename: write the chunks first and ``zarr.json`` last."""
     import fsspec
@@ -213,11 +165,12 @@ def _write_remote_store(result, url: str, compute: Callable[[object], None]) -> 
 # Streaming to .npy
 
 
-def stream_to_npy(result, path: str, client, done: Callable[[int], None] | None = None) -> None:
+def stream_to_npy(result, path: str, client, progress: Callable[[int, int], None] | None = None) -> None:
     """Write ``result`` to a .npy file (or ``-``) in C order, a slab of blocks at a time.
 
     The cluster works ``SLABS_AHEAD_PER_THREAD`` slabs per worker thread ahead of the writer, so at
-    most that many computed slabs wait in memory. ``done(blocks)`` is called after each slab.
+    most that many computed slabs wait in memory. ``progress(blocks written now, blocks in all)`` is
+    called after each slab.
     """
     slabs = list(_contiguous_slabs(result.shape, result.chunks))
     threads = max(1, sum(client.nthreads().values()))
@@ -229,8 +182,8 @@ def stream_to_npy(result, path: str, client, done: Callable[[int], None] | None 
                 while len(pending) < ahead and index + len(pending) < len(slabs):
                     pending.append(client.compute(result[slabs[index + len(pending)]]))
                 output.write(pending.pop(0).result())
-                if done:
-                    done(_blocks_in(result, slabs[index]))
+                if progress:
+                    progress(_blocks_in(result, slabs[index]), result.npartitions)
         finally:
             for future in pending:
                 future.cancel()
@@ -250,7 +203,3 @@ def _contiguous_slabs(shape: tuple[int, ...], chunks: tuple[tuple[int, ...], ...
 def _blocks_in(result, slab: tuple) -> int:
     return prod(len(sizes) for sizes in result[slab].chunks)
 
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__

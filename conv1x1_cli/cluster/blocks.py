@@ -8,7 +8,7 @@ module can be imported (and its block function unpickled on a worker) cheaply.
 
 Threads: Dask's convention is one task per worker thread (its nanny sets ``OMP_NUM_THREADS=1``), so
 each block runs the kernel on one thread unless ``threads`` asks for more; sizing the cluster so that
-worker threads x kernel threads <= cores is the caller's job (``cluster.local_cluster`` does it).
+worker threads x kernel threads <= cores is the caller's job (``client.local_cluster`` does it).
 """
 
 from __future__ import annotations
@@ -21,7 +21,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .api import LAYOUTS, Layer, ShapeError, Stack, banks_and_biases, build_layers, compute_dtype
+from ..engine.layers import (
+    Layer,
+    banks_and_biases,
+    build_layers,
+    channel_axis,
+    checked_input_dtype,
+    compute_dtype,
+)
+from ..engine.stack import Stack
 
 # Packed stacks kept per worker process; a run uses one, a chain of runs a few.
 _CACHED_STACKS = 8
@@ -47,7 +55,7 @@ def conv1x1_dask(
 ):
     """``conv1x1`` for a ``dask.array.Array``: a lazy array of the same layout, with F channels.
 
-    Same arguments and rules as ``api.conv1x1`` (layouts, banks, chains, bias, float64 stays float64,
+    Same arguments and rules as ``conv1x1_cli.conv1x1`` (layouts, banks, chains, bias, float64 stays float64,
     else float32). A channel axis split across chunks is rechunked whole first, with a warning.
 
     >>> import pytest
@@ -57,28 +65,16 @@ def conv1x1_dask(
     >>> y.shape, y.chunks[0], float(y.sum().compute())
     ((4, 6, 2), (2, 2), 144.0)
     """
-    if x.dtype.kind not in "biuf":
-        raise ShapeError(f"input has dtype {x.dtype}; a real numeric array is needed")
+    checked_input_dtype(x.dtype)
     banks, biases = banks_and_biases(w, bias)
-    axis = channel_axis(x.ndim, layout)
+    axis = channel_axis(x.shape, layout)
     layers = build_layers(banks, biases, activation, x.shape[axis], compute_dtype(x.dtype))
     return convolve_layers(x, layers, layout=layout, threads=threads)
 
 
-def channel_axis(ndim: int, layout: str) -> int:
-    """Where the channels are: last for "nhwc" (..., C); C of (N, C, H, W) or (C, H, W) for "nchw"."""
-    if layout not in LAYOUTS:
-        raise ShapeError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    if ndim < 1 or (layout == "nchw" and ndim < 2):
-        raise ShapeError(f"input of {ndim} dimensions has no channel axis")
-    if layout == "nhwc":
-        return ndim - 1
-    return ndim - 3 if ndim >= 3 else 0
-
-
 def convolve_layers(x, layers: Sequence[Layer], *, layout: str = "nhwc", threads: int | None = None):
-    """The lazy block-wise graph for layers already checked by ``api.build_layers``."""
-    axis = channel_axis(x.ndim, layout)
+    """The lazy block-wise graph for layers already checked by ``engine.layers.build_layers``."""
+    axis = channel_axis(x.shape, layout)
     if len(x.chunks[axis]) > 1:
         warnings.warn(
             f"the channel axis (axis {axis}, {x.shape[axis]} channels) is split into {len(x.chunks[axis])} chunks; "

@@ -1,4 +1,4 @@
-"""Reading and writing .npy data: files, stdin/stdout, pixel chunks and atomic writes.
+"""Reading and writing .npy data: files and stdin/stdout, whole or by runs of elements.
 
 Headers are parsed with ``numpy.lib.format`` (never hand-parsed) and pickles are never loaded: object,
 structured and complex dtypes are refused before any data is read. Every problem becomes an
@@ -11,8 +11,6 @@ import contextlib
 import io
 import os
 import sys
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from math import prod
 from typing import BinaryIO
@@ -20,16 +18,15 @@ from typing import BinaryIO
 import numpy as np
 import numpy.lib.format as npy_format
 
+from ..errors import InputError, first_line
+from .atomic import Replacement
+
 STDIO = "-"
 # A header larger than this is not a plausible array description (NumPy's own default guard).
 MAX_HEADER_BYTES = 10_000
 ZIP_MAGIC = b"PK\x03\x04"
 # Element kinds we compute with: booleans, signed and unsigned integers, floats.
 NUMERIC_KINDS = "biuf"
-
-
-class InputError(ValueError):
-    """Bad input or output: the message names the file and the problem in one line."""
 
 
 def display_name(path: str) -> str:
@@ -61,7 +58,7 @@ def read_header(stream: BinaryIO, name: str) -> NpyHeader:
     except OSError:
         raise
     except Exception as error:  # NumPy's parser raises many types for garbage; all mean "not .npy"
-        raise InputError(f"{name}: not a valid .npy file ({_first_line(error)})") from None
+        raise InputError(f"{name}: not a valid .npy file ({first_line(error)})") from None
     _check_dtype(dtype, name)
     if any(size < 0 for size in shape):
         raise InputError(f"{name}: not a valid .npy file (negative size in shape {shape})")
@@ -77,11 +74,6 @@ def _check_dtype(dtype: np.dtype, name: str) -> None:
         raise InputError(f"{name}: has complex dtype {dtype}; a real-valued array is needed")
     if dtype.kind not in NUMERIC_KINDS:
         raise InputError(f"{name}: has non-numeric dtype {dtype}; a numeric array is needed")
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 class _Prefixed:
@@ -117,10 +109,9 @@ def read_exact(stream: BinaryIO, buffer: np.ndarray, name: str) -> None:
 class NpyInput:
     """An opened .npy array: its validated header, and ways to read all of it or chunks of it."""
 
-    def __init__(self, path: str, what: str = "input"):
+    def __init__(self, path: str):
         self.path = path
         self.name = display_name(path)
-        self.what = what
         self._stream = self._open()
         try:
             self.header = read_header(self._stream, self.name)
@@ -202,9 +193,9 @@ def _guard_allocation(header: NpyHeader, name: str) -> None:
         raise InputError(f"{name}: header claims {header.nbytes:,} bytes of data, more than this machine's memory")
 
 
-def load_array(path: str, what: str) -> np.ndarray:
+def load_array(path: str) -> np.ndarray:
     """Read a whole .npy file (or stdin for ``-``), validated and without unpickling."""
-    with NpyInput(path, what) as source:
+    with NpyInput(path) as source:
         return source.read_all()
 
 
@@ -217,17 +208,18 @@ def npy_header_bytes(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
 
 
 class NpyOutput:
-    """A C-ordered .npy output written front to back: a file (atomically) or stdout.
+    """A C-ordered .npy output written front to back: a file (atomically, see ``atomic.Replacement``)
+    or stdout.
 
-    For a file, data goes to a temporary file beside the destination, which replaces the destination
-    only in ``commit()``; ``discard()`` (or leaving the ``with`` block by an exception) removes it, so
-    a failure never leaves a half-written output or a stray temporary behind.
+    A file replaces its destination only in ``commit()``; ``discard()`` (or leaving the ``with`` block
+    by an exception) removes what was written, so a failure never leaves a half-written output or a
+    stray temporary behind.
     """
 
     def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype):
         self.path = path
         self.name = "<stdout>" if path == STDIO else path
-        self._temp_path: str | None = None
+        self._replacement: Replacement | None = None
         self._stream = self._open()
         self.write_bytes(npy_header_bytes(shape, dtype))
 
@@ -244,49 +236,40 @@ class NpyOutput:
         if not os.path.isdir(directory):
             raise InputError(f"{self.name}: directory {directory} does not exist")
         try:
-            handle, self._temp_path = tempfile.mkstemp(
-                dir=directory, prefix=f".{os.path.basename(self.path)}.", suffix=".tmp"
-            )
+            self._replacement = Replacement(self.path)
         except OSError as error:
             raise InputError(f"{self.name}: cannot write in {directory} ({error.strerror})") from None
-        return os.fdopen(handle, "wb")
+        return self._replacement.file
 
     def write_bytes(self, data) -> None:
-        try:
+        with self._reporting_write_errors():
             self._stream.write(data)
-        except OSError as error:
-            if isinstance(error, BrokenPipeError):
-                raise
-            raise InputError(f"{self.name}: write failed ({error.strerror or error})") from None
 
     def write(self, values: np.ndarray) -> None:
         """Append ``values`` (already in the output dtype) in C order."""
         self.write_bytes(memoryview(np.ascontiguousarray(values)).cast("B"))
 
     def commit(self) -> None:
-        try:
+        with self._reporting_write_errors():
             self._stream.flush()
-            if self._temp_path is None:
-                return
-            # No fsync: the rename is atomic for every process, and ext4/xfs order a replacing rename
-            # after its data; forcing each output to disk made big runs disk-bound (9 s for 1 GiB).
-            self._stream.close()
-            _keep_permissions(self.path, self._temp_path)
-            os.replace(self._temp_path, self.path)
-            self._temp_path = None
-        except OSError as error:
-            if isinstance(error, BrokenPipeError):
-                raise
-            raise InputError(f"{self.name}: write failed ({error.strerror or error})") from None
+            if self._replacement is not None:
+                self._replacement.commit()
+                self._replacement = None
 
     def discard(self) -> None:
-        if self._temp_path is None:
-            return
-        with contextlib.suppress(OSError):
-            self._stream.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self._temp_path)
-        self._temp_path = None
+        if self._replacement is not None:
+            self._replacement.discard()
+            self._replacement = None
+
+    @contextlib.contextmanager
+    def _reporting_write_errors(self):
+        """A failed write is one line naming the output; a reader closing the pipe is not an error."""
+        try:
+            yield
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise InputError(f"{self.name}: write failed ({error.strerror or error})") from None
 
     def __enter__(self) -> NpyOutput:
         return self
@@ -296,19 +279,3 @@ class NpyOutput:
             self.commit()
         else:
             self.discard()
-
-
-def _keep_permissions(path: str, temp_path: str) -> None:
-    """mkstemp creates mode 0600; give the output the mode a plain open() would (or the old file's)."""
-    try:
-        mode = os.stat(path).st_mode & 0o7777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    os.chmod(temp_path, mode)
-
-
-def chunk_ranges(total: int, chunk: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, total, chunk):
-        yield start, min(total, start + chunk)

@@ -3,13 +3,13 @@
 A block holds a rectangle of ``rows x cols`` pixels of one image with every channel (a 1x1
 convolution never needs a neighbour pixel, and it needs all of a pixel's channels at once), so the
 number of tasks and the memory of each task follow from the volume, the chain and the block shape
-alone. Like ``accounting``, this module imports neither NumPy nor Dask, so ``conv1x1 shapes
---chunks`` starts instantly.
+alone. Like the rest of ``costs``, this imports neither NumPy nor Dask, so ``conv1x1 shapes --chunks``
+starts instantly.
 
->>> from conv1x1_cli.accounting import parse_spec
+>>> from conv1x1_cli.costs import parse_spec
 >>> plan = chunk_plan(parse_spec("1000x1000x200"), [8], parse_chunks("256x256"))
 >>> plan.tasks, plan.block_pixels, plan.per_task_bytes
-(16, 65536, 54538816)
+(16, 65536, 54532384)
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
-from .accounting import DTYPE_BYTES, SpecError, Volume
+from ..errors import ArgumentError
+from .packing import packed_bank_bytes
+from .volume import DTYPE_BYTES, Volume, volume_of
 
 # Blocks near this size (input + output of one block) keep the engine's per-task overhead small
 # next to the kernel's work and several blocks fit in a worker's memory (see benchmarks/dask_bench.py).
 TARGET_BLOCK_BYTES = 64 * 2**20
-# Packed banks are padded to whole SIMD vectors of this many bytes (the kernel's panels).
-VECTOR_BYTES = 64
 
 _CHUNKS = re.compile(r"^\s*(\d+)\s*[x×X*,]\s*(\d+)\s*$")
 
@@ -36,10 +36,10 @@ def parse_chunks(spec: str) -> tuple[int, int]:
     """
     match = _CHUNKS.match(spec)
     if not match:
-        raise SpecError(f"chunks must be ROWSxCOLS (pixels per block along H and W, e.g. 256x256), got {spec!r}")
+        raise ArgumentError(f"chunks must be ROWSxCOLS (pixels per block along H and W, e.g. 256x256), got {spec!r}")
     rows, cols = int(match.group(1)), int(match.group(2))
     if rows < 1 or cols < 1:
-        raise SpecError(f"chunks must be positive, got {spec!r}")
+        raise ArgumentError(f"chunks must be positive, got {spec!r}")
     return rows, cols
 
 
@@ -48,7 +48,7 @@ def default_chunks(volume: Volume, filters: list[int], itemsize: int = 4) -> tup
 
     Whole rows make a block one contiguous run of a channels-last .npy file, and of its output.
 
-    >>> from conv1x1_cli.accounting import parse_spec
+    >>> from conv1x1_cli.costs import parse_spec
     >>> default_chunks(parse_spec("4096x4096x64"), [32])
     (42, 4096)
     """
@@ -59,13 +59,30 @@ def default_chunks(volume: Volume, filters: list[int], itemsize: int = 4) -> tup
     return 1, pixels
 
 
+def block_shape(shape: tuple[int, ...], layout: str, filters: list[int], chunks: tuple[int, int] | None):
+    """The Dask block shape of an array of ``shape``: one image, ``rows x cols`` pixels (``chunks``, or
+    ``default_chunks``) and every channel per block, in the array's own axis order.
+
+    >>> block_shape((2, 64, 100, 100), "nchw", [8], (50, 30))
+    (1, 64, 50, 30)
+    """
+    volume = volume_of(shape, layout, "input")
+    rows, cols = chunks or default_chunks(volume, filters)
+    rows, cols = min(rows, volume.height), min(cols, volume.width)
+    if len(shape) == 2:
+        return (rows, cols)
+    spatial = (volume.channels, rows, cols) if layout == "nchw" else (rows, cols, volume.channels)
+    return (1, *spatial) if len(shape) == 4 else spatial
+
+
 @dataclass(frozen=True)
 class ChunkPlan:
     """Tasks and per-task memory of a chain run block by block; every count an exact int.
 
     ``per_task_bytes`` = input block + the two largest consecutive live layer outputs (for one layer,
-    just the output block) + the packed banks, all in the compute dtype. A channels-first layout or a
-    dtype conversion adds one more input-sized copy; the store's codecs add their own buffers.
+    just the output block) + the packed banks (``packing.packed_bank_bytes``, the kernel's own rule),
+    all in the compute dtype. A channels-first layout or a dtype conversion adds one more input-sized
+    copy; the store's codecs add their own buffers.
     """
 
     chunks: tuple[int, int]
@@ -86,7 +103,7 @@ class ChunkPlan:
 def chunk_plan(volume: Volume, filters: list[int], chunks: tuple[int, int], dtype: str = "float32") -> ChunkPlan:
     """Number of blocks and memory per task for ``volume`` through a chain of ``filters``.
 
-    >>> from conv1x1_cli.accounting import parse_spec
+    >>> from conv1x1_cli.costs import parse_spec
     >>> plan = chunk_plan(parse_spec("2x100x100x64"), [32, 16], (50, 100))
     >>> plan.tasks, plan.input_block_bytes, plan.intermediate_bytes
     (4, 1280000, 640000)
@@ -98,10 +115,8 @@ def chunk_plan(volume: Volume, filters: list[int], chunks: tuple[int, int], dtyp
     outputs = [pixels * count * itemsize for count in filters]
     # Layer k reads layer k-1's output while writing its own; the input block stays alive throughout.
     live = max(before + after for before, after in zip([0, *outputs[:-1]], outputs, strict=True))
-    banks = 0
-    for channels, count in zip([volume.channels, *filters[:-1]], filters, strict=True):
-        lanes = VECTOR_BYTES // itemsize
-        banks += (channels + 1) * -(-count // lanes) * lanes * itemsize
+    channels_in = [volume.channels, *filters[:-1]]
+    banks = sum(packed_bank_bytes(channels, count, itemsize) for channels, count in zip(channels_in, filters, strict=True))
     input_bytes = pixels * volume.channels * itemsize
     return ChunkPlan(
         chunks=(rows, cols),

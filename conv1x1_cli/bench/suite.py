@@ -30,26 +30,20 @@ of the two (and saved for ``conv1x1 shapes``).
 
 from __future__ import annotations
 
-import datetime
 import gc
-import importlib.util
-import itertools
 import math
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from .accounting import Volume, layer_cost
-from .machine import MachineLimits, save_limits
-
-ITEMSIZE = 4  # float32 throughout
-OPENBLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+from ..costs.layers import layer_cost
+from ..costs.roofline import MachineLimits, Roofline, best_limits, roofline
+from ..costs.volume import Volume
+from .machine import BackgroundLoad, MachineInfo, describe_machine, measure_limits, save_limits, seconds_of
 
 
 @dataclass(frozen=True)
@@ -139,26 +133,6 @@ QUICK_TIMING = Timing(target_seconds=0.05, layer_budget_seconds=0.3, min_repeats
 
 
 @dataclass(frozen=True)
-class Roofline:
-    """Where a layer sits on this machine's roofline."""
-
-    intensity: float  # FLOPs per byte moved
-    attainable_gflops: float  # min(peak, intensity x bandwidth)
-    bound: str  # "compute" or "memory"
-
-
-def roofline(layer: BenchLayer, limits: MachineLimits) -> Roofline:
-    """>>> limits = MachineLimits(200.0, 150.0, 20.0, 2, "hand")
-    >>> roofline(BenchLayer("tiny", 1, 1, 1, 3, 2), limits)  # 12 flops, (3 + 2 + 6) x 4 = 44 bytes
-    Roofline(intensity=0.2727272727272727, attainable_gflops=5.454545454545454, bound='memory')
-    """
-    intensity = layer.intensity
-    memory_limit = intensity * limits.bandwidth_gbs
-    bound = "compute" if memory_limit >= limits.peak_gflops else "memory"
-    return Roofline(intensity, min(limits.peak_gflops, memory_limit), bound)
-
-
-@dataclass(frozen=True)
 class LayerResult:
     """Median seconds per call of each contender on one layer, and what they mean."""
 
@@ -236,25 +210,6 @@ class LayerResult:
 
 
 @dataclass(frozen=True)
-class MachineInfo:
-    """What the numbers were measured on; ``warnings`` name conditions that distort them."""
-
-    cpu: str
-    logical_cores: int
-    python: str
-    numpy: str
-    numba: str
-    torch: str | None
-    blas: list[dict]  # NumPy's BLAS as threadpoolctl reports it: internal_api, architecture, num_threads, ...
-    openblas_overrides: dict[str, str]  # OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE when set
-    load_average: float | None  # 1-minute load average when the run started
-    warnings: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
 class Summary:
     median_vs_numpy: float
     min_vs_numpy: float
@@ -294,7 +249,7 @@ class BenchReport:
         }
 
 
-Progress = Callable[[str, int, int], None]  # (what is being measured, steps done, steps in all)
+Progress = Callable[[int, int, str], None]  # (steps done since the last call, steps in all, what is measured now)
 
 
 def run_bench(
@@ -314,21 +269,21 @@ def run_bench(
         layers = [layer for layer in SUITE if layer.name in QUICK_NAMES] if quick else list(SUITE)
     timing = QUICK_TIMING if quick else FULL_TIMING
     steps = len(layers) + 2
-    report_progress = progress or (lambda what, done, total: None)
+    report_progress = progress or (lambda done_now, total, what: None)
 
     machine = describe_machine(torch)
     torch_module = _import_torch() if torch else None
 
-    report_progress("machine limits", 0, steps)
+    report_progress(0, steps, "machine limits")
     limits = measure_limits(threads, quick)
     rows = []
     for index, layer in enumerate(layers):
-        report_progress(layer.name, index + 1, steps)
+        report_progress(1, steps, layer.name)
         rows.append(measure_layer(layer, limits, threads, torch_module, timing, seed=index))
-    report_progress("machine limits again", len(layers) + 1, steps)
+    report_progress(1, steps, "machine limits again")
     limits = best_limits(limits, measure_limits(threads, quick))
-    rows = [replace(row, roofline=roofline(row.layer, limits), peak_gflops=limits.peak_gflops) for row in rows]
-    report_progress("done", steps, steps)
+    rows = [replace(row, roofline=_roofline(row.layer, limits), peak_gflops=limits.peak_gflops) for row in rows]
+    report_progress(1, steps, "done")
 
     limits_saved = False
     if save and (threads is None or threads >= (os.cpu_count() or 1)):
@@ -345,167 +300,6 @@ def run_bench(
 
 
 # --------------------------------------------------------------------------
-# The machine
-# --------------------------------------------------------------------------
-
-
-def describe_machine(torch: bool = True) -> MachineInfo:
-    torch_version = _version("torch") if torch and importlib.util.find_spec("torch") is not None else None
-    overrides = {name: os.environ[name] for name in OPENBLAS_OVERRIDES if name in os.environ}
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    cores = os.cpu_count() or 1
-    info = MachineInfo(
-        cpu=cpu_model(),
-        logical_cores=cores,
-        python=platform.python_version(),
-        numpy=np.__version__,
-        numba=_version("numba") or "unknown",
-        torch=torch_version,
-        blas=numpy_blas(),
-        openblas_overrides=overrides,
-        load_average=load,
-    )
-    if overrides:
-        settings = ", ".join(f"{name}={value}" for name, value in overrides.items())
-        info.warnings.append(
-            f"{settings} is set: it forces an older OpenBLAS kernel and makes NumPy look slow; "
-            "rerun with env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE"
-        )
-    if load is not None and load > 0.5 * cores:
-        info.warnings.append(f"load average {load:.1f} on {cores} logical cores: other work may distort the timings")
-    return info
-
-
-def _version(package: str) -> str | None:
-    """An installed package's version, without importing it."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def numpy_blas() -> list[dict]:
-    """NumPy's BLAS libraries as threadpoolctl sees them (empty when threadpoolctl is missing)."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return []
-    keys = ("internal_api", "architecture", "num_threads", "version", "threading_layer", "filepath")
-    return [
-        {key: entry.get(key) for key in keys}
-        for entry in threadpool_info()
-        if entry.get("user_api") == "blas" and "torch" not in str(entry.get("filepath", ""))
-    ]
-
-
-def best_limits(first: MachineLimits, second: MachineLimits) -> MachineLimits:
-    """Each limit at the better of two measurements, made before and after the layers.
-
-    Noise on a shared host only ever lowers a limit: one run measured an FMA peak of 116 GFLOP/s,
-    half of the 228-232 measured before and after it, and every layer seemed above the peak.
-
-    >>> best_limits(MachineLimits(116.0, 190.0, 28.0, 2, "a"), MachineLimits(230.0, 185.0, 29.0, 2, "b"))
-    MachineLimits(peak_gflops=230.0, sgemm_gflops=190.0, bandwidth_gbs=29.0, threads=2, source='a')
-    """
-    return replace(
-        first,
-        peak_gflops=max(first.peak_gflops, second.peak_gflops),
-        sgemm_gflops=max(first.sgemm_gflops, second.sgemm_gflops),
-        bandwidth_gbs=max(first.bandwidth_gbs, second.bandwidth_gbs),
-    )
-
-
-def measure_limits(threads: int | None = None, quick: bool = False) -> MachineLimits:
-    """Measure the FMA peak (Numba), NumPy's sgemm rate and the memory bandwidth, now."""
-    from . import probe
-
-    peak = probe.fma_peak_gflops(threads, seconds=0.1 if quick else 0.5)
-    used = threads or probe.available_threads()
-    date = datetime.date.today().isoformat()
-    return MachineLimits(
-        peak_gflops=peak,
-        sgemm_gflops=sgemm_gflops(768 if quick else 2048),
-        bandwidth_gbs=bandwidth_gbs(used, 64 if quick else 256),
-        threads=used,
-        source=f"measured {date} by conv1x1 bench on {cpu_model()}, {used} threads",
-    )
-
-
-def sgemm_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """Best-of-N rate of NumPy's float32 ``size``-square matrix product, at its default threads."""
-    rng = np.random.default_rng(0)
-    left, right = rng.random((size, size), np.float32), rng.random((size, size), np.float32)
-    product = np.empty((size, size), np.float32)
-    np.matmul(left, right, out=product)
-    best = min(_seconds(lambda: np.matmul(left, right, out=product)) for _ in range(repeats))
-    return 2 * size**3 / best / 1e9
-
-
-def bandwidth_gbs(threads: int = 1, mebibytes: int = 256, repeats: int = 5) -> float:
-    """Best-of-N streaming copy between two ``mebibytes`` arrays, counting bytes read + written.
-
-    The copy is split into ``threads`` slices copied at once (NumPy releases the GIL), since one
-    core alone rarely saturates memory. Write-allocate traffic is not counted."""
-    count = mebibytes * 2**20 // ITEMSIZE
-    source, target = np.ones(count, np.float32), np.zeros(count, np.float32)
-    bounds = [count * part // threads for part in range(threads + 1)]
-    slices = [slice(start, stop) for start, stop in itertools.pairwise(bounds)]
-
-    def copy_slice(part: slice) -> None:
-        np.copyto(target[part], source[part])
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-
-        def copy_all() -> None:
-            list(pool.map(copy_slice, slices))
-
-        copy_all()
-        best = min(_seconds(copy_all) for _ in range(repeats))
-    return 2 * count * ITEMSIZE / best / 1e9
-
-
-class BackgroundLoad:
-    """How much CPU the rest of the machine used since creation, as a % of all cores (Linux only):
-    busy time from /proc/stat minus this process's own CPU time."""
-
-    def __init__(self) -> None:
-        self._start = self._sample()
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float] | None:
-        try:
-            with open("/proc/stat", encoding="ascii") as stat:
-                ticks = [int(value) for value in stat.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
-        busy = (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # fields past steal double-count guests
-        own = sum(os.times()[:2])
-        return time.perf_counter(), busy, own
-
-    def percent(self) -> float | None:
-        now = self._sample()
-        if self._start is None or now is None:
-            return None
-        wall = now[0] - self._start[0]
-        other = (now[1] - self._start[1]) - (now[2] - self._start[2])
-        return max(0.0, 100 * other / (wall * (os.cpu_count() or 1))) if wall > 0 else None
-
-
-# --------------------------------------------------------------------------
 # One layer
 # --------------------------------------------------------------------------
 
@@ -519,7 +313,7 @@ def measure_layer(
     seed: int = 0,
 ) -> LayerResult:
     """Time ours, NumPy (and PyTorch) on ``layer`` side by side; verify ours against NumPy once."""
-    from .api import conv1x1
+    from ..api import conv1x1
 
     pixels, bank = layer_data(layer, seed)
     background = BackgroundLoad()
@@ -540,10 +334,14 @@ def measure_layer(
         torch_seconds=medians.get("torch"),
         verified=verified,
         max_error_ratio=error_ratio,
-        roofline=roofline(layer, limits),
+        roofline=_roofline(layer, limits),
         peak_gflops=limits.peak_gflops,
         other_cpu_percent=background.percent(),
     )
+
+
+def _roofline(layer: BenchLayer, limits: MachineLimits) -> Roofline:
+    return roofline(layer.flops, layer.bytes_moved, limits)
 
 
 def layer_data(layer: BenchLayer, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -621,13 +419,7 @@ def _settled_block(call: Callable[[], object], settle: float, calls: int) -> lis
     contender's own threads (see the module docstring)."""
     time.sleep(settle)
     call()
-    return [_seconds(call) for _ in range(calls)]
-
-
-def _seconds(call: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    call()
-    return time.perf_counter() - started
+    return [seconds_of(call) for _ in range(calls)]
 
 
 def _import_torch():

@@ -1,7 +1,7 @@
 """The float32 FMA peak of this machine, measured with a Numba loop: the roofline's compute limit.
 
-Part of the kernel layer: with the ``kernel`` package it is the only code in conv1x1 that imports numba,
-and it is imported lazily (by ``bench.py``), never by the CLI at start-up.
+Like the rest of the kernel package it imports numba; it is imported lazily (by ``bench.machine``),
+never by the CLI at start-up.
 
 Each thread runs ``_CHAINS`` independent accumulator vectors of ``_LANES`` float32 lanes
 (zmm-wide) through ``acc = acc * mul + add`` for many rounds. With 16 chains the FMA latency
@@ -28,6 +28,8 @@ import numpy as np
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from .pool import default_threads
 
 _LANES = 16  # float32 lanes of one 512-bit register
 _CHAINS = 16  # independent vector accumulators per thread
@@ -96,9 +98,7 @@ def _kernel():
 
 
 def available_threads() -> int:
-    """How many threads the convolutions run on when not told otherwise (see kernel.default_threads)."""
-    from .kernel import default_threads
-
+    """How many threads the convolutions run on when not told otherwise (see pool.default_threads)."""
     return default_threads()
 
 

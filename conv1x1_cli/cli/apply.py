@@ -1,0 +1,87 @@
+"""``apply``: a thin shell over ``api.apply``, which picks the backend (in memory, streamed, Dask)."""
+
+from __future__ import annotations
+
+import click
+
+from .options import LAYOUT_OPTION, Command, usage_error
+
+
+@click.command(cls=Command)
+@click.argument("input_path", metavar="INPUT")
+@click.argument("weight_paths", metavar="WEIGHTS...", nargs=-1, required=True)
+@click.option("-o", "--output", "output_path", required=True, help="Output .npy path, or - for stdout.")
+@click.option(
+    "--bias", "bias_paths", multiple=True, metavar="B.npy", help="Bias of shape (F,); repeat once per bank, in order."
+)
+@LAYOUT_OPTION
+@click.option(
+    "--weights-layout",
+    type=click.Choice(["cf", "fc"]),
+    default="cf",
+    show_default=True,
+    help="Axis order of 2-D banks: (C, F) or (F, C). 4-D PyTorch and Keras banks are recognised.",
+)
+@click.option(
+    "--activation",
+    type=click.Choice(["relu", "none"]),
+    default="relu",
+    show_default=True,
+    help="ReLU after the (last) layer, or none.",
+)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Kernel threads [default: all cores].")
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    default=None,
+    help="Run on this dask.distributed scheduler [default: $DASK_SCHEDULER_ADDRESS; for .zarr, a local cluster].",
+)
+@click.option("--chunks", metavar="ROWSxCOLS", default=None, help="Dask block size in pixels (stores and --scheduler).")
+@click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
+def apply(
+    input_path,
+    weight_paths,
+    output_path,
+    bias_paths,
+    layout,
+    weights_layout,
+    activation,
+    threads,
+    scheduler,
+    chunks,
+    quiet,
+):
+    """Apply a 1×1 convolution (+ bias, + ReLU) to INPUT with each bank in WEIGHTS, in order.
+
+    INPUT is a .npy file or - for stdin: (H, W), (H, W, C) or (N, H, W, C) — or with --layout nchw,
+    (C, H, W) or (N, C, H, W). A bank is (C, F), (F, C) with --weights-layout fc, PyTorch (F, C, 1, 1)
+    or Keras (1, 1, C, F). The output keeps the input's layout; float64 input gives float64, anything
+    else float32. A short summary goes to stderr; stdout carries only data.
+
+    \b
+    INPUT or OUTPUT may also be a zarr store (path ending in .zarr, local or an fsspec URL such as
+    s3://bucket/x.zarr; needs `pip install "conv1x1[dask]"`): the run then goes through Dask, on
+    --scheduler or $DASK_SCHEDULER_ADDRESS when given, else on a local cluster of this machine.
+
+    \b
+    Examples:
+      conv1x1 apply samples/volume_6x6x32.npy samples/bank_32x8.npy -o out.npy
+      cat in.npy | conv1x1 apply - w.npy -o - | conv1x1 apply - w2.npy -o out.npy
+      conv1x1 apply scene.zarr w.npy -o reduced.zarr --scheduler tcp://10.0.0.5:8786
+    """
+    from ..api import ApplyOptions, runs_on_cluster
+    from ..api import apply as apply_files
+    from ..costs.chunks import parse_chunks
+    from ..render.progress import progress_bar, stderr_console
+
+    if chunks and not runs_on_cluster(input_path, output_path, scheduler):
+        raise click.BadParameter("only applies to zarr stores and --scheduler runs", param_hint="'--chunks'")
+    with usage_error("'--chunks'"):
+        block = parse_chunks(chunks) if chunks else None
+    with progress_bar("convolving", enabled=not quiet) as progress:
+        options = ApplyOptions(bias_paths, layout, weights_layout, activation, threads, scheduler, block, progress)
+        report = apply_files(input_path, weight_paths, output_path, options)
+    if not quiet:
+        from ..render.apply import apply_summary
+
+        stderr_console().print(apply_summary(report))

@@ -1,0 +1,37 @@
+"""``bench``: our kernel against NumPy and PyTorch on real layers, and this machine's limits."""
+
+from __future__ import annotations
+
+import click
+
+from .options import Command, stdout_console
+
+
+@click.command(cls=Command)
+@click.option("--quick", is_flag=True, help="A few layers and short repeats: a few seconds.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Our kernel's threads [default: all cores].")
+@click.option(
+    "--torch/--no-torch", "with_torch", default=True, show_default=True, help="Time PyTorch too, when it is installed."
+)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+def bench(quick, threads, with_torch, fmt):
+    """Time our kernel against NumPy (matmul + maximum) and PyTorch (conv2d + relu) on real layers.
+
+    Measures this machine's FMA peak and memory bandwidth first (a roofline, saved for `conv1x1
+    shapes`), then every layer of a suite of GoogLeNet, ResNet-50, MobileNet, RGB-stem and
+    hyperspectral pointwise layers, interleaving the contenders; prints medians. On machines that
+    set OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE, unset both for this command: they slow NumPy.
+
+    \b
+    Examples:
+      conv1x1 bench --quick
+      env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE conv1x1 bench --format json > bench.json
+    """
+    from ..bench.suite import run_bench
+    from ..render.bench import bench_csv_rows, bench_table
+    from ..render.progress import progress_bar
+    from ..render.tables import print_report
+
+    with progress_bar("starting") as progress:
+        report = run_bench(quick=quick, threads=threads, torch=with_torch, progress=progress)
+    print_report(report.as_dict(), fmt, stdout_console(), table=bench_table, csv_rows=bench_csv_rows)

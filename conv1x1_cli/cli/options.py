@@ -1,0 +1,56 @@
+"""What the commands share: the options written the same way everywhere, the consoles, and the
+command class that turns the package's errors into Click's one-line errors."""
+
+from __future__ import annotations
+
+import contextlib
+
+import click
+
+from ..costs.volume import DTYPE_BYTES, LAYOUTS
+from ..errors import ArgumentError, Conv1x1Error
+
+LAYOUT_OPTION = click.option(
+    "--layout",
+    type=click.Choice(list(LAYOUTS)),
+    default="nhwc",
+    show_default=True,
+    help="Axis order of the data: channels last (NHWC / HWC) or first (NCHW / CHW).",
+)
+BIAS_OPTION = click.option("--bias/--no-bias", default=True, show_default=True, help="Count a bias per filter.")
+DTYPE_OPTION = click.option(
+    "--dtype",
+    type=click.Choice(list(DTYPE_BYTES)),
+    default="float32",
+    show_default=True,
+    help="Element type for byte sizes.",
+)
+FORMAT_OPTION = click.option(
+    "--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True
+)
+
+
+class Command(click.Command):
+    """A command whose run turns any ``Conv1x1Error`` (bad data, bad arguments, a lost cluster) into
+    Click's one error line and exit status 1, with no traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Conv1x1Error as error:
+            raise click.ClickException(str(error)) from None
+
+
+@contextlib.contextmanager
+def usage_error(param_hint: str):
+    """Report an ``ArgumentError`` raised inside as a usage error of ``param_hint`` (exit status 2)."""
+    try:
+        yield
+    except ArgumentError as error:
+        raise click.BadParameter(str(error), param_hint=param_hint) from None
+
+
+def stdout_console():
+    from rich.console import Console
+
+    return Console(highlight=False)

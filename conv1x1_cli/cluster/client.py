@@ -1,0 +1,120 @@
+"""The ``dask.distributed`` cluster a run goes to: connecting to one or starting a local one, computing
+a graph on it while reporting progress, and turning its failures into one-line ``ClusterError``s."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+
+from ..costs.roofline import usable_cpus
+from ..errors import ClusterError, first_line
+
+SCHEDULER_VARIABLE = "DASK_SCHEDULER_ADDRESS"
+CONNECT_TIMEOUT = "10s"
+Progress = Callable[[int, int], None]  # (tasks done since the last call, tasks in all)
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None, threads: int | None = None) -> Iterator:
+    """A ``distributed.Client`` on ``scheduler`` (or ``$DASK_SCHEDULER_ADDRESS``), or on a local
+    cluster of this machine's cores: one single-threaded worker process per ``threads`` cores, so
+    worker threads x kernel threads never exceed the cores."""
+    from distributed import Client
+
+    address = scheduler or os.environ.get(SCHEDULER_VARIABLE)
+    if address:
+        try:
+            client = Client(address, timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as error:
+            raise ClusterError(f"cannot reach the Dask scheduler at {address} ({first_line(error)})") from None
+        with client:
+            yield client
+        return
+    with local_cluster(threads) as cluster, Client(cluster) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def local_cluster(threads: int | None = None, **options) -> Iterator:
+    """A ``LocalCluster`` sized to this machine; ``options`` override its arguments (tests use them)."""
+    from distributed import LocalCluster
+
+    cores = usable_cpus()
+    kernel_threads = max(1, min(threads or 1, cores))
+    settings = {
+        "n_workers": max(1, cores // kernel_threads),
+        "threads_per_worker": 1,
+        "processes": True,
+        "memory_limit": "auto",  # the machine's memory shared between the workers
+        "dashboard_address": None,
+        "silence_logs": logging.ERROR,
+        # numba starts a thread per core in every process unless told; only kernel_threads work.
+        "env": {"NUMBA_NUM_THREADS": str(kernel_threads)},
+    }
+    with LocalCluster(**{**settings, **options}) as cluster:
+        yield cluster
+
+
+def compute(client, graph, progress: Progress | None = None):
+    """Compute ``graph`` on ``client``, telling ``progress`` of its tasks; cluster failures -> ClusterError."""
+    from distributed import KilledWorker
+
+    future = client.compute(graph)
+    try:
+        if progress:
+            client.sync(progress_listener_class()([future], progress).listen)
+        return future.result()
+    except KilledWorker as error:
+        raise ClusterError(
+            f"the cluster lost the worker running {error.task!r} too many times (a crash or out of memory?); "
+            "nothing was written"
+        ) from None
+    except BaseException:
+        future.cancel()
+        _wait_for_running_tasks(client, graph)
+        raise
+    finally:
+        future.cancel()
+
+
+def _wait_for_running_tasks(client, graph, timeout: float = 60.0) -> None:
+    """Cancelling does not stop tasks already running: wait for them, so that clean-up after a
+    failure is not undone by a block that is still being written."""
+    from dask.utils import key_split
+
+    names = {key_split(key) for key in graph.__dask_graph__()}
+
+    def running(dask_worker) -> int:
+        return sum(key_split(task.key) in names for task in dask_worker.state.executing)
+
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(Exception):  # a cluster that is gone runs nothing
+        while any(client.run(running).values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+@functools.cache
+def progress_listener_class():
+    """``ProgressListener``, defined on first use so that distributed is imported only then."""
+    from distributed.diagnostics.progressbar import ProgressBar
+
+    class ProgressListener(ProgressBar):
+        """Dask's own progress stream (the scheduler's Progress plugin) passed on as (done now, total).
+
+        ``_draw_bar`` is the hook every progress bar of distributed's own overrides (text, widget):
+        the stream has no public one."""
+
+        def __init__(self, keys, progress: Progress, scheduler=None):
+            super().__init__(keys, scheduler, interval="200ms", complete=True)
+            self._progress, self._done = progress, 0
+
+        def _draw_bar(self, remaining, all, **kwargs):
+            done = all - remaining
+            self._progress(done - self._done, all)
+            self._done = done
+
+    return ProgressListener

@@ -1,0 +1,135 @@
+"""Layers packed for the kernel once and run over pixel chunks: the loop every in-process run goes
+through, whatever its source and sink.
+
+A *source* hands out C-contiguous (pixels, C) chunks in the compute dtype (``images``,
+``pixels_per_image``, ``channels``, ``dtype``, ``read(image, start, stop)``, and ``whole()`` when all
+its pixels are one such array already); a *sink* takes the results (``target`` offers a slot the last
+layer can write straight into, ``write`` copies a chunk in). Numba is imported only when a stack is made.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from .layers import Layer
+
+# Converted or intermediate chunks stay around this size, so memory does not grow with the input.
+CHUNK_BYTES = 32 * 2**20
+
+
+def kernel_module():
+    """The kernel package, imported on first use: the first convolution pays for importing Numba."""
+    kernel = sys.modules.get("conv1x1_cli.kernel")
+    if kernel is None:
+        from .. import kernel
+    return kernel
+
+
+class Stack:
+    """Layers packed for the kernel once, then run over any number of pixel chunks."""
+
+    def __init__(self, layers: list[Layer], threads: int | None = None):
+        kernel = kernel_module()
+        self._kernel = kernel
+        self.layers = layers
+        self.threads = threads
+        self._packed = [kernel.pack_bank(layer.bank, layer.bias) for layer in layers]
+        self.kernel_seconds = 0.0
+        self._compilations_before_warm_up: int | None = None
+
+    def warm_up(self) -> None:
+        """Load (or compile) the kernel code every layer may run and start the pool's workers, so that
+        neither is timed as work.  Only worth it where the kernel time is reported."""
+        # (counted here, not when the stack is made: counting costs 4 us, and most stacks are the API's)
+        self._compilations_before_warm_up = self._kernel.compilations()
+        for packed in self._packed:
+            self._kernel.prepare(packed, self.threads)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether any kernel code had to be compiled since warm_up began (numba's cache lacked it): in
+        warm_up, or in a call that needed a kind warm_up could not foresee (one-row tiles for a chunk
+        of fewer pixels than a tile has rows).  False for a stack that was never warmed up."""
+        before = self._compilations_before_warm_up
+        return before is not None and self._kernel.compilations() > before
+
+    @property
+    def filters(self) -> int:
+        return self.layers[-1].filters
+
+    def run(self, pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Apply every layer to a C-contiguous (pixels, channels) chunk; returns (pixels, filters)."""
+        started = time.perf_counter()
+        for index, (layer, packed) in enumerate(zip(self.layers, self._packed, strict=True)):
+            last = index == len(self.layers) - 1
+            target = out if last and out is not None else np.empty((len(pixels), layer.filters), pixels.dtype)
+            self._kernel.apply_packed(pixels, packed, target, layer.relu, threads=self.threads)
+            pixels = target
+        self.kernel_seconds += time.perf_counter() - started
+        return pixels
+
+
+def one_layer(
+    pixels: np.ndarray,
+    bank: np.ndarray,
+    bias: np.ndarray | None,
+    relu: bool,
+    shape: tuple[int, ...],
+    threads: int | None,
+) -> np.ndarray:
+    """One bank on the caller's own (pixels, C) memory, straight to the kernel, into a new array of
+    ``shape``: the stack, sink and chunking that serve every other case cost 3-4 us a call, a tenth of
+    a small layer's whole time (28x28x192 -> 16 takes 30 us). The caller vouches for the arrays."""
+    kernel = kernel_module()
+    out = np.empty(shape, pixels.dtype)
+    packed = kernel.pack_bank(bank, bias)
+    # (the caller has checked the pixels, and out is new: nothing left for apply_packed to check)
+    kernel.apply_to_new_output(pixels, packed, out.reshape(-1, bank.shape[1]), relu, threads)
+    return out
+
+
+Progress = Callable[[int, int], None]  # (pixels done since the last call, pixels in all)
+
+
+def run(source, stack: Stack, sink, progress: Progress | None = None) -> None:
+    """Drive ``stack`` over every pixel of ``source`` into ``sink``, one bounded chunk at a time.
+
+    ``progress(pixels_done_now, pixels_in_all)`` is called after every chunk."""
+    total = source.images * source.pixels_per_image
+    whole = source.whole()
+    if whole is not None and len(stack.layers) == 1:
+        # One layer over memory that is already (pixels, C) needs no chunks: one kernel call does it all.
+        _run_chunk(stack, sink, whole, 0, 0)
+        if progress:
+            progress(len(whole), total)
+        return
+    widest = max(source.channels, *(layer.filters for layer in stack.layers))
+    step = chunk_pixels(widest, widest, source.dtype.itemsize)
+    for image in range(source.images):
+        for start, stop in chunk_ranges(source.pixels_per_image, step):
+            _run_chunk(stack, sink, source.read(image, start, stop), image, start)
+            if progress:
+                progress(stop - start, total)
+
+
+def _run_chunk(stack: Stack, sink, pixels: np.ndarray, image: int, start: int) -> None:
+    """The last layer writes straight into the sink's memory when it offers a slot; else it is copied in."""
+    target = sink.target(image, start, start + len(pixels))
+    result = stack.run(pixels, out=target)
+    if result is not target:
+        sink.write(image, start, result)
+
+
+def chunk_pixels(channels: int, filters: int, itemsize: int) -> int:
+    """Pixels per chunk: about ``CHUNK_BYTES`` of the wider of input and output, at least 1024."""
+    return max(1024, CHUNK_BYTES // (itemsize * max(channels, filters)))
+
+
+def chunk_ranges(total: int, chunk: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of consecutive runs of ``chunk`` items covering ``total``."""
+    for start in range(0, total, chunk):
+        yield start, min(total, start + chunk)

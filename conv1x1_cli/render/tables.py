@@ -1,0 +1,80 @@
+"""What every rendering shares: numbers and shapes as text, tables in one style, notes under them,
+and ``print_report``, which renders one report as a table, JSON or CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from rich import box
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+from rich.text import Text
+
+
+def shape_text(shape) -> str:
+    return "×".join(str(size) for size in shape)
+
+
+def count_text(value: int) -> str:
+    return f"{value:,}"
+
+
+def ratio_text(value: float) -> str:
+    return f"{value:,.2f}×"
+
+
+def bytes_text(value: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
+            return f"{value:,} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def layer_text(layer: dict) -> str:
+    """``3×3 96→128`` for a convolution, ``3×3 max-pool`` for a pool."""
+    kernel = f"{layer['kernel']}×{layer['kernel']}"
+    if layer["op"] == "max-pool":
+        return f"{kernel} max-pool"
+    return f"{kernel} {layer['channels']}→{layer['filters']}"
+
+
+def print_report(data: dict, fmt: str, console: Console, *, table, csv_rows) -> None:
+    """One report, three renderings: ``data`` as JSON, ``csv_rows(data)`` as CSV, ``table(data)`` for people."""
+    if fmt == "json":
+        console.file.write(json.dumps(data, indent=2) + "\n")
+    elif fmt == "csv":
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows(csv_rows(data))
+        console.file.write(buffer.getvalue())
+    else:
+        renderable = table(data)
+        # Never squeeze a table of counts below its natural width, where rich would cut digits off:
+        # piped output is 80 columns to rich, and a narrow terminal had better wrap lines than lose them.
+        natural = Measurement.get(console, console.options.update(width=10_000), renderable).maximum
+        console.width = max(console.width, natural)
+        console.print(renderable)
+
+
+def new_table(title: str) -> Table:
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+
+
+def notes(*lines: str) -> Text:
+    """Notes under a table, as plain lines rather than a caption, so they need not fit its width."""
+    return Text("\n".join(lines) + "\n", style="dim")
+
+
+def add_columns(table: Table, headers, left: int) -> None:
+    """The first ``left`` columns are labels (left-aligned), the rest numbers."""
+    for index, header in enumerate(headers):
+        table.add_column(header, justify="left" if index < left else "right", no_wrap=True)
+
+
+def csv_cell(key: str, value):
+    return "x".join(map(str, value)) if key in ("input", "output") else value
+
+
