@@ -4,7 +4,7 @@ in-memory kernel on the same data, across block sizes.
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/dask_bench.py [--quick] [--dir DIR]
 
 Each case writes its input as an uncompressed zarr store chunked in bands of whole rows (the block
-size), then times ``cluster.apply_stores`` into a new store (zarr's default zstd codec) on a
+size), then times ``conv1x1_cli.apply`` into a new store (zarr's default zstd codec) on a
 ``LocalCluster`` sized to the machine, started beforehand; the in-memory figure is ``conv1x1`` on the
 NumPy array, best of three. Store reads come from the page cache: this measures the engine and the
 codecs, not a disk or a network.
@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
-from conv1x1_cli.api import conv1x1
-from conv1x1_cli.cluster import apply_stores, local_cluster
+from conv1x1_cli import ApplyOptions, apply, conv1x1
+from conv1x1_cli.cluster.client import local_cluster
 
 CASES = {  # name: (height, width, channels, filters)
     "feature maps 4096x4096x64->32": (4096, 4096, 64, 32),
@@ -48,7 +48,7 @@ def dask_gflops(x: np.ndarray, directory: str, block_pixels: int, flops: int, sc
     best = float("inf")
     for _ in range(2):
         shutil.rmtree(target, ignore_errors=True)
-        best = min(best, _timed(lambda: apply_stores(source, [weights], target, scheduler=scheduler)))
+        best = min(best, _timed(lambda: apply(source, [weights], target, ApplyOptions(scheduler=scheduler))))
     return flops / best / 1e9, rows * x.shape[1]
 
 

@@ -131,7 +131,8 @@ def apply(
 
     >>> import pathlib, tempfile
     >>> folder = pathlib.Path(tempfile.mkdtemp())
-    >>> np.save(folder / "x.npy", np.ones((2, 2, 3), np.float32)); np.save(folder / "w.npy", np.ones((3, 1), np.float32))
+    >>> np.save(folder / "x.npy", np.ones((2, 2, 3), np.float32))
+    >>> np.save(folder / "w.npy", np.ones((3, 1), np.float32))
     >>> report = apply(str(folder / "x.npy"), [str(folder / "w.npy")], str(folder / "y.npy"))
     >>> report.output_shape, np.load(folder / "y.npy")[..., 0].tolist()
     ((2, 2, 1), [[3.0, 3.0], [3.0, 3.0]])

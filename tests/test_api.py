@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from naive import assert_close_to_reference
 
 from conv1x1_cli import conv1x1
-from conv1x1_cli.api import ShapeError, as_bank
+from conv1x1_cli.engine.layers import as_bank
+from conv1x1_cli.errors import ArgumentError, InputError
 
 
 def test_lecture_example_doubles_every_value():
@@ -96,12 +97,12 @@ def test_plain_arrays_and_the_general_path_give_the_same_bits(rng, dtype, with_b
     ],
 )
 def test_plain_arrays_with_mismatched_banks_get_the_general_paths_errors(x, w, bias, message):
-    with pytest.raises(ShapeError, match=message):
+    with pytest.raises(InputError, match=message):
         conv1x1(x, w, bias)
 
 
 def test_an_unknown_activation_is_refused_for_plain_arrays_too():
-    with pytest.raises(ShapeError, match="activation must be one of relu, none"):
+    with pytest.raises(ArgumentError, match="activation must be one of relu, none"):
         conv1x1(np.zeros((2, 3), np.float32), np.zeros((3, 2), np.float32), activation="tanh")
 
 
@@ -143,19 +144,19 @@ def test_pytorch_and_keras_banks_are_recognised(rng):
 
 
 def test_spatial_kernels_are_refused():
-    with pytest.raises(ShapeError, match="3x3 spatial kernel"):
+    with pytest.raises(InputError, match="3x3 spatial kernel"):
         as_bank(np.zeros((32, 16, 3, 3)))
-    with pytest.raises(ShapeError, match="3x3 spatial kernel"):
+    with pytest.raises(InputError, match="3x3 spatial kernel"):
         as_bank(np.zeros((3, 3, 16, 32)))
 
 
 def test_channel_mismatch_names_both_counts(rng):
-    with pytest.raises(ShapeError, match="expects 4 input channels but the input has 3"):
+    with pytest.raises(InputError, match="expects 4 input channels but the input has 3"):
         conv1x1(np.zeros((2, 2, 3)), np.zeros((4, 2)))
 
 
 def test_bias_of_wrong_length_is_refused():
-    with pytest.raises(ShapeError, match=r"bias must have shape \(2,\)"):
+    with pytest.raises(InputError, match=r"bias must have shape \(2,\)"):
         conv1x1(np.zeros((2, 3)), np.zeros((3, 2)), bias=np.zeros(3))
 
 
@@ -188,7 +189,7 @@ for _ in range(3):
     conv1x1(x, np.ones((64, 64), np.float32))
 after = settings(before["blas"])
 print(json.dumps({"same": before == after, "before": before["blas"], "after": after["blas"],
-                  "workers": kernel._worker_pool().n_workers, "pooled": kernel.pool._pool is not None}))
+                  "workers": kernel.worker_pool().n_workers, "pooled": kernel.pool.current_pool() is not None}))
 """
 
 

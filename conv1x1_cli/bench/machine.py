@@ -147,6 +147,8 @@ def bandwidth_gbs(threads: int = 1, mebibytes: int = 256, repeats: int = 5) -> f
 
     The copy is split into ``threads`` slices copied at once (NumPy releases the GIL), since one
     core alone rarely saturates memory. Write-allocate traffic is not counted."""
+    import numpy as np
+
     count = mebibytes * 2**20 // ITEMSIZE
     source, target = np.ones(count, np.float32), np.zeros(count, np.float32)
     bounds = [count * part // threads for part in range(threads + 1)]

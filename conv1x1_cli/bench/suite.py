@@ -82,6 +82,10 @@ class BenchLayer:
         """FLOPs per byte moved (arithmetic intensity)."""
         return self.flops / self.bytes_moved
 
+    def roofline(self, limits: MachineLimits) -> Roofline:
+        """Where this layer sits on the roofline of a machine with these limits."""
+        return roofline(self.flops, self.bytes_moved, limits)
+
 
 SUITE: tuple[BenchLayer, ...] = (
     BenchLayer("GoogLeNet 3a 1x1", 1, 28, 28, 192, 64),
@@ -282,7 +286,7 @@ def run_bench(
         rows.append(measure_layer(layer, limits, threads, torch_module, timing, seed=index))
     report_progress(1, steps, "machine limits again")
     limits = best_limits(limits, measure_limits(threads, quick))
-    rows = [replace(row, roofline=_roofline(row.layer, limits), peak_gflops=limits.peak_gflops) for row in rows]
+    rows = [replace(row, roofline=row.layer.roofline(limits), peak_gflops=limits.peak_gflops) for row in rows]
     report_progress(1, steps, "done")
 
     limits_saved = False
@@ -334,14 +338,10 @@ def measure_layer(
         torch_seconds=medians.get("torch"),
         verified=verified,
         max_error_ratio=error_ratio,
-        roofline=_roofline(layer, limits),
+        roofline=layer.roofline(limits),
         peak_gflops=limits.peak_gflops,
         other_cpu_percent=background.percent(),
     )
-
-
-def _roofline(layer: BenchLayer, limits: MachineLimits) -> Roofline:
-    return roofline(layer.flops, layer.bytes_moved, limits)
 
 
 def layer_data(layer: BenchLayer, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..costs.volume import ACTIVATIONS, WEIGHT_LAYOUTS
 from .options import LAYOUT_OPTION, Command, usage_error
 
 
@@ -17,14 +18,14 @@ from .options import LAYOUT_OPTION, Command, usage_error
 @LAYOUT_OPTION
 @click.option(
     "--weights-layout",
-    type=click.Choice(["cf", "fc"]),
+    type=click.Choice(list(WEIGHT_LAYOUTS)),
     default="cf",
     show_default=True,
     help="Axis order of 2-D banks: (C, F) or (F, C). 4-D PyTorch and Keras banks are recognised.",
 )
 @click.option(
     "--activation",
-    type=click.Choice(["relu", "none"]),
+    type=click.Choice(list(ACTIVATIONS)),
     default="relu",
     show_default=True,
     help="ReLU after the (last) layer, or none.",

@@ -27,6 +27,7 @@ from ..errors import InputError, first_line
 from ..sources.atomic import Replacement
 from ..sources.npy import STDIO, NpyInput, NpyOutput
 from .paths import is_url
+
 # Slabs of output asked for ahead of the one being written: enough to keep the workers busy.
 SLABS_AHEAD_PER_THREAD = 2
 
@@ -202,4 +203,3 @@ def _contiguous_slabs(shape: tuple[int, ...], chunks: tuple[tuple[int, ...], ...
 
 def _blocks_in(result, slab: tuple) -> int:
     return prod(len(sizes) for sizes in result[slab].chunks)
-

@@ -116,7 +116,8 @@ def chunk_plan(volume: Volume, filters: list[int], chunks: tuple[int, int], dtyp
     # Layer k reads layer k-1's output while writing its own; the input block stays alive throughout.
     live = max(before + after for before, after in zip([0, *outputs[:-1]], outputs, strict=True))
     channels_in = [volume.channels, *filters[:-1]]
-    banks = sum(packed_bank_bytes(channels, count, itemsize) for channels, count in zip(channels_in, filters, strict=True))
+    layers = zip(channels_in, filters, strict=True)
+    banks = sum(packed_bank_bytes(channels, count, itemsize) for channels, count in layers)
     input_bytes = pixels * volume.channels * itemsize
     return ChunkPlan(
         chunks=(rows, cols),

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from ..errors import ArgumentError, InputError, tuple_text
 
 DTYPE_BYTES = {"float16": 2, "float32": 4, "float64": 8}
-LAYOUTS = ("nhwc", "nchw")
+LAYOUTS = ("nhwc", "nchw")  # channels last or first
+WEIGHT_LAYOUTS = ("cf", "fc")  # a 2-D bank as (C, F) or (F, C)
 ACTIVATIONS = ("relu", "none")
 
 _SPEC_SEPARATORS = re.compile(r"\s*[x×X*,]\s*")

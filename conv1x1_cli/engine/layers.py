@@ -12,10 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..costs.volume import ACTIVATIONS, LAYOUTS, checked_choice
+from ..costs.volume import ACTIVATIONS, LAYOUTS, WEIGHT_LAYOUTS, checked_choice
 from ..errors import ArgumentError, InputError, tuple_text
 
-WEIGHT_LAYOUTS = ("cf", "fc")
 # Element kinds we compute with: booleans, signed and unsigned integers, floats.
 NUMERIC_KINDS = "biuf"
 

@@ -4,19 +4,27 @@
 
 This package is the only part of conv1x1 that imports numba.  It knows nothing of
 files or screens: callers hand it C-contiguous arrays and a preallocated output.
-``tiles.py`` holds the micro-kernel, ``pool.py`` the worker threads, and this
-module the public functions (``pack_bank``, ``apply_packed``, ``prepare``) and
-compilation.
+``tiles.py`` holds the micro-kernel, ``pool.py`` the worker threads, ``probe.py``
+the FMA-peak probe, and this module the public functions (``pack_bank``,
+``apply_packed``, ``apply_to_new_output``, ``prepare``, ``compilations``) and
+compilation.  The tile shape comes from ``costs.packing``, the rule the Dask
+planner counts memory by.
+
+The seam for tests and tools, beside those functions: ``pool.current_pool()``
+and a ``WorkerPool``'s ``threads``, ``segment(thread)``, ``sleeping()``,
+``main_cpu()`` and ``worker_cpus()`` tell what the workers are doing;
+``SERIAL_WORK`` is the size under which a call runs alone; ``tiles.tile_counts``
+how pixels are covered by tiles.
 
 * Packing (``pack_bank``, once per bank).  The bank is seen as column *panels*
   of ``width`` filters (64 float32 = four 512-bit vectors when F is large, fewer
   for narrow banks): ``panels[c, k, :]`` is a view of row c, columns k*width
   onwards, one contiguous run that the micro-kernel loads as whole vectors.
   Only a bank whose F is not a multiple of width is copied (zero-padded to a
-  whole panel); the bias is padded the same way.  An earlier panel-major copy
-  (``panels[k, c, :]``) cost twice the product on few-pixel, big-bank layers
-  (7x7x2048->512: 78 GFLOP/s with packing against 152 for the view, side by
-  side), because the public API packs on every call.
+  whole panel); the bias is padded the same way.  The bank is not copied into
+  a panel-major layout (``panels[k, c, :]``): the public API packs on every
+  call, and on few-pixel, big-bank layers (7x7x2048->512) such a copy costs as
+  much as the product itself.
 * Work split.  The (pixel tile, panel) pairs are ordered pixel-major (a pixel
   tile stays in L1 while it meets every panel) unless there are fewer pixels
   than filters, where they are panel-major (a panel stays in L2 while it meets
@@ -49,10 +57,20 @@ from ..costs.packing import panel_count, tile_shape
 from .pool import CPU_SET_WORDS, IDLE_TURNS, WorkerPool, default_threads, run_pooled, serve, worker_pool
 from .tiles import run_alone, width_marker_for
 
+__all__ = [
+    "SERIAL_WORK",
+    "PackedBank",
+    "apply_packed",
+    "apply_to_new_output",
+    "compilations",
+    "default_threads",
+    "pack_bank",
+    "prepare",
+]
+
 # Below this many multiply-adds a call runs on one thread: handing chunks to a
-# spinning worker costs a few microseconds, which two threads win back from
-# about 1M multiply-adds up (measured here: 196x128->64, 1.6M, ran in 32 us on
-# one thread and 23 on two; 3136x3->64, 0.6M, in 24 and 27).
+# spinning worker costs a few microseconds, which two threads win back only from
+# about 1M multiply-adds up.
 SERIAL_WORK = 1 << 20
 
 
@@ -256,7 +274,7 @@ def apply_to_new_output(
 
     pixels: a C-contiguous (P, C) array of the bank's dtype and channels; out: a new (P, F) array of
     that dtype (C-contiguous, aligned, sharing no memory with pixels or the bank), as np.empty makes.
-    Checking what the API had just made sure of cost a sixth of a tiny call (1.6 of 10.7 us).
+    Checking again what the API has just made sure of would be a sixth of a tiny call.
     """
     n_pixels = pixels.shape[0]
     alone = _single_threaded(threads, n_pixels * packed.n_channels * packed.n_filters)  # checks threads
@@ -339,9 +357,9 @@ def _channel_block(n_channels: int, panel_row_bytes: int) -> int:
 
     A tile reads its whole panel, which with C = 2048 is 512 KiB: it shares L2 (1 MiB here) with the
     pixels, and when the bank's rows lie a power of two of bytes apart in 2 MiB pages (NumPy asks
-    for those above 4 MiB) they fall into a quarter of L2's sets. 7x7x2048->512 ran at 154 GFLOP/s,
-    and at 188 with the same bank copied into 4 KiB pages. Blocks of 256 channels, each over every
-    pair of a chunk before the next: 148 -> 178 (49 pixels) and 160 -> 192 (1568), side by side.
+    for those above 4 MiB) they fall into a quarter of L2's sets, and the panel no longer stays in
+    L2. Blocks of 256 channels, each run over every pair of a chunk before the next, keep the part
+    in use small enough to stay (README, "Where we fall short": 7x7x2048->512).
 
     Only tiles that cover the pixels exactly use the blocks (tiles.plan): an overlapping last tile
     recomputes rows of the one before, which only a single pass may do.

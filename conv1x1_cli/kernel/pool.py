@@ -16,8 +16,8 @@ thread at a time uses the pool; calls from other threads meanwhile run alone.
 
 Each thread owns a contiguous segment of a job's chunks: it works through its
 own from the front, then helps the others from their far end.  (One shared
-chunk counter interleaved the threads, so both cores streamed every panel: 98
-against 159 GFLOP/s on 7x7x832->384.)
+chunk counter would interleave the threads, so that every core streams every
+panel.)
 
 The pool's code calls Linux functions (sched_getcpu, sched_setaffinity, unnamed
 POSIX semaphores); on other systems the pool has no workers, and
@@ -60,7 +60,7 @@ def _cached_with_tiles(function):
 
     numba's on-disk cache checks only the source file of the function it caches, but the pool's
     entry points contain tiles.py's code too: after a change to tiles.py alone, pooled calls ran
-    the old tiles from the cache (found when they wrote 8 of 32 filters). An upgrade that changes
+    the old tiles from the cache. An upgrade that changes
     tiles.py would do the same to users' caches.
     """
     function.__qualname__ = f"{function.__qualname__}_{_sources_digest()}"
@@ -169,8 +169,7 @@ NO_CPU = -1
 _CHUNK_BITS = 12
 _MAX_CHUNKS = (1 << _CHUNK_BITS) - 1
 # Chunks per thread: enough that the last one to finish leaves little idle time (~1/32 here).
-# 2, 4, 8 and 16 measured within 4 % of each other on layers of 2.4M-51M multiply-adds
-# (interleaved in one process); 16 leaves the most room to rebalance when a core is slowed.
+# From 2 to 16 they perform alike; 16 leaves the most room to rebalance when a core is slowed.
 CHUNKS_PER_THREAD = 16
 # A block of channels of a panel-major job is shared by about this many chunks (more chunks, each
 # re-reading it, measured slower; see kernel._channel_block).
@@ -389,8 +388,8 @@ def _avoid_cpu(cpu, avoided, cpu_sets):
 
     On a virtual machine Linux often wakes the worker on the caller's CPU (an idle virtual CPU whose
     host thread is not running counts as busy) and leaves it there. Sharing that CPU, it yields to
-    the caller, which computes every chunk alone while the other CPU idles (190-200 us per call
-    instead of 106-110 on 28x28x192->64). Moving the worker off once, on waking, still left it on
+    the caller, which computes every chunk alone while the other CPU idles (a call then takes
+    twice as long). Moving the worker off once, on waking, still left it on
     the caller's CPU in a quarter of the calls of some blocks of small ones; excluding that CPU from
     its affinity for as long as it is awake keeps them apart. Its own CPU set (``cpu_sets[0]``) is
     restored before it sleeps or returns.
@@ -429,7 +428,7 @@ class WorkerPool:
         self.busy = threading.Lock()  # one calling thread at a time; others run alone
         self.n_workers = n_workers
         self.latest_kind = None  # the _Kind of the latest job
-        self._threads: list[threading.Thread] = []
+        self.threads: list[threading.Thread] = []  # the workers (read-only outside this class)
         self._running = 0  # workers started and not yet returned
         self._lifecycle = threading.Lock()
 
@@ -437,10 +436,8 @@ class WorkerPool:
         """Before a job of this kind is published: start the workers (again, if one has died)."""
         self.latest_kind = kind
         if self._running < self.n_workers:  # a plain read: Thread.is_alive on every call cost 1-3 us
-            self._threads = [
-                self._threads[me - 1]
-                if me <= len(self._threads) and self._threads[me - 1].is_alive()
-                else self._start(me)
+            self.threads = [
+                self.threads[me - 1] if me <= len(self.threads) and self.threads[me - 1].is_alive() else self._start(me)
                 for me in range(1, self.n_workers + 1)
             ]
 
@@ -466,10 +463,29 @@ class WorkerPool:
             with self._lifecycle:
                 self._running -= 1
 
+    # What the control words say, for tests and tools: read only, racing the workers.
+
+    def segment(self, thread: int) -> tuple[int, int]:
+        """(start, end) of the unclaimed chunks of ``thread``'s segment of the latest job."""
+        word = int(self.control[_SEGMENTS + thread * _LINE])
+        return (word >> _START_SHIFT) & _MAX_CHUNKS, word & _MAX_CHUNKS
+
+    def sleeping(self) -> int:
+        """How many workers sleep on the semaphore."""
+        return int(self.control[_SLEEPING])
+
+    def main_cpu(self) -> int:
+        """The CPU the calling thread of the latest job ran on."""
+        return int(self.control[_MAIN_CPU])
+
+    def worker_cpus(self) -> np.ndarray:
+        """The CPU each worker slot (1 to MAX_THREADS - 1, slot 0 unused) published, NO_CPU when none."""
+        return self.control[_WORKER_CPUS::_LINE]
+
     def stop(self) -> None:
         """Make the workers return (at interpreter exit)."""
         self.control[_STOP] = 1
-        for _ in self._threads:
+        for _ in self.threads:
             _libc().sem_post(ctypes.c_void_p(self.semaphore.ctypes.data))
 
 
@@ -504,6 +520,11 @@ def worker_pool() -> WorkerPool:
                 workers = min(default_threads(), MAX_THREADS) - 1 if sys.platform.startswith("linux") else 0
                 _pool = WorkerPool(workers)
                 atexit.register(_pool.stop)
+    return _pool
+
+
+def current_pool() -> WorkerPool | None:
+    """The process's pool, or None before the first call that needed it (and in a forked child)."""
     return _pool
 
 

@@ -16,8 +16,7 @@
 * Remainders.  Pixels are covered by tiles of ``rows`` and then of ``rows - 1``
   pixels (``tile_counts``): 49 = 4x6 + 5x5, so no row is computed twice.  A
   tile one row shorter runs at almost the same speed per row, while
-  recomputing rows cost 9 % on 7x7 layers (49 pixels in nine 6-row tiles:
-  203 GFLOP/s against 224 for 48 pixels).  Pixel counts that no such sum
+  recomputing rows costs a tenth of the time of a 7x7 layer.  Pixel counts that no such sum
   reaches (under 20 for 6 rows) shift the last full tile back to end at P
   instead: it recomputes a few rows with identical results.  When P < rows a
   one-row tile is used.  A partial last panel is computed at full width (zero
@@ -65,14 +64,15 @@ def width_marker_for(width: int) -> tuple:
 # from one tile to 32 KiB ahead measured alike.
 _PREFETCH_AHEAD_BYTES = 8192
 
+
 class _TileCode:
     """Emits the LLVM IR of one tile (rows x width accumulators) into the function being compiled.
 
     The accumulators are ``rows`` x ``n_vectors`` SIMD values of ``lanes`` elements each, carried
     through the channel loop as phi nodes: SSA values, which LLVM keeps in registers in every
     function the tile is inlined into.  (Written as numba loops over a stack array, the tile's
-    edges, bias and ReLU/store, compiled well or through memory depending on the inlining context:
-    12544x32->64 ran at 130 to 213 GFLOP/s in builds that differed elsewhere.)
+    edges, bias and ReLU/store, compiled well or through memory depending on the inlining context,
+    so its speed changed with unrelated code elsewhere.)
     """
 
     def __init__(self, context, builder, dtype, rows, width):
@@ -401,11 +401,9 @@ def _compute_pairs(pixels, panels, panel_bias, out, relu, panel_major, block, st
                 t, k = outer, inner
             if k == 0 and not panel_major and n_block == n_channels:
                 # Entering a pixel tile: ask for the pixels a few tiles on. The hardware prefetchers
-                # stop at every 4 KiB page, and pixels streamed from memory without this ran 8-14 %
-                # slower (25088x256->64 on two cores: 178 against 193 GFLOP/s, side by side). Few
-                # pixels (panel-major order) are in cache already; and with blocks of channels,
-                # prefetching the next tiles' part of the rows made 1568x2048->512 slower (173 and
-                # 169 GFLOP/s against 180 without, side by side).
+                # stop at every 4 KiB page, so pixels streamed from memory would wait for each new
+                # page. Few pixels (panel-major order) are in cache already; and with blocks of
+                # channels, prefetching the next tiles' part of the rows only slows the call.
                 _prefetch_ahead(pixels, t * rows, rows)
             channels = (first_channel, n_block)
             if t < n_long:
@@ -443,8 +441,7 @@ def plan(pixels, panels, out, block, rows):
     every pixel tile.  ``block`` is the bank's block of channels (PackedBank.block), which only tiles
     that cover the pixels exactly may use: an overlapping last tile recomputes rows of the one
     before, which blocks would add twice.  (Worked out here, compiled, rather than in Python
-    before the call: Python's share of a call, run with the caches full of the kernel's data,
-    measured 5-19 us of a 90-460 us call.)
+    before the call: each step of Python is slow when the caches are full of the kernel's data.)
     """
     n_pixels, n_channels = pixels.shape
     n_long, n_short = _tile_counts_inline(n_pixels, rows)

@@ -42,5 +42,3 @@ def _time_text(report) -> str:
 
 def _rate(flops: int, seconds: float) -> str:
     return f"{flops / seconds / 1e9:,.3g}" if seconds > 0 else "—"  # 3 digits: tiny runs are not "0.0"
-
-

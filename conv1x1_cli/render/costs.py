@@ -206,5 +206,3 @@ def inception_table(data: dict) -> Group:
 
 def _module_cells(entry: dict) -> list[str]:
     return [count_text(entry[key]) for key in ("weights", "bias", "params", "macs")]
-
-

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 from rich import box
 from rich.style import Style
 from rich.table import Table
@@ -54,8 +53,6 @@ def slice_table(view, rows, columns, stats: dict, title: str, stride: int) -> Ta
         cells = [Text(f" {fmt.format(float(value))} ", style=heat_style(float(value), low, high)) for value in row]
         table.add_row(str(index), *cells)
     return table
-
-
 
 
 def channel_table(array: np.ndarray, channel: int, batch: int, layout: str, name: str, width: int, max_rows: int):

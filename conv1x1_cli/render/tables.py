@@ -76,5 +76,3 @@ def add_columns(table: Table, headers, left: int) -> None:
 
 def csv_cell(key: str, value):
     return "x".join(map(str, value)) if key in ("input", "output") else value
-
-

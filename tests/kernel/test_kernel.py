@@ -35,9 +35,9 @@ def problem(rng, pixels, channels, filters, dtype, with_bias=True):
 
 
 def convolve(pixels, bank, bias=None, relu=True, threads=None):
-    """kernel.pointwise into an output filled with NaN, so that an output nobody wrote fails any comparison."""
+    """The kernel into an output filled with NaN, so that an output nobody wrote fails any comparison."""
     out = np.full((pixels.shape[0], bank.shape[1]), np.nan, pixels.dtype)
-    kernel.pointwise(pixels, bank, bias, relu, out, threads)
+    kernel.apply_packed(pixels, kernel.pack_bank(bank, bias), out, relu, threads)
     return out
 
 
@@ -45,14 +45,14 @@ def convolve(pixels, bank, bias=None, relu=True, threads=None):
 def through_the_pool():
     """Every call, however small, is shared with the workers (unless it asks for one thread)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(kernel, "_SERIAL_WORK", 0)
+        patch.setattr(kernel, "SERIAL_WORK", 0)
         yield
 
 
 def assert_pool_healthy(pool):
     """Every worker started and still running (a worker that raised would be gone), and nobody holds the pool."""
-    assert len(pool._threads) == pool.n_workers
-    assert all(thread.is_alive() for thread in pool._threads), [t.name for t in pool._threads if not t.is_alive()]
+    assert len(pool.threads) == pool.n_workers
+    assert all(thread.is_alive() for thread in pool.threads), [t.name for t in pool.threads if not t.is_alive()]
     assert not pool.busy.locked()
 
 
@@ -71,8 +71,8 @@ def cpus_available():
 
 
 def test_pool_has_a_worker_for_every_other_cpu():
-    expected = min(cpus_available(), numba.config.NUMBA_NUM_THREADS, kernel.pool._MAX_THREADS) - 1
-    assert kernel._worker_pool().n_workers == expected
+    expected = min(cpus_available(), numba.config.NUMBA_NUM_THREADS, kernel.pool.MAX_THREADS) - 1
+    assert kernel.worker_pool().n_workers == expected
 
 
 @settings(max_examples=300, deadline=None)
@@ -99,18 +99,18 @@ def test_any_shape_through_the_pool_matches_float64_reference(
 def test_tiles_cover_the_pixels_without_overlap_whenever_two_heights_can(rows):
     """Tiles of rows and rows - 1 pixels: an exact cover whenever one exists (found here by brute force),
     otherwise whole tiles of rows whose last one is shifted back, overlapping the one before."""
-    from conv1x1_cli.kernel.tiles import _tile_counts
+    from conv1x1_cli.kernel.tiles import tile_counts
 
     for n_pixels in range(1, 400):
-        long, short = _tile_counts(n_pixels, rows)
+        long, short = tile_counts(n_pixels, rows)
         exact = any((n_pixels - b * (rows - 1)) % rows == 0 for b in range(n_pixels // max(rows - 1, 1) + 1))
         if exact:
             assert long * rows + short * (rows - 1) == n_pixels, (n_pixels, long, short)
             assert short < rows
         else:
             assert short == 0 and (long - 1) * rows < n_pixels < long * rows, (n_pixels, long)
-    assert _tile_counts(49, 6) == (4, 5)  # 7x7: 24 + 25
-    assert _tile_counts(13, 6) == (3, 0)  # 13 is no sum of 6s and 5s
+    assert tile_counts(49, 6) == (4, 5)  # 7x7: 24 + 25
+    assert tile_counts(13, 6) == (3, 0)  # 13 is no sum of 6s and 5s
 
 
 # Real layers above the real threshold (no patching): few pixels, where pairs go panel-major (P < F), and
@@ -131,14 +131,14 @@ LAYERS = {
 def test_thread_count_does_not_change_a_single_bit(layer, rng):
     """Each output is one accumulation chain in channel order, whichever thread computes its tile."""
     pixels, channels, filters, dtype = layer
-    assert pixels * channels * filters >= kernel._SERIAL_WORK, "this layer would not reach the pool"
+    assert pixels * channels * filters >= kernel.SERIAL_WORK, "this layer would not reach the pool"
     x, w, b = problem(rng, pixels, channels, filters, dtype)
     alone = convolve(x, w, b, threads=1)
     assert_close_to_reference(alone, x, w, b)
     for threads in (None, 2, None, 2):
         np.testing.assert_array_equal(convolve(x, w, b, threads=threads), alone)
-    if kernel._worker_pool().n_workers:
-        assert_pool_healthy(kernel._worker_pool())
+    if kernel.worker_pool().n_workers:
+        assert_pool_healthy(kernel.worker_pool())
 
 
 @contextmanager
@@ -201,8 +201,7 @@ def chunks_taken_by_the_worker(pool):
     shrinks to the point where the two met. The worker took the chunks between the two meeting points."""
     meeting_points = []
     for segment in (0, 1):
-        word = int(pool.control[kernel.pool._SEGMENTS + segment * kernel.pool._LINE])
-        start, end = (word >> kernel.pool._START_SHIFT) & kernel.pool._MAX_CHUNKS, word & kernel.pool._MAX_CHUNKS
+        start, end = pool.segment(segment)
         assert start == end, "chunks left unclaimed"
         meeting_points.append(start)
     return meeting_points[1] - meeting_points[0]
@@ -214,14 +213,14 @@ def test_workers_take_part_in_a_large_call(rng, pause):
 
     The calling thread takes any chunk nobody else has, so broken workers would only show as slowness.
     Best of three calls, so that a burst of load elsewhere on the machine cannot fail the test."""
-    pool = kernel._worker_pool()
+    pool = kernel.worker_pool()
     if pool.n_workers == 0:
         pytest.skip("one CPU: the pool has no workers")
     x, w, _ = problem(rng, 8192, 512, 512, "float32", with_bias=False)  # 2.1G multiply-adds
     packed = kernel.pack_bank(w, None)
     out = np.empty((len(x), w.shape[1]), np.float32)
     kernel.apply_packed(x[:4096], packed, out[:4096], True, threads=2)  # loads the kernel, starts the workers
-    n_chunks = min(-(-len(x) // packed.rows) * packed.panels.shape[1], 2 * kernel.pool._CHUNKS_PER_THREAD)
+    n_chunks = min(-(-len(x) // packed.rows) * packed.panels.shape[1], 2 * kernel.pool.CHUNKS_PER_THREAD)
     taken = []
     for _ in range(3):
         time.sleep(pause)
@@ -262,7 +261,7 @@ KINDS = [
 def test_kinds_switching_back_to_back_stay_correct(rng, monkeypatch):
     """Every call publishes a job of another kind (dtype and tile shape): the workers leave the loop
     compiled for one kind and enter the other's, many times over, without a wrong or missing output."""
-    monkeypatch.setattr(kernel, "_SERIAL_WORK", 0)
+    monkeypatch.setattr(kernel, "SERIAL_WORK", 0)
     cases = []
     for dtype, pixels, channels, filters in KINDS:
         x, w, b = problem(rng, pixels, channels, filters, dtype)
@@ -277,8 +276,8 @@ def test_kinds_switching_back_to_back_stay_correct(rng, monkeypatch):
             relu = bool((round_ + index) % 2)
             result = convolve(x, w, b, relu, threads=None if round_ % 3 else 2)
             np.testing.assert_array_equal(result, expected[relu], err_msg=f"{KINDS[index]}, round {round_}")
-    if kernel._worker_pool().n_workers:
-        assert_pool_healthy(kernel._worker_pool())
+    if kernel.worker_pool().n_workers:
+        assert_pool_healthy(kernel.worker_pool())
 
 
 def test_python_threads_calling_at_once_all_get_correct_results(rng):
@@ -306,19 +305,19 @@ def test_python_threads_calling_at_once_all_get_correct_results(rng):
     with ThreadPoolExecutor(len(cases)) as executor:
         outcomes = list(executor.map(calls, cases, timeout=120))
     assert outcomes == [[True] * 20] * len(cases)
-    if kernel._worker_pool().n_workers:
-        assert_pool_healthy(kernel._worker_pool())
+    if kernel.worker_pool().n_workers:
+        assert_pool_healthy(kernel.worker_pool())
 
 
 @pytest.fixture
 def pool_of_three_workers(monkeypatch):
     """A pool of three workers, whatever the CPUs (more threads than CPUs here), in place of the real one."""
-    pool = kernel.pool._WorkerPool(3)
+    pool = kernel.pool.WorkerPool(3)
     monkeypatch.setattr(kernel.pool, "_pool", pool)
-    monkeypatch.setattr(kernel, "_SERIAL_WORK", 0)
+    monkeypatch.setattr(kernel, "SERIAL_WORK", 0)
     yield pool
     pool.stop()
-    for thread in pool._threads:
+    for thread in pool.threads:
         thread.join(timeout=10)
 
 
@@ -334,7 +333,7 @@ def test_a_change_to_the_tiles_alone_gives_the_pools_compiled_code_a_new_cache_e
     shutil.copytree(os.path.dirname(conv1x1_cli.__file__), package, ignore=shutil.ignore_patterns("__pycache__"))
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); from conv1x1_cli.kernel import pool; "
-        "print(*(f._cache._cache_file._index_name for f in (pool._run_pooled, pool._serve)))"
+        "print(*(f._cache._cache_file._index_name for f in (pool.run_pooled, pool.serve)))"
     )
     before = run_python(code, tmp_path)
     with open(package / "kernel" / "tiles.py", "a") as tiles:
@@ -350,10 +349,10 @@ def one_worker_pool(monkeypatch, idle_turns):
     """A pool of one worker that spins idle_turns turns before it sleeps, in place of the real one."""
     if cpus_available() < 2 or not sys.platform.startswith("linux"):
         pytest.skip("needs two CPUs on Linux")
-    pool = kernel.pool._WorkerPool(1)
+    pool = kernel.pool.WorkerPool(1)
     monkeypatch.setattr(kernel.pool, "_pool", pool)
-    monkeypatch.setattr(kernel.pool, "_IDLE_TURNS", idle_turns)
-    monkeypatch.setattr(kernel, "_SERIAL_WORK", 0)
+    monkeypatch.setattr(kernel.pool, "IDLE_TURNS", idle_turns)
+    monkeypatch.setattr(kernel, "SERIAL_WORK", 0)
     return pool
 
 
@@ -374,33 +373,33 @@ def test_an_awake_worker_keeps_off_the_callers_cpu_and_gets_its_cpus_back_to_sle
     pool = one_worker_pool(monkeypatch, idle_turns=10**9)  # awake for good
     try:
         call_until_the_worker_takes_part(pool, rng)
-        worker = pool._threads[0].native_id
-        main_cpu = int(pool.control[kernel.pool._MAIN_CPU])
+        worker = pool.threads[0].native_id
+        main_cpu = pool.main_cpu()
         assert os.sched_getaffinity(worker) == os.sched_getaffinity(0) - {main_cpu}
     finally:
         pool.stop()
-        pool._threads[0].join(timeout=10)
+        pool.threads[0].join(timeout=10)
 
     pool = one_worker_pool(monkeypatch, idle_turns=0)  # asleep as soon as it has nothing to do
     try:
         call_until_the_worker_takes_part(pool, rng)
         deadline = time.monotonic() + 10
-        while pool.control[kernel.pool._SLEEPING] == 0 and time.monotonic() < deadline:
+        while pool.sleeping() == 0 and time.monotonic() < deadline:
             time.sleep(0.001)
-        assert pool.control[kernel.pool._SLEEPING] == 1
-        assert os.sched_getaffinity(pool._threads[0].native_id) == os.sched_getaffinity(0)
-        assert pool.control[kernel.pool._WORKER_CPUS + kernel.pool._LINE] == kernel.pool._NO_CPU
+        assert pool.sleeping() == 1
+        assert os.sched_getaffinity(pool.threads[0].native_id) == os.sched_getaffinity(0)
+        assert pool.worker_cpus()[1] == kernel.pool.NO_CPU
     finally:
         pool.stop()
-        pool._threads[0].join(timeout=10)
+        pool.threads[0].join(timeout=10)
 
 
 def test_a_new_pool_shows_no_worker_on_any_cpu():
     """The caller yields its CPU to a worker it sees on it (_make_way): before any worker has run, none is."""
-    pool = kernel.pool._WorkerPool(1)
-    published_cpus = pool.control[kernel.pool._WORKER_CPUS :: kernel.pool._LINE]
-    assert len(published_cpus) == kernel.pool._MAX_THREADS
-    assert (published_cpus == kernel.pool._NO_CPU).all()
+    pool = kernel.pool.WorkerPool(1)
+    published_cpus = pool.worker_cpus()
+    assert len(published_cpus) == kernel.pool.MAX_THREADS
+    assert (published_cpus == kernel.pool.NO_CPU).all()
 
 
 def few_and_many_pixel_cases(rng):
@@ -433,15 +432,15 @@ def test_stopped_workers_return_and_calls_stay_correct_without_them(pool_of_thre
         np.testing.assert_array_equal(convolve(x, w, b), expected)
     time.sleep(0.05)  # some workers asleep on the semaphore, which stop() must post
     pool.stop()
-    for thread in pool._threads:
+    for thread in pool.threads:
         thread.join(timeout=10)
-    assert not any(thread.is_alive() for thread in pool._threads)
+    assert not any(thread.is_alive() for thread in pool.threads)
     for x, w, b, expected in cases:  # (an atexit handler may still convolve): the calling thread does it all
         np.testing.assert_array_equal(convolve(x, w, b), expected)
 
 
 def test_read_only_and_misaligned_arrays_through_the_pool(rng, monkeypatch):
-    monkeypatch.setattr(kernel, "_SERIAL_WORK", 0)
+    monkeypatch.setattr(kernel, "SERIAL_WORK", 0)
     x, w, b = problem(rng, 301, 20, 64, "float32")
     expected = convolve(x, w, b, threads=1)
     frozen_x, frozen_w = x.copy(), w.copy()
@@ -458,7 +457,7 @@ def test_read_only_and_misaligned_arrays_through_the_pool(rng, monkeypatch):
 
     odd_x = misaligned(x)
     odd_out = misaligned(np.full(expected.shape, np.nan, np.float32))
-    kernel.pointwise(odd_x, w, b, True, odd_out)
+    kernel.apply_packed(odd_x, kernel.pack_bank(w, b), odd_out, True)
     np.testing.assert_array_equal(odd_out, expected)
 
 
@@ -467,18 +466,18 @@ def test_read_only_and_misaligned_arrays_through_the_pool(rng, monkeypatch):
 def test_output_sharing_memory_with_the_pixels_is_computed_as_if_apart(shift, threads, rng, monkeypatch):
     """The kernel writes out while it still reads pixels (and recomputes the rows of the shifted last tile):
     in-place calls must read the pixels as they were."""
-    monkeypatch.setattr(kernel, "_SERIAL_WORK", 0)
+    monkeypatch.setattr(kernel, "SERIAL_WORK", 0)
     buffer = rng.standard_normal((301 + shift, 48)).astype(np.float32)
     x, w, b = buffer[:301].copy(), rng.standard_normal((48, 48)).astype(np.float32), np.ones(48, np.float32)
     expected = convolve(x, w, b, threads=1)
-    kernel.pointwise(buffer[:301], w, b, True, buffer[shift:], threads)
+    kernel.apply_packed(buffer[:301], kernel.pack_bank(w, b), buffer[shift:], True, threads)
     np.testing.assert_array_equal(buffer[shift:], expected)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("relu", [True, False], ids=["relu", "identity"])
 def test_nan_and_inf_propagate_through_the_pool_as_in_numpy(dtype, relu, rng, monkeypatch):
-    monkeypatch.setattr(kernel, "_SERIAL_WORK", 0)
+    monkeypatch.setattr(kernel, "SERIAL_WORK", 0)
     x, w, b = problem(rng, 300, 40, 70, dtype)
     x[5, 11] = np.nan  # NaN in: the whole row is NaN, through ReLU too
     x[17, 3], x[40, 7] = np.inf, -np.inf  # rows 17 and 40 all +inf and -inf (ReLU: 0), but...
@@ -510,7 +509,7 @@ def test_nan_and_inf_propagate_through_the_pool_as_in_numpy(dtype, relu, rng, mo
 
 @pytest.mark.parametrize("blocked", [False, True], ids=["one pass", "channel blocks"])
 def test_no_channels_gives_the_bias_and_no_pixels_gives_nothing(monkeypatch, blocked):
-    monkeypatch.setattr(kernel, "_SERIAL_WORK", 0)
+    monkeypatch.setattr(kernel, "SERIAL_WORK", 0)
     if blocked:
         monkeypatch.setattr(kernel, "_PANEL_BYTES_WHOLE", -1)
     bias = np.arange(-2, 3, dtype=np.float32)
@@ -628,12 +627,12 @@ BAD_ARGUMENTS = {
 @pytest.mark.parametrize("case", BAD_ARGUMENTS.values(), ids=BAD_ARGUMENTS.keys())
 def test_apply_packed_refuses_wrong_arrays_and_leaves_the_pool_free(case, monkeypatch):
     make_pixels, make_out, exception, message = case
-    monkeypatch.setattr(kernel, "_SERIAL_WORK", 0)
+    monkeypatch.setattr(kernel, "SERIAL_WORK", 0)
     pixels, out = make_pixels(), make_out()
     with pytest.raises(exception, match=message):
         kernel.apply_packed(pixels, kernel.pack_bank(np.ones((4, 2), F32), None), out, True)
     assert not np.asarray(out).any(), "a refused call wrote to out"
-    assert not kernel._worker_pool().busy.locked()
+    assert not kernel.worker_pool().busy.locked()
     right = np.zeros((5, 2), F32)
     kernel.apply_packed(np.ones((5, 4), F32), kernel.pack_bank(np.ones((4, 2), F32), None), right, True)
     np.testing.assert_array_equal(right, np.full((5, 2), 4.0))
@@ -663,7 +662,7 @@ def test_pack_bank_refuses_what_the_kernel_cannot_take(bank, bias, exception, me
 
 @pytest.mark.parametrize("width", [4, 8, 16, 32, 64])
 def test_width_markers_stand_for_their_panel_width(width):
-    assert kernel.tiles._marker_width(kernel.tiles._width_marker_for(width)) == width
+    assert kernel.tiles.marker_width(kernel.tiles.width_marker_for(width)) == width
 
 
 def test_the_cuts_kept_per_filter_count_stay_bounded_and_right(monkeypatch):
@@ -711,12 +710,12 @@ x64, w64, b64 = (a.astype(np.float64) for a in (x32, w32, b32))
 
 def convolve(x, w, b):
     out = np.full((len(x), w.shape[1]), np.nan, x.dtype)
-    kernel.pointwise(x, w, b, True, out)
+    kernel.apply_packed(x, kernel.pack_bank(w, b), out, True)
     return out
 
 parent = convolve(x32, w32, b32), convolve(x64, w64, b64)
-parent_pool = kernel.pool._pool
-assert parent_pool is not None and len(parent_pool._threads) == parent_pool.n_workers, "no pool in the parent"
+parent_pool = kernel.pool.current_pool()
+assert parent_pool is not None and len(parent_pool.threads) == parent_pool.n_workers, "no pool in the parent"
 stop = threading.Event()
 if busy_thread:  # fork while another thread is (most likely) inside a pooled call
     def keep_convolving():
@@ -729,12 +728,12 @@ pid = os.fork()
 if pid == 0:
     status = 1
     try:
-        assert kernel.pool._pool is None, "the child kept the parent's pool, whose workers it does not have"
+        assert kernel.pool.current_pool() is None, "the child kept the parent's pool, whose workers it does not have"
         for _ in range(20):
             child = convolve(x32, w32, b32), convolve(x64, w64, b64)
-        pool = kernel.pool._pool
+        pool = kernel.pool.current_pool()
         assert pool is not None and pool is not parent_pool
-        assert len(pool._threads) == pool.n_workers and all(t.is_alive() for t in pool._threads)
+        assert len(pool.threads) == pool.n_workers and all(t.is_alive() for t in pool.threads)
         np.savez(child_results, x32=child[0], x64=child[1])
         status = 0
     except BaseException:
@@ -774,7 +773,7 @@ from conv1x1_cli import kernel
 
 x, w = np.ones((500, 64), np.float32), np.ones((64, 96), np.float32)
 out = np.empty((500, 96), np.float32)
-kernel.pointwise(x, w, None, True, out)  # pooled: the parent's pool is running
+kernel.apply_packed(x, kernel.pack_bank(w, None), out, True)  # pooled: the parent's pool is running
 held, release = threading.Event(), threading.Event()
 
 def compiling():  # what another thread's first call of a new kind does, for a second or more
@@ -786,7 +785,7 @@ threading.Thread(target=compiling).start()
 held.wait()
 pid = os.fork()
 if pid == 0:
-    kernel.pointwise(x, w, None, True, out)  # needs a pool of its own, made under _setup_lock
+    kernel.apply_packed(x, kernel.pack_bank(w, None), out, True)  # needs a pool of its own, made under _setup_lock
     os._exit(0 if (out == 64).all() else 1)
 release.set()
 wait_for_child(pid, float(sys.argv[1]))
@@ -807,8 +806,8 @@ from conv1x1_cli import conv1x1, kernel
 
 x, w = np.ones((64, 64, 64), np.float32), np.ones((64, 64), np.float32)  # 16.8M multiply-adds: pooled
 assert (conv1x1(x, w) == 64).all()
-pool = kernel.pool._pool
-assert pool is not None and len(pool._threads) == pool.n_workers, "the pool did not start"
+pool = kernel.pool.current_pool()
+assert pool is not None and len(pool.threads) == pool.n_workers, "the pool did not start"
 if sys.argv[1] == "convolving":  # a daemon thread still inside pooled calls while the interpreter exits
     threading.Thread(target=lambda: [conv1x1(x, w) for _ in iter(int, 1)], daemon=True).start()
     time.sleep(0.1)
@@ -833,30 +832,30 @@ import numpy as np
 from conv1x1_cli import kernel
 
 signal.signal(signal.SIGUSR1, lambda *args: None)  # delivered to a worker, it interrupts sem_wait (EINTR)
-kernel._SERIAL_WORK = 0
+kernel.SERIAL_WORK = 0
 x, w = np.ones((64, 8), np.float32), np.ones((8, 16), np.float32)
 
 def convolve():
     out = np.full((64, 16), np.nan, np.float32)
-    kernel.pointwise(x, w, None, True, out)
+    kernel.apply_packed(x, kernel.pack_bank(w, None), out, True)
     assert (out == 8).all(), out
 
 def settled():
     # Every worker asleep: each counted once in _SLEEPING, and no post left over on the semaphore. (The
     # ~2 ms of spinning are 4000 sched_yield turns: with other processes on every CPU, seconds of wall time.)
     deadline = time.monotonic() + 60
-    while pool.control[kernel.pool._SLEEPING] < pool.n_workers and time.monotonic() < deadline:
+    while pool.sleeping() < pool.n_workers and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.2)
     value = ctypes.c_int()
     ctypes.CDLL(None).sem_getvalue(ctypes.c_void_p(pool.semaphore.ctypes.data), ctypes.byref(value))
-    return [int(pool.control[kernel.pool._SLEEPING]), value.value]
+    return [pool.sleeping(), value.value]
 
 convolve()
-pool = kernel.pool._pool
+pool = kernel.pool.current_pool()
 before = settled()
 for _ in range(20):
-    for thread in pool._threads:
+    for thread in pool.threads:
         signal.pthread_kill(thread.ident, signal.SIGUSR1)
     time.sleep(0.01)
 for _ in range(5):
@@ -883,17 +882,17 @@ from conv1x1_cli import kernel
 
 if sys.argv[3] != "-":
     sys.platform = sys.argv[3]  # as the kernel would see it there; its serial code is the same
-pool = kernel._worker_pool()
+pool = kernel.worker_pool()
 results = {}
 with np.load(sys.argv[1]) as inputs:
     for name in ("few", "many", "tiny"):
         x, w, b = inputs[name + "_x"], inputs[name + "_w"], inputs[name + "_b"]
         for threads in (None, 2):
             out = np.full((len(x), w.shape[1]), np.nan, x.dtype)
-            kernel.pointwise(x, w, b, True, out, threads)
+            kernel.apply_packed(x, kernel.pack_bank(w, b), out, True, threads)
             results[f"{name}_{threads}"] = out
 np.savez(sys.argv[2], **results)
-print(pool.n_workers, len(pool._threads), threading.active_count())
+print(pool.n_workers, len(pool.threads), threading.active_count())
 """
 
 
@@ -926,10 +925,19 @@ def test_prepare_compiles_what_a_pooled_call_runs(rng):
     x, w, b = problem(rng, 3000, 40, 72, "float64")  # 8.6M multiply-adds: pooled without patching
     packed = kernel.pack_bank(w, b)
     kernel.prepare(packed)
-    compiled = {name: len(getattr(kernel, name).overloads) for name in ("_run_alone", "_run_pooled", "_serve")}
+    compiled = {name: len(getattr(kernel, name).overloads) for name in ("run_alone", "run_pooled", "serve")}
     out = np.full((len(x), w.shape[1]), np.nan)
     kernel.apply_packed(x, packed, out, True)
     assert {name: len(getattr(kernel, name).overloads) for name in compiled} == compiled
     assert_close_to_reference(out, x, w, b)
-    if kernel._worker_pool().n_workers:
+    if kernel.worker_pool().n_workers:
         assert packed.kind.serve_compiled and (True, True, True) in packed.kind.compiled_runs
+
+
+@pytest.mark.parametrize(("channels", "filters", "dtype"), [(192, 8, F32), (192, 40, F32), (64, 130, np.float64)])
+def test_packed_banks_are_the_size_the_dask_planner_counts(channels, filters, dtype):
+    from conv1x1_cli.costs.packing import packed_bank_bytes
+
+    packed = kernel.pack_bank(np.ones((channels, filters), dtype), np.ones(filters, dtype))
+    itemsize = np.dtype(dtype).itemsize
+    assert packed.panels.nbytes + packed.panel_bias.nbytes == packed_bank_bytes(channels, filters, itemsize)

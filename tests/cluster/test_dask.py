@@ -19,48 +19,10 @@ import naive
 import numpy as np
 import pytest
 
-from conv1x1_cli.accounting import SpecError, parse_spec
-from conv1x1_cli.chunking import chunk_plan, default_chunks, parse_chunks
-from conv1x1_cli.io import InputError
+from conv1x1_cli.errors import InputError
 
 WORKER_MEMORY = 450 * 2**20
 ROOT = Path(__file__).resolve().parent.parent
-
-
-# ---------------------------------------------------------------------------------------------------
-# Chunk plans: pure arithmetic, no dask needed
-
-
-def test_chunk_plan_counts_blocks_of_every_image():
-    plan = chunk_plan(parse_spec("3x1000x1000x200"), [8], parse_chunks("256x512"))
-    assert plan.tasks == 3 * 4 * 2
-    assert plan.block_pixels == 256 * 512
-    assert plan.input_block_bytes == 256 * 512 * 200 * 4
-    assert plan.output_block_bytes == 256 * 512 * 8 * 4
-
-
-def test_chunk_plan_memory_of_a_chain_holds_two_consecutive_layers():
-    plan = chunk_plan(parse_spec("100x100x64"), [256, 32, 16], (100, 100), dtype="float64")
-    pixels = 100 * 100
-    assert plan.intermediate_bytes == pixels * (256 + 32) * 8 - pixels * 16 * 8
-    banks = (65 * 256 + 257 * 32 + 33 * 16) * 8  # F padded to whole 8-double vectors
-    assert plan.per_task_bytes == pixels * 64 * 8 + pixels * (256 + 32) * 8 + banks
-
-
-def test_chunks_larger_than_the_image_are_one_block_per_image():
-    plan = chunk_plan(parse_spec("2x10x10x3"), [4], (4096, 4096))
-    assert plan.tasks == 2 and plan.chunks == (10, 10)
-
-
-def test_bad_chunk_specs_are_refused():
-    for spec in ("256", "0x4", "axb", "1x2x3"):
-        with pytest.raises(SpecError):
-            parse_chunks(spec)
-
-
-def test_default_chunks_are_whole_row_bands_near_the_target():
-    rows, cols = default_chunks(parse_spec("1000x1000x200"), [8])
-    assert cols == 1000 and 0.9 < rows * cols * 208 * 4 / (64 * 2**20) <= 1
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -74,7 +36,7 @@ def cluster():
     pytest.importorskip("distributed")
     import cloudpickle
 
-    from conv1x1_cli.cluster import local_cluster
+    from conv1x1_cli.cluster.client import local_cluster
 
     # The workers cannot import this test module: ship its helper functions by value.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -112,14 +74,19 @@ def leftovers(directory):
     return sorted(name for name in os.listdir(directory) if name.endswith(".tmp") or ".tmp." in name)
 
 
+def apply_stores(input_path, weight_paths, output_path, **options):
+    """The public entry point, with its ApplyOptions given as keywords."""
+    from conv1x1_cli import ApplyOptions, apply
+
+    return apply(input_path, weight_paths, output_path, ApplyOptions(**options))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Results
 
 
 def test_store_of_many_chunks_equals_the_float64_reference(cluster, tmp_path, rng):
     import zarr
-
-    from conv1x1_cli.cluster import apply_stores
 
     x = rng.standard_normal((4, 64, 48, 16)).astype(np.float32)
     bank, bias = rng.standard_normal((16, 24)).astype(np.float32), rng.standard_normal(24).astype(np.float32)
@@ -141,8 +108,6 @@ def test_store_of_many_chunks_equals_the_float64_reference(cluster, tmp_path, rn
 
 
 def test_chain_with_biases_from_store_to_npy(cluster, tmp_path, rng):
-    from conv1x1_cli.cluster import apply_stores
-
     x = rng.standard_normal((70, 50, 12)).astype(np.float32)
     banks = [rng.standard_normal((12, 20)).astype(np.float32), rng.standard_normal((20, 6)).astype(np.float32)]
     biases = [rng.standard_normal(20).astype(np.float32), rng.standard_normal(6).astype(np.float32)]
@@ -169,8 +134,6 @@ def test_chain_with_biases_from_store_to_npy(cluster, tmp_path, rng):
 def test_npy_to_zarr_and_back_round_trips_channels_first(cluster, tmp_path, rng):
     import zarr
 
-    from conv1x1_cli.cluster import apply_stores
-
     x = rng.standard_normal((2, 5, 33, 27)).astype(np.float16)  # (N, C, H, W), computed as float32
     np.save(tmp_path / "x.npy", x)
     identity = np.eye(5, dtype=np.float32)
@@ -187,8 +150,6 @@ def test_npy_to_zarr_and_back_round_trips_channels_first(cluster, tmp_path, rng)
 
 
 def test_one_channel_image_gives_height_width_filters(cluster, tmp_path, rng):
-    from conv1x1_cli.cluster import apply_stores
-
     image = rng.random((37, 29))
     np.save(tmp_path / "img.npy", image)
     np.save(tmp_path / "w.npy", np.array([[2.0, -1.0]]))
@@ -209,7 +170,7 @@ def test_one_channel_image_gives_height_width_filters(cluster, tmp_path, rng):
 def test_dask_array_matches_the_in_memory_api_in_both_layouts(client, rng):
     import dask.array as da
 
-    from conv1x1_cli.api import conv1x1
+    from conv1x1_cli import conv1x1
 
     bank = rng.standard_normal((6, 9))
     for layout, shape, chunks in (("nhwc", (3, 20, 16, 6), (1, 7, 16, 6)), ("nchw", (3, 6, 20, 16), (2, 6, 5, 8))):
@@ -250,14 +211,14 @@ def test_result_is_lazy_until_computed(client):
 def test_bad_banks_are_refused_before_any_work(client):
     import dask.array as da
 
-    from conv1x1_cli.api import ShapeError
+    from conv1x1_cli.errors import InputError as ShapeError
 
     with pytest.raises(ShapeError, match="expects 4 input channels but the input has 3"):
         conv1x1_dask(da.zeros((4, 4, 3), chunks=2), np.ones((4, 2)))
 
 
 def conv1x1_dask(*args, **kwargs):
-    from conv1x1_cli.dask_backend import conv1x1_dask
+    from conv1x1_cli.cluster.blocks import conv1x1_dask
 
     return conv1x1_dask(*args, **kwargs)
 
@@ -292,8 +253,8 @@ def store_input(tmp_path, rng, rows=320):
 
 
 def test_a_worker_killed_mid_run_is_recovered_from(client, tmp_path, rng):
-    from conv1x1_cli import cluster as runner
-    from conv1x1_cli import stores
+    from conv1x1_cli.cluster import client as runner
+    from conv1x1_cli.cluster import stores
 
     x, source = store_input(tmp_path, rng)  # 40 blocks of 0.15 s on 2 workers: about 3 s
     bank = rng.standard_normal((8, 5)).astype(np.float32)
@@ -318,8 +279,8 @@ def test_a_worker_killed_mid_run_is_recovered_from(client, tmp_path, rng):
 def test_a_failing_run_leaves_the_old_store_and_no_temporary(client, tmp_path, rng):
     import zarr
 
-    from conv1x1_cli import cluster as runner
-    from conv1x1_cli import stores
+    from conv1x1_cli.cluster import client as runner
+    from conv1x1_cli.cluster import stores
 
     _, source = store_input(tmp_path, rng, rows=64)
     destination = write_store(tmp_path / "out.zarr", np.full((3, 3), 7.0), (3, 3))
@@ -331,8 +292,8 @@ def test_a_failing_run_leaves_the_old_store_and_no_temporary(client, tmp_path, r
 
 
 def test_losing_workers_for_good_is_a_clear_error_and_no_store(client, tmp_path, rng):
-    from conv1x1_cli import cluster as runner
-    from conv1x1_cli import stores
+    from conv1x1_cli.cluster import client as runner
+    from conv1x1_cli.cluster import stores
 
     _, source = store_input(tmp_path, rng, rows=64)
     lazy = conv1x1_dask(source.map_blocks(die_on_third_row_band, dtype=np.float32), np.ones((8, 2), np.float32))
@@ -345,8 +306,9 @@ def test_losing_workers_for_good_is_a_clear_error_and_no_store(client, tmp_path,
 
 def test_an_unreachable_scheduler_is_one_line(monkeypatch):
     pytest.importorskip("distributed")
-    from conv1x1_cli import cluster as runner
-    from conv1x1_cli.cluster import ClusterError, dask_client
+    from conv1x1_cli.cluster import client as runner
+    from conv1x1_cli.cluster.client import dask_client
+    from conv1x1_cli.errors import ClusterError
 
     monkeypatch.setattr(runner, "CONNECT_TIMEOUT", "1s")
 
@@ -358,8 +320,6 @@ def test_an_unreachable_scheduler_is_one_line(monkeypatch):
 
 
 def test_an_existing_non_store_destination_is_not_replaced(cluster, tmp_path, rng):
-    from conv1x1_cli.cluster import apply_stores
-
     (tmp_path / "out.zarr").mkdir()
     (tmp_path / "out.zarr" / "notes.txt").write_text("mine")
     np.save(tmp_path / "x.npy", rng.random((4, 4, 2)))
@@ -394,8 +354,6 @@ def reset_peak_memory():
 
 def test_peak_worker_memory_stays_at_a_few_chunks_for_a_store_bigger_than_memory(cluster, client, tmp_path):
     import zarr
-
-    from conv1x1_cli.cluster import apply_stores
 
     rows, width, channels, band = 3200, 2048, 64, 32
     chunk_bytes = band * width * channels * 4  # 16 MiB
@@ -459,10 +417,10 @@ sys.meta_path.insert(0, NoDask())
 def test_a_store_without_the_extra_names_the_extra_in_one_line(tmp_path):
     np.save(tmp_path / "w.npy", np.ones((2, 2)))
     script = BLOCK_DASK + (
-        "from conv1x1_cli.cluster import apply_stores\n"
-        "from conv1x1_cli.io import InputError\n"
+        "from conv1x1_cli import apply\n"
+        "from conv1x1_cli.errors import InputError\n"
         "try:\n"
-        f"    apply_stores('in.zarr', [{str(tmp_path / 'w.npy')!r}], 'out.npy')\n"
+        f"    apply('in.zarr', [{str(tmp_path / 'w.npy')!r}], 'out.npy')\n"
         "except InputError as error:\n"
         "    print(error)\n"
         "print(sorted(name for name in sys.modules if name.split('.')[0] in ('dask', 'distributed', 'zarr')))\n"

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from conv1x1_cli import machine
-from conv1x1_cli.machine import MachineLimits, cache_path, load_limits, save_limits
+from conv1x1_cli.bench.machine import cache_path, load_limits, save_limits
+from conv1x1_cli.costs import roofline
+from conv1x1_cli.costs.roofline import MachineLimits
 
 MEASURED = MachineLimits(
     peak_gflops=412.5, sgemm_gflops=301.25, bandwidth_gbs=18.5, threads=2, source="measured by a test on a CPU"
@@ -57,7 +58,7 @@ def test_save_leaves_no_temporary_file_and_replaces_old_limits(cache_dir):
 
 def test_never_measured_gives_labelled_defaults():
     limits = load_limits()
-    assert limits.source == machine.DEFAULT_SOURCE
+    assert limits.source == roofline.DEFAULT_SOURCE
     assert not limits.measured
     assert limits.peak_gflops > 0 and limits.bandwidth_gbs > 0 and limits.threads >= 1
 
@@ -77,12 +78,12 @@ def test_never_measured_gives_labelled_defaults():
 def test_corrupt_cache_falls_back_to_defaults(cache_dir, content):
     cache_dir.mkdir()
     (cache_dir / "machine.json").write_text(content)
-    assert load_limits() == machine.default_limits()
+    assert load_limits() == roofline.default_limits()
 
 
 def test_unreadable_cache_falls_back_to_defaults(cache_dir):
     (cache_dir / "machine.json").mkdir(parents=True)  # a directory where the file should be
-    assert load_limits() == machine.default_limits()
+    assert load_limits() == roofline.default_limits()
 
 
 def test_as_dict_has_exactly_the_interface_fields():
@@ -95,15 +96,7 @@ def test_as_dict_has_exactly_the_interface_fields():
     }
 
 
-def test_roofline_on_hand_numbers():
-    limits = MachineLimits(peak_gflops=200.0, sgemm_gflops=150.0, bandwidth_gbs=20.0, threads=2, source="hand")
-    assert limits.ridge_intensity == 10.0
-    assert limits.attainable_gflops(2.5) == 50.0  # memory-bound: 2.5 FLOP/byte x 20 GB/s
-    assert limits.attainable_gflops(10.0) == 200.0  # at the ridge
-    assert limits.attainable_gflops(64.0) == 200.0  # compute-bound: capped at the peak
-
-
 def test_import_loads_neither_numpy_nor_numba():
-    code = "import sys, conv1x1_cli.machine; print(sorted({'numpy', 'numba'} & set(sys.modules)))"
+    code = "import sys, conv1x1_cli.bench.machine; print(sorted({'numpy', 'numba'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

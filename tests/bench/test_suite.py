@@ -7,9 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from conv1x1_cli import bench, probe
-from conv1x1_cli.bench import BenchLayer, LayerResult, Timing, roofline, summarize, verify
-from conv1x1_cli.machine import MachineLimits, load_limits
+from conv1x1_cli.bench import machine, suite
+from conv1x1_cli.bench.machine import load_limits
+from conv1x1_cli.bench.suite import BenchLayer, LayerResult, Timing, summarize, verify
+from conv1x1_cli.costs.roofline import MachineLimits
+from conv1x1_cli.kernel import probe
 
 HAND_LIMITS = MachineLimits(peak_gflops=200.0, sgemm_gflops=150.0, bandwidth_gbs=20.0, threads=2, source="hand")
 # 2 images of 3x4 pixels, 5 channels -> 6 filters: 24 pixels.
@@ -25,24 +27,24 @@ def test_hand_worked_layer_flops_bytes_and_intensity():
 
 
 def test_suite_layers_count_the_known_googlenet_and_resnet_costs():
-    layers = {layer.name: layer for layer in bench.SUITE}
+    layers = {layer.name: layer for layer in suite.SUITE}
     assert layers["GoogLeNet 3a 1x1"].flops == 2 * 28 * 28 * 192 * 64 == 19_267_584
     resnet5 = layers["ResNet-50 conv5 reduce"]
     assert resnet5.bytes_moved == (7 * 7 * 2048 + 7 * 7 * 512 + 2048 * 512) * 4
     assert layers["ResNet-50 conv5 reduce N=32"].flops == 32 * resnet5.flops
-    assert set(bench.QUICK_NAMES) <= set(layers)
+    assert set(suite.QUICK_NAMES) <= set(layers)
 
 
 def test_roofline_memory_bound_layer_on_hand_numbers():
     # 1440 flops / 1176 bytes = 1.2245 flop/byte x 20 GB/s = 24.49 GFLOP/s < 200 peak
-    line = roofline(HAND_LAYER, HAND_LIMITS)
+    line = HAND_LAYER.roofline(HAND_LIMITS)
     assert line.bound == "memory"
     assert line.attainable_gflops == pytest.approx(1440 / 1176 * 20)
 
 
 def test_roofline_compute_bound_layer_is_capped_at_the_peak():
     big = BenchLayer("big", 1, 7, 7, 2048, 512)  # ~21.9 flop/byte x 20 GB/s = 438 > 200
-    line = roofline(big, HAND_LIMITS)
+    line = big.roofline(HAND_LIMITS)
     assert line.bound == "compute"
     assert line.attainable_gflops == 200.0
 
@@ -56,7 +58,7 @@ def hand_result(ours: float, numpy: float, torch: float | None, layer: BenchLaye
         torch_seconds=torch,
         verified=True,
         max_error_ratio=0.0,
-        roofline=roofline(layer, HAND_LIMITS),
+        roofline=layer.roofline(HAND_LIMITS),
         peak_gflops=HAND_LIMITS.peak_gflops,
     )
 
@@ -129,23 +131,28 @@ def test_verify_flags_nan_where_the_reference_has_none(rng):
 def test_openblas_override_is_named_in_a_warning(monkeypatch):
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
     monkeypatch.delenv("OPENBLAS_L2_SIZE", raising=False)
-    machine = bench.describe_machine(torch=False)
-    assert machine.openblas_overrides == {"OPENBLAS_CORETYPE": "Haswell"}
-    assert any("OPENBLAS_CORETYPE=Haswell" in warning for warning in machine.warnings)
+    info = machine.describe_machine(torch=False)
+    assert info.openblas_overrides == {"OPENBLAS_CORETYPE": "Haswell"}
+    assert any("OPENBLAS_CORETYPE=Haswell" in warning for warning in info.warnings)
 
 
 def test_quick_run_on_a_tiny_suite_returns_verified_rows_and_saves_limits(tmp_path, monkeypatch):
     monkeypatch.setenv("CONV1X1_CACHE_DIR", str(tmp_path))
     tiny = [BenchLayer("tiny", 1, 8, 8, 16, 8), BenchLayer("tiny batch", 3, 5, 5, 40, 24)]
     steps = []
-    report = bench.run_bench(quick=True, torch=False, layers=tiny, progress=lambda *step: steps.append(step))
+    report = suite.run_bench(quick=True, torch=False, layers=tiny, progress=lambda *step: steps.append(step))
     assert [row.layer for row in report.rows] == tiny
     for row in report.rows:
         assert row.verified and row.repeats >= 5
         assert row.torch_seconds is None
         assert row.ours_seconds > 0 and row.numpy_seconds > 0
-    assert steps[0] == ("machine limits", 0, 4) and steps[-1] == ("done", 4, 4)
-    assert steps[-2] == ("machine limits again", 3, 4)
+    assert steps == [
+        (0, 4, "machine limits"),
+        (1, 4, "tiny"),
+        (1, 4, "tiny batch"),
+        (1, 4, "machine limits again"),
+        (1, 4, "done"),
+    ]
     assert report.limits_saved and load_limits() == report.limits
     assert report.limits.source.startswith("measured ")
     assert report.summary.mismatches == []
@@ -160,5 +167,5 @@ def test_fma_peak_is_a_positive_finite_rate():
 
 
 def test_background_load_is_a_percentage_or_unknown():
-    share = bench.BackgroundLoad().percent()
+    share = machine.BackgroundLoad().percent()
     assert share is None or share >= 0

@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from conv1x1_cli.io import InputError, NpyInput, NpyOutput, load_array, npy_header_bytes, read_header
+from conv1x1_cli.errors import InputError
+from conv1x1_cli.sources.npy import NpyInput, NpyOutput, load_array, npy_header_bytes, read_header
 
 
 def save(path, array):
@@ -20,28 +21,28 @@ def save(path, array):
     "array", [np.arange(12, dtype=">f4").reshape(3, 4), np.asfortranarray(np.eye(3, 5)), np.arange(6, dtype=np.uint8)]
 )
 def test_round_trip_keeps_values_order_and_dtype(tmp_path, array):
-    loaded = load_array(save(tmp_path / "a.npy", array), "input")
+    loaded = load_array(save(tmp_path / "a.npy", array))
     assert loaded.dtype == array.dtype and loaded.shape == array.shape
     np.testing.assert_array_equal(loaded, array)
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match=r"nope\.npy: no such file"):
-        load_array(str(tmp_path / "nope.npy"), "input")
+        load_array(str(tmp_path / "nope.npy"))
 
 
 def test_not_a_npy_file(tmp_path):
     path = tmp_path / "text.npy"
     path.write_text("hello, this is text")
     with pytest.raises(InputError, match=r"text\.npy: not a valid \.npy file"):
-        load_array(str(path), "input")
+        load_array(str(path))
 
 
 def test_empty_file(tmp_path):
     path = tmp_path / "empty.npy"
     path.write_bytes(b"")
     with pytest.raises(InputError, match=r"empty\.npy: file is empty"):
-        load_array(str(path), "input")
+        load_array(str(path))
 
 
 def test_truncated_data_is_caught_from_the_header(tmp_path):
@@ -56,7 +57,7 @@ def test_truncated_stream_is_caught_while_reading():
     stream = io.BytesIO(data)
     header = read_header(stream, "<stdin>")
     assert header.shape == (10, 10)
-    from conv1x1_cli.io import read_exact
+    from conv1x1_cli.sources.npy import read_exact
 
     with pytest.raises(InputError, match="truncated"):
         read_exact(stream, np.empty(header.shape, header.dtype), "<stdin>")
@@ -73,7 +74,7 @@ def test_truncated_stream_is_caught_while_reading():
 )
 def test_unsupported_dtypes_are_refused_before_reading_data(tmp_path, array, message):
     with pytest.raises(InputError, match=message):
-        load_array(save(tmp_path / "bad.npy", array), "input")
+        load_array(save(tmp_path / "bad.npy", array))
 
 
 def test_pickles_are_never_loaded(tmp_path):
@@ -86,7 +87,7 @@ def test_pickles_are_never_loaded(tmp_path):
 
     path = save(tmp_path / "evil.npy", np.array([Exploit()], dtype=object))
     with pytest.raises(InputError, match="Python objects"):
-        load_array(path, "input")
+        load_array(path)
     assert not marker.exists()
 
 
@@ -94,7 +95,7 @@ def test_npz_archives_get_their_own_message(tmp_path):
     path = tmp_path / "a.npz"
     np.savez(path, x=np.zeros(3))
     with pytest.raises(InputError, match=r"\.npz archive"):
-        load_array(str(path), "input")
+        load_array(str(path))
 
 
 def test_output_is_written_atomically(tmp_path):

@@ -17,8 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conv1x1_cli.accounting import SpecError, parse_spec
-from conv1x1_cli.io import InputError, NpyInput, read_header
+from conv1x1_cli.costs import parse_spec
+from conv1x1_cli.errors import ArgumentError, InputError
+from conv1x1_cli.sources.npy import NpyInput, read_header
 
 COMMAND = [sys.executable, "-m", "conv1x1_cli"]
 
@@ -380,7 +381,7 @@ def test_spec_parser_round_trips(values, separator):
 def test_spec_parser_never_crashes(text):
     try:
         volume = parse_spec(text)
-    except SpecError:
+    except ArgumentError:
         return
     assert all(size >= 1 for size in volume.shape()) and len(volume.shape()) in (3, 4)
 

@@ -10,18 +10,17 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from conv1x1_cli.accounting import bottleneck_cost, chain_cost, inception_cost, parse_spec
-from conv1x1_cli.machine import MachineLimits
-from conv1x1_cli.render import (
+from conv1x1_cli.costs import bottleneck_cost, chain_cost, inception_cost, parse_spec
+from conv1x1_cli.costs.roofline import MachineLimits
+from conv1x1_cli.render.costs import (
     bottleneck_csv_rows,
     bottleneck_table,
     inception_csv_rows,
     inception_table,
-    layer_text,
-    print_report,
     shapes_csv_rows,
     shapes_table,
 )
+from conv1x1_cli.render.tables import layer_text, print_report
 
 LIMITS = MachineLimits(peak_gflops=100.0, sgemm_gflops=80.0, bandwidth_gbs=10.0, threads=2, source="measured (test)")
 
@@ -117,8 +116,8 @@ def test_bench_renders_as_table_and_csv_from_one_report(tmp_path, monkeypatch):
     """A real (tiny) bench run, rendered both ways; the numbers in the table are the report's."""
     from rich.console import Console
 
-    from conv1x1_cli.bench import BenchLayer, run_bench
-    from conv1x1_cli.render import bench_csv_rows, bench_table
+    from conv1x1_cli.bench.suite import BenchLayer, run_bench
+    from conv1x1_cli.render.bench import bench_csv_rows, bench_table
 
     monkeypatch.setenv("CONV1X1_CACHE_DIR", str(tmp_path))
     report = run_bench(quick=True, torch=False, layers=[BenchLayer("tiny", 1, 8, 8, 16, 8)], save=False).as_dict()
@@ -132,8 +131,9 @@ def test_bench_renders_as_table_and_csv_from_one_report(tmp_path, monkeypatch):
 
 
 def apply_report(**timings):
-    from conv1x1_cli.accounting import Volume
-    from conv1x1_cli.api import ApplyReport, Layer
+    from conv1x1_cli.costs import Volume
+    from conv1x1_cli.engine.layers import Layer
+    from conv1x1_cli.engine.report import ApplyReport
 
     bank = np.ones((192, 32), np.float32)
     layer = Layer(bank=bank, bias=None, relu=True)
@@ -156,7 +156,7 @@ def apply_report(**timings):
     ids=["compiled", "loaded", "not measured"],
 )
 def test_apply_summary_says_where_the_time_went(timings, time_text):
-    from conv1x1_cli.render import apply_summary
+    from conv1x1_cli.render.apply import apply_summary
 
     console = Console(width=200, record=True)
     console.print(apply_summary(apply_report(**timings)))

@@ -1,0 +1,66 @@
+"""The one atomic writer: the old version or the new one, never half of one, and no temporary left."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from conv1x1_cli.sources.atomic import Replacement
+
+
+def names(folder):
+    return sorted(path.name for path in folder.iterdir())
+
+
+def test_a_new_file_appears_complete_with_the_mode_open_would_give(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        with Replacement(str(tmp_path / "out.npy")) as new:
+            new.file.write(b"complete")
+            assert names(tmp_path) != ["out.npy"]  # still under its temporary name
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "out.npy").read_bytes() == b"complete"
+    assert stat.S_IMODE((tmp_path / "out.npy").stat().st_mode) == 0o644
+    assert names(tmp_path) == ["out.npy"]
+
+
+def test_a_replaced_file_keeps_its_mode(tmp_path):
+    target = tmp_path / "out.npy"
+    target.write_bytes(b"old")
+    target.chmod(0o600)
+    with Replacement(str(target)) as new:
+        new.file.write(b"new")
+    assert target.read_bytes() == b"new" and stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_a_failure_keeps_the_old_file_and_removes_the_temporary(tmp_path):
+    target = tmp_path / "out.npy"
+    target.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt), Replacement(str(target)) as new:
+        new.file.write(b"half")
+        raise KeyboardInterrupt
+    assert target.read_bytes() == b"old" and names(tmp_path) == ["out.npy"]
+
+
+def test_a_directory_replaces_the_old_one_whole(tmp_path):
+    old = tmp_path / "out.zarr"
+    old.mkdir()
+    (old / "stale").write_text("old chunk")
+    with Replacement(str(old) + "/", directory=True) as new:
+        (tmp_path / new.temp / "zarr.json").write_text("{}")
+    assert names(old) == ["zarr.json"] and names(tmp_path) == ["out.zarr"]
+
+
+def test_a_failed_directory_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError), Replacement(str(tmp_path / "out.zarr"), directory=True) as new:
+        (tmp_path / new.temp / "chunk").write_text("half")
+        raise RuntimeError("worker lost")
+    assert names(tmp_path) == []
+
+
+def test_an_unwritable_directory_raises_before_anything_is_written(tmp_path):
+    with pytest.raises(OSError):
+        Replacement(str(tmp_path / "missing" / "out.npy"))
