@@ -205,3 +205,29 @@ def test_convolving_leaves_numpy_and_torch_thread_settings_alone():
     report = json.loads(done.stdout)
     assert report["pooled"] and report["before"], report
     assert report["same"], report
+
+
+def test_weights_layout_fc_takes_f_by_c_banks(rng):
+    x = rng.standard_normal((4, 5, 6)).astype(np.float32)
+    w = rng.standard_normal((6, 3)).astype(np.float32)
+    np.testing.assert_array_equal(conv1x1(x, w.T, weights_layout="fc"), conv1x1(x, w))
+    chained = conv1x1(x, [w.T, np.eye(3, dtype=np.float32)], weights_layout="fc")
+    np.testing.assert_array_equal(chained, conv1x1(x, w))
+    with pytest.raises(ArgumentError, match="weights layout must be one of cf, fc"):
+        conv1x1(x, w, weights_layout="kc")
+
+
+def test_apply_on_files_is_the_public_entry_point(tmp_path, rng):
+    from conv1x1_cli import ApplyOptions, apply
+
+    x = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    w, b = rng.standard_normal((5, 2)).astype(np.float32), rng.standard_normal(2).astype(np.float32)
+    for name, array in (("x", x), ("w", w), ("b", b)):
+        np.save(tmp_path / f"{name}.npy", array)
+    options = ApplyOptions(bias_paths=[str(tmp_path / "b.npy")], weights_layout="cf", threads=1)
+    report = apply(str(tmp_path / "x.npy"), [str(tmp_path / "w.npy")], str(tmp_path / "y.npy"), options)
+    assert report.output_shape == (3, 4, 2) and report.cost.total("params") == 5 * 2 + 2
+    assert_close_to_reference(np.load(tmp_path / "y.npy"), x, w, b)
+    with pytest.raises(ArgumentError, match="chunks only apply to zarr stores"):
+        apply(str(tmp_path / "x.npy"), [str(tmp_path / "w.npy")], str(tmp_path / "z.npy"), ApplyOptions(chunks=(2, 2)))
+    assert not (tmp_path / "z.npy").exists()
