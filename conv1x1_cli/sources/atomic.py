@@ -19,7 +19,27 @@ import tempfile
 from typing import BinaryIO
 
 
-class Replacement:
+class CommittedOnSuccess:
+    """A context manager that ``commit()``s when its block succeeds and ``discard()``s when it raises,
+    Ctrl-C included."""
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def discard(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc_info) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+class Replacement(CommittedOnSuccess):
     """A new version of ``path`` (a file, or a directory with ``directory=True``) being built at
     ``temp``, beside it. ``commit()`` renames it into place; ``discard()`` removes it. As a context
     manager it commits when the block succeeds and discards when it raises, Ctrl-C included.
@@ -68,15 +88,6 @@ class Replacement:
             with contextlib.suppress(OSError):
                 os.unlink(self.temp)
         self.temp = None
-
-    def __enter__(self) -> Replacement:
-        return self
-
-    def __exit__(self, exc_type, *exc_info) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
 
 
 def _give_mode(temp: str, path: str, directory: bool) -> None:

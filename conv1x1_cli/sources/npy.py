@@ -19,7 +19,7 @@ import numpy as np
 import numpy.lib.format as npy_format
 
 from ..errors import InputError, first_line
-from .atomic import Replacement
+from .atomic import CommittedOnSuccess, Replacement
 
 STDIO = "-"
 # A header larger than this is not a plausible array description (NumPy's own default guard).
@@ -207,7 +207,7 @@ def npy_header_bytes(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     return buffer.getvalue()
 
 
-class NpyOutput:
+class NpyOutput(CommittedOnSuccess):
     """A C-ordered .npy output written front to back: a file (atomically, see ``atomic.Replacement``)
     or stdout.
 
@@ -270,12 +270,3 @@ class NpyOutput:
             raise
         except OSError as error:
             raise InputError(f"{self.name}: write failed ({error.strerror or error})") from None
-
-    def __enter__(self) -> NpyOutput:
-        return self
-
-    def __exit__(self, exc_type, *exc_info) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
