@@ -92,6 +92,12 @@ def _banks_from_layout(w, weights_layout: str) -> list[np.ndarray]:
     return [as_bank(bank, weights_layout) for bank in banks]
 
 
+def _read_stdin_once(input_path: str, other_inputs: Sequence[str]) -> None:
+    paths = [input_path, *other_inputs]
+    if paths.count("-") > 1:
+        raise ArgumentError(f"'-' (standard input) is named {paths.count('-')} times; it can be read only once")
+
+
 Progress = Callable[[int, int], None]  # (units done since the last call, units in all): pixels or blocks
 
 
@@ -137,6 +143,7 @@ def apply(
     >>> report.output_shape, np.load(folder / "y.npy")[..., 0].tolist()
     ((2, 2, 1), [[3.0, 3.0], [3.0, 3.0]])
     """
+    _read_stdin_once(input_path, [*weight_paths, *options.bias_paths])
     if runs_on_cluster(input_path, output_path, options.scheduler):
         from .cluster.run import apply_on_dask
 

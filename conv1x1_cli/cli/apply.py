@@ -75,6 +75,11 @@ def apply(
     from ..costs.chunks import parse_chunks
     from ..render.progress import progress_bar, stderr_console
 
+    if len(bias_paths) > len(weight_paths):
+        banks = f"{len(weight_paths)} bank" + ("s" if len(weight_paths) > 1 else "")
+        raise click.BadParameter(
+            f"given {len(bias_paths)} times for {banks}: at most one per bank", param_hint="'--bias'"
+        )
     if chunks and not runs_on_cluster(input_path, output_path, scheduler):
         raise click.BadParameter("only applies to zarr stores and --scheduler runs", param_hint="'--chunks'")
     with usage_error("'--chunks'"):

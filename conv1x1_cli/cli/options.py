@@ -30,6 +30,11 @@ FORMAT_OPTION = click.option(
 )
 
 
+class ReaderGone(Exception):
+    """The reader of our stdout closed it early (``| head``): not an OSError, so that Click does not
+    turn it into exit status 1 before ``signals.run_main`` can give the shell's 141."""
+
+
 class Command(click.Command):
     """A command whose run turns any ``Conv1x1Error`` (bad data, bad arguments, a lost cluster) into
     Click's one error line and exit status 1, with no traceback."""
@@ -39,6 +44,8 @@ class Command(click.Command):
             return super().invoke(ctx)
         except Conv1x1Error as error:
             raise click.ClickException(str(error)) from None
+        except BrokenPipeError:
+            raise ReaderGone from None
 
 
 @contextlib.contextmanager
@@ -51,6 +58,9 @@ def usage_error(param_hint: str):
 
 
 def stdout_console():
+    """A rich console on stdout; a closed or failing stdout becomes one error line."""
     from rich.console import Console
 
-    return Console(highlight=False)
+    from ..sources.streams import text_stdout
+
+    return Console(file=text_stdout(), highlight=False)

@@ -4,26 +4,31 @@ with clean-up code run on the way out whatever stopped us."""
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
 
 import click
 
+from ..sources.atomic import remove_leftovers
+from ..sources.streams import encode_what_streams_can, open_closed_stderr, silence_stdout
+from .options import ReaderGone
+
 
 def run_main(main: click.Group) -> None:
     """Run the Click group, then exit with the status a shell expects, however the run ended."""
     _signals_become_exceptions()
+    open_closed_stderr()
+    encode_what_streams_can()
     try:
-        status = main.main(standalone_mode=False)
+        status = _run_and_clean_up(main)
     except click.exceptions.Abort:  # Click's wrapper for KeyboardInterrupt
         sys.stderr.write("Interrupted\n")
         status = 128 + signal.SIGINT
     except click.ClickException as error:
         error.show()
         status = error.exit_code
-    except BrokenPipeError:
-        _silence_stdout()
+    except (BrokenPipeError, ReaderGone):
+        silence_stdout()
         status = 128 + signal.SIGPIPE
     except Exception as error:
         # A signal that lands inside a library (Numba compiling, say) can surface as that library's own
@@ -34,12 +39,19 @@ def run_main(main: click.Group) -> None:
     sys.exit(status if isinstance(status, int) else 0)
 
 
+def _run_and_clean_up(main: click.Group):
+    try:
+        return main.main(standalone_mode=False)
+    finally:
+        remove_leftovers()  # a temporary a signal struck before anything else could remove it
+
+
 def _interruption_status(error: BaseException) -> int | None:
     while error is not None:
         if isinstance(error, KeyboardInterrupt | click.exceptions.Abort):
             sys.stderr.write("Interrupted\n")
             return 128 + signal.SIGINT
-        if isinstance(error, SystemExit) and error.code == 128 + signal.SIGTERM:
+        if isinstance(error, SystemExit) and _received_signal and error.code == 128 + _received_signal:
             return error.code
         error = error.__context__
     # The handler's exception can also be lost on the way: raised inside a ctypes callback (llvmlite
@@ -53,14 +65,30 @@ def _interruption_status(error: BaseException) -> int | None:
 _received_signal: int | None = None
 
 
+# Signals whose default action ends the process and that another process (or the terminal, or a timer)
+# sends: each unwinds like SIGTERM, so the clean-up code runs, and exits with 128 + its number. SIGPIPE is
+# left to Python (a write then fails with BrokenPipeError); faults (SIGSEGV, SIGBUS, ...) cannot be
+# handled in Python; SIGXFSZ is ignored (below).
+_TERMINATING_NAMES = "SIGHUP SIGQUIT SIGUSR1 SIGUSR2 SIGALRM SIGSTKFLT SIGXCPU SIGVTALRM SIGPROF SIGIO SIGPWR"
+_TERMINATING = (
+    *(getattr(signal, name) for name in _TERMINATING_NAMES.split() if hasattr(signal, name)),
+    *(range(signal.SIGRTMIN, signal.SIGRTMAX + 1) if hasattr(signal, "SIGRTMIN") else ()),
+)
+
+
 def _signals_become_exceptions() -> None:
     """Let every way of stopping us run the clean-up code (temporary outputs are removed on the way out).
 
     A file-size limit would otherwise kill the process with SIGXFSZ mid-write; ignored, the write fails
-    with EFBIG and is reported. SIGTERM unwinds like Ctrl-C, with the conventional status 143.
+    with EFBIG and is reported. SIGTERM unwinds like Ctrl-C, with the conventional status 143, and so
+    does every other signal that would end the process, unless it was ignored when we started (nohup).
     """
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    for signum in _TERMINATING:
+        with contextlib.suppress(OSError, ValueError):  # (signals the C library keeps for itself)
+            if signal.getsignal(signum) is signal.SIG_DFL:
+                signal.signal(signum, _exit_on_signal)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _interrupt_on_sigint)
     sys.unraisablehook = _quiet_about_lost_interrupts
@@ -81,15 +109,9 @@ def _interrupt_on_sigint(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _exit_on_sigterm(signum, frame) -> None:
+def _exit_on_signal(signum, frame) -> None:
+    """Say what stopped us as a shell would ("Terminated", "Hangup", ...) and unwind with 128 + N."""
     global _received_signal
     _received_signal = signum
-    sys.stderr.write("Terminated\n")
-    raise SystemExit(128 + signal.SIGTERM)
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null so Python's final flush does not complain about the closed pipe."""
-    with contextlib.suppress(OSError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+    sys.stderr.write(f"{signal.strsignal(signum) or f'Signal {signum}'}\n")
+    raise SystemExit(128 + signum)

@@ -29,7 +29,7 @@ def dask_client(scheduler: str | None = None, threads: int | None = None) -> Ite
     if address:
         try:
             client = Client(address, timeout=CONNECT_TIMEOUT)
-        except (OSError, TimeoutError) as error:
+        except Exception as error:  # OSError, TimeoutError, and ValueError for an address of no known form
             raise ClusterError(f"cannot reach the Dask scheduler at {address} ({first_line(error)})") from None
         with client:
             yield client

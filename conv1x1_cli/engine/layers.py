@@ -96,10 +96,30 @@ def as_bias(bias: np.ndarray, filters: int, name: str = "bias") -> np.ndarray:
 
 
 def banks_and_biases(w, bias) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
-    """The API's ``w`` (one bank or a list) and ``bias`` (one, a list, or None) as two lists, banks as (C, F)."""
-    banks = [as_bank(bank) for bank in ([w] if isinstance(w, np.ndarray) else w)]
-    biases = [bias] if isinstance(bias, np.ndarray) else list(bias or [])
+    """The API's ``w`` and ``bias`` as two lists, banks as (C, F).
+
+    ``w`` is one bank (an array, or anything NumPy makes a 2-D or 4-D array of, such as nested lists)
+    or a list of banks, a chain. ``bias`` is None, one bias (an array or a list of numbers) or a list
+    with one bias (or None) per bank, in order.
+
+    >>> banks, biases = banks_and_biases([[1.0, 2.0], [3.0, 4.0]], [0.5, -0.5])
+    >>> [bank.shape for bank in banks], [bias.tolist() for bias in biases]
+    ([(2, 2)], [[0.5, -0.5]])
+    """
+    if w is None:
+        raise InputError("weights: a filter bank is needed (an array of shape (C, F)), got None")
+    banks = [as_bank(bank) for bank in _items_or_one(w, minimum_ndim=2)]
+    biases = [] if bias is None else _items_or_one(bias, minimum_ndim=1)
     return banks, biases
+
+
+def _items_or_one(value, minimum_ndim: int) -> list:
+    """A list or tuple of arrays of at least ``minimum_ndim`` dimensions (or None) stands for one per
+    layer; anything else is one array."""
+    per_layer = isinstance(value, list | tuple) and value
+    if per_layer and all(item is None or np.ndim(item) >= minimum_ndim for item in value):
+        return [item if item is None else np.asarray(item) for item in value]
+    return [np.asarray(value)]
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,14 @@ layer can write straight into, ``write`` copies a chunk in). Numba is imported o
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from ..errors import ArgumentError
 from .layers import Layer
 
 # Converted or intermediate chunks stay around this size, so memory does not grow with the input.
@@ -25,8 +27,17 @@ def kernel_module():
     """The kernel package, imported on first use: the first convolution pays for importing Numba."""
     kernel = sys.modules.get("conv1x1_cli.kernel")
     if kernel is None:
+        _check_thread_setting()
         from .. import kernel
     return kernel
+
+
+def _check_thread_setting() -> None:
+    """NUMBA_NUM_THREADS must be a whole number >= 1 (or unset): Numba raises at import on 0 and
+    prints a warning of several lines on anything else it cannot read."""
+    value = os.environ.get("NUMBA_NUM_THREADS", "").strip()
+    if value and not (value.isdigit() and int(value) >= 1):
+        raise ArgumentError(f"NUMBA_NUM_THREADS={value!r}: must be a whole number of threads, at least 1 (or unset)")
 
 
 class Stack:

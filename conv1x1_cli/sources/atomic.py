@@ -1,6 +1,13 @@
-"""The one way conv1x1 replaces a file or a directory: build the new version under a temporary name
-beside it, then rename it into place, so a reader sees the old version or the new one, never half of
-one, and a failure (a crash, a full disk, Ctrl-C) leaves the old one and no temporary behind.
+"""The one way conv1x1 writes an output, as ``cp`` and ``tee`` do.
+
+- A regular file, or a new path, is replaced atomically: the new version is built under a temporary
+  name beside it and renamed into place, so a reader sees the old version or the new one, never half
+  of one, and a failure (a crash, a full disk, Ctrl-C, any signal) leaves the old one and no temporary.
+- A symbolic link (dangling or not) is followed: its final target is replaced that way, in the
+  target's directory, and the link itself survives.
+- Anything else (a character or block device such as ``/dev/null``, a FIFO, a socket) and the names
+  of streams another process holds (``/dev/stdout``, ``/dev/fd/N``, ``/proc/self/fd/N``) are written
+  straight through: they cannot be replaced, and a rename would cut the reader off.
 
 >>> import pathlib, tempfile
 >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -14,14 +21,24 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
+import signal
+import stat
+import threading
 from typing import BinaryIO
+
+# Longest file name most file systems take; the temporary's name must fit in it too.
+_NAME_MAX = 255
+# What a temporary's name adds to its prefix: eight random characters, then the suffix.
+_TEMP_EXTRA = len("XXXXXXXX.tmp")
+# Names of streams held open by another process (or this one): written through, never replaced.
+_STREAM_NAMES = ("/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/self/fd/", "/proc/thread-self/fd/")
 
 
 class CommittedOnSuccess:
     """A context manager that ``commit()``s when its block succeeds and ``discard()``s when it raises,
-    Ctrl-C included."""
+    Ctrl-C included; a commit that fails (a full disk on the last write) is discarded too."""
 
     def commit(self) -> None:
         raise NotImplementedError
@@ -33,10 +50,60 @@ class CommittedOnSuccess:
         return self
 
     def __exit__(self, exc_type, *exc_info) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
+        if exc_type is not None:
             self.discard()
+            return
+        try:
+            self.commit()
+        except BaseException:
+            self.discard()
+            raise
+
+
+def open_output(path: str) -> CommittedOnSuccess:
+    """The writer for an output file at ``path``, by the rules above: a ``Replacement`` of the file
+    (or of a symbolic link's final target), or a ``DirectWrite`` into a special file or stream.
+    Raises ``OSError`` when it cannot be opened or its directory cannot be written."""
+    if writes_through(path):
+        return DirectWrite(path)
+    return Replacement(os.path.realpath(path) if os.path.islink(path) else path)
+
+
+def writes_through(path: str) -> bool:
+    """Whether output to ``path`` goes straight into it: an existing file that is not a regular one
+    (after following links), or the name of a stream such as ``/dev/stdout`` or ``/dev/fd/3``."""
+    if path.startswith(_STREAM_NAMES) or _is_process_fd(path):
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode) and not stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:  # nothing there yet (or a dangling link): a new file
+        return False
+
+
+def _is_process_fd(path: str) -> bool:
+    parts = path.split("/")
+    return len(parts) == 5 and parts[:2] == ["", "proc"] and parts[3] == "fd"
+
+
+class DirectWrite(CommittedOnSuccess):
+    """Output written straight into a device, a FIFO, a socket or another process's stream: opened as
+    a plain ``open()`` would (a FIFO waits for its reader), closed by ``commit()`` and ``discard()``
+    alike, since what reached such a file cannot be taken back."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.file: BinaryIO | None = open(path, "wb")  # noqa: SIM115 (closed by commit or discard)
+
+    def commit(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def discard(self) -> None:
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.close()
+            self.file = None
 
 
 class Replacement(CommittedOnSuccess):
@@ -51,14 +118,13 @@ class Replacement(CommittedOnSuccess):
     def __init__(self, path: str, *, directory: bool = False):
         self.path = path.rstrip("/") if directory else path
         self.directory = directory
-        folder = os.path.dirname(os.path.abspath(self.path))
-        prefix = f".{os.path.basename(self.path)}."
+        # (relative, so that a current directory longer than PATH_MAX still works)
+        folder = os.path.dirname(self.path) or "."
+        prefix = f".{os.path.basename(self.path)[: _NAME_MAX - _TEMP_EXTRA - 2]}."
         self.file: BinaryIO | None = None
-        if directory:
-            self.temp: str | None = tempfile.mkdtemp(dir=folder, prefix=prefix, suffix=".tmp")
-        else:
-            handle, self.temp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
-            self.file = os.fdopen(handle, "wb")
+        self.temp: str | None = _create_beside(folder, prefix, directory)
+        if not directory:
+            self.file = open(self.temp, "wb")  # noqa: SIM115 (closed by commit or discard)
 
     def commit(self) -> None:
         """Put the new version in place of the old (or where nothing was). No fsync: the rename is
@@ -73,6 +139,7 @@ class Replacement(CommittedOnSuccess):
             _rename_directory(self.temp, self.path)
         else:
             os.replace(self.temp, self.path)
+        _live.discard(self.temp)
         self.temp = None
 
     def discard(self) -> None:
@@ -82,12 +149,63 @@ class Replacement(CommittedOnSuccess):
         if self.file is not None:
             with contextlib.suppress(OSError):
                 self.file.close()
-        if self.directory:
-            shutil.rmtree(self.temp, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                os.unlink(self.temp)
+        _remove(self.temp)
         self.temp = None
+
+
+# Temporaries created and neither renamed into place nor removed yet. A signal's exception can strike
+# between creating one and handing it to the code that would clean it up; remove_leftovers() is the
+# last line of defence, called as the command ends.
+_live: set[str] = set()
+
+
+def remove_leftovers() -> None:
+    """Remove every temporary still live (only a run that is being stopped has any)."""
+    for temp in list(_live):
+        _remove(temp)
+
+
+def _remove(temp: str) -> None:
+    if os.path.isdir(temp) and not os.path.islink(temp):
+        shutil.rmtree(temp, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+    _live.discard(temp)
+
+
+def _create_beside(folder: str, prefix: str, directory: bool) -> str:
+    """A new, empty file (mode 0600) or directory (0700) named ``prefix`` + 8 random characters + ``.tmp``
+    in ``folder``, by a path relative to it: tempfile would make it absolute, which fails in a current
+    directory deeper than PATH_MAX. Created and recorded as live with signals held, so that no signal
+    falls between the two."""
+    for _ in range(100):
+        temp = os.path.join(folder, f"{prefix}{secrets.token_hex(4)}.tmp")
+        try:
+            with _signals_held():
+                if directory:
+                    os.mkdir(temp, 0o700)
+                else:
+                    os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                _live.add(temp)
+            return temp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {folder}")
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Hold every signal that may be delivered to this thread until the block ends (main thread only:
+    Python runs signal handlers there)."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _give_mode(temp: str, path: str, directory: bool) -> None:

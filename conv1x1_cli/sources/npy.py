@@ -19,7 +19,8 @@ import numpy as np
 import numpy.lib.format as npy_format
 
 from ..errors import InputError, first_line
-from .atomic import CommittedOnSuccess, Replacement
+from .atomic import CommittedOnSuccess, open_output, writes_through
+from .streams import reporting_stdout_errors
 
 STDIO = "-"
 # A header larger than this is not a plausible array description (NumPy's own default guard).
@@ -123,6 +124,12 @@ class NpyInput:
 
     def _open(self) -> BinaryIO:
         if self.path == STDIO:
+            if sys.stdin is None:
+                raise InputError("<stdin>: standard input is closed")
+            if sys.stdin.isatty():
+                raise InputError(
+                    "<stdin>: refusing to read binary .npy data from a terminal; pipe it in or name a file"
+                )
             return sys.stdin.buffer
         if os.path.isdir(self.path):
             raise InputError(f"{self.name}: is a directory, not a .npy file")
@@ -208,8 +215,8 @@ def npy_header_bytes(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
 
 
 class NpyOutput(CommittedOnSuccess):
-    """A C-ordered .npy output written front to back: a file (atomically, see ``atomic.Replacement``)
-    or stdout.
+    """A C-ordered .npy output written front to back: a file (atomically, or straight into a device,
+    FIFO or stream: see ``atomic``) or stdout.
 
     A file replaces its destination only in ``commit()``; ``discard()`` (or leaving the ``with`` block
     by an exception) removes what was written, so a failure never leaves a half-written output or a
@@ -219,27 +226,36 @@ class NpyOutput(CommittedOnSuccess):
     def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype):
         self.path = path
         self.name = "<stdout>" if path == STDIO else path
-        self._replacement: Replacement | None = None
+        self._writer: CommittedOnSuccess | None = None
         self._stream = self._open()
-        self.write_bytes(npy_header_bytes(shape, dtype))
+        try:
+            self.write_bytes(npy_header_bytes(shape, dtype))
+        except BaseException:  # (the with block that would discard it has not begun)
+            self.discard()
+            raise
 
     def _open(self) -> BinaryIO:
         if self.path == STDIO:
+            if sys.stdout is None:
+                raise InputError("<stdout>: standard output is closed")
             if sys.stdout.isatty():
                 raise InputError(
                     "<stdout>: refusing to write binary .npy data to a terminal; redirect it or use -o FILE"
                 )
             return sys.stdout.buffer
+        if not self.path:
+            raise InputError("'': an empty output path; give a file path for the output")
         directory = os.path.dirname(os.path.abspath(self.path))
-        if os.path.isdir(self.path):
+        if os.path.isdir(self.path) or self.path.endswith("/"):
             raise InputError(f"{self.name}: is a directory; give a file path for the output")
-        if not os.path.isdir(directory):
+        if not os.path.isdir(os.path.dirname(self.path) or "."):
             raise InputError(f"{self.name}: directory {directory} does not exist")
         try:
-            self._replacement = Replacement(self.path)
+            self._writer = open_output(self.path)
         except OSError as error:
-            raise InputError(f"{self.name}: cannot write in {directory} ({error.strerror})") from None
-        return self._replacement.file
+            where = "cannot open it" if writes_through(self.path) else f"cannot write in {directory}"
+            raise InputError(f"{self.name}: {where} ({error.strerror})") from None
+        return self._writer.file
 
     def write_bytes(self, data) -> None:
         with self._reporting_write_errors():
@@ -252,18 +268,22 @@ class NpyOutput(CommittedOnSuccess):
     def commit(self) -> None:
         with self._reporting_write_errors():
             self._stream.flush()
-            if self._replacement is not None:
-                self._replacement.commit()
-                self._replacement = None
+            if self._writer is not None:
+                self._writer.commit()
+                self._writer = None
 
     def discard(self) -> None:
-        if self._replacement is not None:
-            self._replacement.discard()
-            self._replacement = None
+        if self._writer is not None:
+            self._writer.discard()
+            self._writer = None
 
     @contextlib.contextmanager
     def _reporting_write_errors(self):
         """A failed write is one line naming the output; a reader closing the pipe is not an error."""
+        if self.path == STDIO:
+            with reporting_stdout_errors():
+                yield
+            return
         try:
             yield
         except BrokenPipeError:

@@ -6,7 +6,9 @@ import contextlib
 import io
 import os
 import resource
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -120,11 +122,23 @@ def test_no_color_and_piped_stderr_have_no_escape_codes(samples_dir, tmp_path):
 # --- signals and limits ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("delay", [0.5, 1.5])
-def test_ctrl_c_exits_130_and_leaves_nothing(volume, tmp_path, delay):
+def wait_for_the_temporary(directory, process, timeout: float = 60.0) -> None:
+    """Until the run has opened its temporary output, that is, has loaded its inputs and begun to convolve."""
+    deadline = time.monotonic() + timeout
+    while not leftovers(directory):
+        assert process.poll() is None, "the run ended before it opened its output"
+        assert time.monotonic() < deadline, "the run never opened its output"
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("moment", ["starting", "convolving"])
+def test_ctrl_c_exits_130_and_leaves_nothing(volume, tmp_path, moment):
     out = tmp_path / "out.npy"
     process = subprocess.Popen([*COMMAND, "apply", *volume, "-o", str(out), "-q"], stderr=subprocess.PIPE)
-    time.sleep(delay)
+    if moment == "starting":
+        time.sleep(0.5)  # importing, loading the inputs
+    else:
+        wait_for_the_temporary(tmp_path, process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     if process.returncode == 0:
@@ -158,11 +172,9 @@ def test_ctrl_c_ignored_by_the_parent_stays_ignored(volume, tmp_path):
 def test_sigterm_cleans_up_too(volume, tmp_path):
     out = tmp_path / "out.npy"
     process = subprocess.Popen([*COMMAND, "apply", *volume, "-o", str(out), "-q"], stderr=subprocess.PIPE)
-    time.sleep(1.5)
+    wait_for_the_temporary(tmp_path, process)
     process.terminate()
     _, stderr = process.communicate(timeout=60)
-    if process.returncode == 0:
-        pytest.skip("the run finished before the signal arrived")
     # 143 from our handler; a signal before it is installed (Python still importing) kills outright,
     # which the shell also reports as 143. Either way: no traceback, no temporary, no output.
     assert process.returncode in (143, -signal.SIGTERM) and b"Traceback" not in stderr
@@ -240,6 +252,164 @@ def test_output_may_be_the_input_file(tmp_path, rng):
 def test_bad_output_paths(samples_dir, tmp_path, target, message):
     result = cli("apply", samples_dir / "lecture_6x6.npy", samples_dir / "times2.npy", "-o", tmp_path / target)
     assert_one_error_line(result, message)
+
+
+def lecture_run(samples_dir, output, **kwargs):
+    """apply on the lecture's 6x6 image with its times-2 filter, to ``output``."""
+    return cli("apply", samples_dir / "lecture_6x6.npy", samples_dir / "times2.npy", "-o", output, "-q", **kwargs)
+
+
+def lecture_output_bytes(samples_dir, tmp_path):
+    """What apply writes for the lecture's example, byte for byte (through -o -)."""
+    result = cli("apply", samples_dir / "lecture_6x6.npy", samples_dir / "times2.npy", "-o", "-", "-q")
+    assert result.returncode == 0
+    np.testing.assert_array_equal(
+        np.load(io.BytesIO(result.stdout))[..., 0], 2 * np.load(samples_dir / "lecture_6x6.npy")
+    )
+    return result.stdout
+
+
+def test_a_character_device_stays_a_device(samples_dir, tmp_path):
+    device = tmp_path / "mynull"
+    try:
+        os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # another /dev/null
+    except PermissionError:
+        pytest.skip("creating a device node needs root (CAP_MKNOD)")
+    assert lecture_run(samples_dir, device).returncode == 0
+    assert stat.S_ISCHR(device.stat().st_mode) and leftovers(tmp_path) == []
+
+
+def test_dev_stdout_reaches_the_pipe_and_survives(samples_dir, tmp_path):
+    expected = lecture_output_bytes(samples_dir, tmp_path)
+    result = lecture_run(samples_dir, "/dev/stdout")
+    assert result.returncode == 0 and result.stdout == expected
+    assert os.path.islink("/dev/stdout") or os.path.exists("/dev/stdout")
+
+
+def test_dev_fd_of_a_process_substitution_is_written_through(samples_dir, tmp_path):
+    expected = lecture_output_bytes(samples_dir, tmp_path)
+    read_end, write_end = os.pipe()
+    with open(os.dup(read_end), "rb") as reader:
+        process = subprocess.Popen(
+            [
+                *COMMAND,
+                "apply",
+                samples_dir / "lecture_6x6.npy",
+                samples_dir / "times2.npy",
+                "-o",
+                f"/dev/fd/{write_end}",
+                "-q",
+            ],
+            pass_fds=(write_end,),
+            stderr=subprocess.PIPE,
+        )
+        os.close(write_end)
+        os.close(read_end)
+        received = reader.read()
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr.decode()
+    assert received == expected
+
+
+def test_a_fifo_gets_the_data_and_stays_a_fifo(samples_dir, tmp_path):
+    import threading
+
+    expected = lecture_output_bytes(samples_dir, tmp_path)
+    fifo = tmp_path / "myfifo"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    result = lecture_run(samples_dir, fifo, timeout=60)
+    reader.join(timeout=60)
+    assert result.returncode == 0, result.stderr.decode()
+    assert received == [expected] and stat.S_ISFIFO(fifo.stat().st_mode)
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("dangling", [False, True], ids=["to a file", "dangling"])
+def test_a_symlink_survives_and_its_target_is_replaced(samples_dir, tmp_path, dangling):
+    expected = lecture_output_bytes(samples_dir, tmp_path)
+    (tmp_path / "data").mkdir()
+    target = tmp_path / "data" / "target.npy"
+    if not dangling:
+        target.write_bytes(b"old")
+    link = tmp_path / "link.npy"
+    link.symlink_to(target)
+    assert lecture_run(samples_dir, link).returncode == 0
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_bytes() == expected
+    assert leftovers(tmp_path) == [] and leftovers(tmp_path / "data") == []
+
+
+@pytest.mark.parametrize(("target", "message"), [("newout.npy/", "is a directory"), ("", "empty output path")])
+def test_paths_that_cannot_be_files_leave_nothing(samples_dir, tmp_path, target, message):
+    result = lecture_run(samples_dir, target, cwd=tmp_path)
+    assert_one_error_line(result, message)
+    assert sorted(os.listdir(tmp_path)) == [] and leftovers(tmp_path.parent) == []
+
+
+def test_a_name_of_the_longest_length_is_written(samples_dir, tmp_path):
+    name = "o" * 251 + ".npy"  # 255 characters, the most a file name may have
+    assert lecture_run(samples_dir, tmp_path / name).returncode == 0
+    assert os.listdir(tmp_path) == [name]
+
+
+LONG_CWD = """
+import os, sys
+for _ in range(24):  # 24 x 200 characters: far past PATH_MAX (4096), reachable only step by step
+    name = "d" * 199
+    os.makedirs(name, exist_ok=True)
+    os.chdir(name)
+if sys.argv[1] == "run":
+    os.execv(sys.executable, [sys.executable, "-m", "conv1x1_cli", "apply", *sys.argv[2:4], "-o", "out.npy", "-q"])
+print(os.path.getsize("out.npy"), sorted(os.listdir(".")))
+"""
+
+
+def test_a_current_directory_longer_than_path_max_works(samples_dir, tmp_path):
+    inputs = [str(samples_dir / "lecture_6x6.npy"), str(samples_dir / "times2.npy")]
+    run = subprocess.run([sys.executable, "-c", LONG_CWD, "run", *inputs], cwd=tmp_path, capture_output=True)
+    assert run.returncode == 0, run.stderr.decode()
+    check = subprocess.run([sys.executable, "-c", LONG_CWD, "check"], cwd=tmp_path, capture_output=True, text=True)
+    size = len(lecture_output_bytes(samples_dir, tmp_path))
+    assert check.stdout.split(" ", 1) == [str(size), "['out.npy']\n"]
+
+
+def tmpfs_available() -> bool:
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not tmpfs_available(), reason="needs root and unshare to mount a small tmpfs")
+def test_a_full_file_system_leaves_no_temporary(samples_dir, tmp_path):
+    """A 1 MiB tmpfs, too small for the output: the right message, and nothing left in it."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    volume = save(tmp_path, "x.npy", np.ones((256, 256, 8), np.float32))
+    bank = save(tmp_path, "w.npy", np.ones((8, 8), np.float32))
+    script = (
+        f'mount -t tmpfs -o size=1m tmpfs "{mount}" && '
+        f'"{sys.executable}" -m conv1x1_cli apply "{volume}" "{bank}" -o "{mount}/out.npy" -q; '
+        f'echo "status $?"; ls -A "{mount}"'
+    )
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True)
+    assert "No space left on device" in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert result.stdout.splitlines() == ["status 1"]
+
+
+@pytest.mark.parametrize("stop", [signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGQUIT])
+def test_every_terminating_signal_cleans_up(volume, tmp_path, stop):
+    out = tmp_path / "out.npy"
+    process = subprocess.Popen([*COMMAND, "apply", *volume, "-o", str(out), "-q"], stderr=subprocess.PIPE)
+    wait_for_the_temporary(tmp_path, process)  # the kernel is working on the output now
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode in (128 + stop, -stop), stderr.decode()
+    assert b"Traceback" not in stderr and stderr.decode().strip() == signal.strsignal(stop)
+    assert leftovers(tmp_path) == [] and not out.exists()
 
 
 # --- bad input -------------------------------------------------------------------------------------------
