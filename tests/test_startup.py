@@ -96,3 +96,26 @@ def test_the_first_apply_compiles_once_and_says_so(tmp_path, samples_dir):
     assert "loading it" in second and "compiling" not in second, second
     assert "compiling it" in few, few
     assert "loading it" in few_again and "compiling" not in few_again, few_again
+
+
+@pytest.mark.skipif(not read_only_mount_available(), reason="needs root and unshare to make a read-only mount")
+def test_read_only_package_and_home_compile_for_the_run_with_one_warning(tmp_path, samples_dir):
+    site, home = tmp_path / "site", tmp_path / "home"
+    shutil.copytree(PACKAGE, site / "conv1x1_cli", ignore=shutil.ignore_patterns("__pycache__"))
+    home.mkdir()
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(("NUMBA_", "XDG_"))}
+    environment.update(HOME=str(home), PYTHONPATH=str(site))
+    out = tmp_path / "out.npy"
+    command = f'"{sys.executable}" -m conv1x1_cli apply "{samples_dir / "lecture_6x6.npy"}" '
+    command += f'"{samples_dir / "times2.npy"}" -o "{out}" -q'
+    script = f'mount --bind -o ro "{site}" "{site}" && mount --bind -o ro "{home}" "{home}" && {command}'
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, env=environment, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.splitlines() == [
+        "warning: Numba's cache cannot be written (the package and the user cache directory are read-only): "
+        "the kernel is compiled for this run only; set NUMBA_CACHE_DIR to keep it"
+    ]
+    np.testing.assert_array_equal(np.load(out)[..., 0], 2 * np.load(samples_dir / "lecture_6x6.npy"))
+    assert not list(home.rglob("*")) and not list((site / "conv1x1_cli").rglob("*.nbi"))

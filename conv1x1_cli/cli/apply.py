@@ -35,7 +35,7 @@ from .options import LAYOUT_OPTION, Command, usage_error
     "--scheduler",
     metavar="ADDRESS",
     default=None,
-    help="Run on this dask.distributed scheduler [default: $DASK_SCHEDULER_ADDRESS; for .zarr, a local cluster].",
+    help="Run on this dask.distributed scheduler [.zarr runs: $DASK_SCHEDULER_ADDRESS, else a local cluster].",
 )
 @click.option("--chunks", metavar="ROWSxCOLS", default=None, help="Dask block size in pixels (stores and --scheduler).")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")

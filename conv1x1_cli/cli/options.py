@@ -42,6 +42,10 @@ class Command(click.Command):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except ArgumentError as error:
+            if error.option is None:
+                raise click.ClickException(str(error)) from None
+            raise click.BadParameter(str(error), ctx=ctx, param_hint=f"'{error.option}'") from None
         except Conv1x1Error as error:
             raise click.ClickException(str(error)) from None
         except BrokenPipeError:
@@ -59,8 +63,7 @@ def usage_error(param_hint: str):
 
 def stdout_console():
     """A rich console on stdout; a closed or failing stdout becomes one error line."""
-    from rich.console import Console
-
+    from ..render.tables import make_console
     from ..sources.streams import text_stdout
 
-    return Console(file=text_stdout(), highlight=False)
+    return make_console(file=text_stdout())

@@ -6,9 +6,11 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+import warnings
 
 import click
 
+from ..errors import first_line
 from ..sources.atomic import remove_leftovers
 from ..sources.streams import encode_what_streams_can, open_closed_stderr, silence_stdout
 from .options import ReaderGone
@@ -19,6 +21,7 @@ def run_main(main: click.Group) -> None:
     _signals_become_exceptions()
     open_closed_stderr()
     encode_what_streams_can()
+    warnings.showwarning = _show_warning_in_one_line
     try:
         status = _run_and_clean_up(main)
     except click.exceptions.Abort:  # Click's wrapper for KeyboardInterrupt
@@ -37,6 +40,11 @@ def run_main(main: click.Group) -> None:
         if status is None:
             raise
     sys.exit(status if isinstance(status, int) else 0)
+
+
+def _show_warning_in_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning on the command line is one line, as an error is: no source file, no line of code."""
+    (file or sys.stderr).write(f"warning: {first_line(Exception(str(message)))}\n")
 
 
 def _run_and_clean_up(main: click.Group):

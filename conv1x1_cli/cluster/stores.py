@@ -41,6 +41,8 @@ def open_store(path: str):
     import dask.array as da
     import zarr
 
+    if os.path.isfile(path):
+        raise InputError(f"{path}: is a file; a zarr store is a directory (or a prefix on object storage)")
     try:
         array = zarr.open_array(store=path, mode="r")
     except FileNotFoundError:

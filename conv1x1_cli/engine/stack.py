@@ -9,10 +9,15 @@ layer can write straight into, ``write`` copies a chunk in). Numba is imported o
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -28,8 +33,39 @@ def kernel_module():
     kernel = sys.modules.get("conv1x1_cli.kernel")
     if kernel is None:
         _check_thread_setting()
+        _cache_somewhere()
         from .. import kernel
     return kernel
+
+
+def _cache_somewhere() -> None:
+    """Numba caches the compiled kernel beside its sources, else in the user's cache directory; when
+    neither can be written (a read-only install and a read-only HOME) it refuses to compile at all.
+    Then compile into a temporary directory, for this process only, and say so once."""
+    if os.environ.get("NUMBA_CACHE_DIR") or "numba" in sys.modules:  # (Numba reads it when imported)
+        return
+    beside_sources = Path(__file__).resolve().parent.parent / "kernel" / "__pycache__"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    if _can_create(beside_sources) or _can_create(Path(base) / "numba"):
+        return
+    temporary = tempfile.mkdtemp(prefix="conv1x1-numba-")
+    atexit.register(shutil.rmtree, temporary, ignore_errors=True)
+    os.environ["NUMBA_CACHE_DIR"] = temporary
+    warnings.warn(
+        "Numba's cache cannot be written (the package and the user cache directory are read-only): "
+        "the kernel is compiled for this run only; set NUMBA_CACHE_DIR to keep it",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def _can_create(path: Path) -> bool:
+    """Whether ``path`` is, or could be made, a directory this process may write in."""
+    while not path.exists():
+        if path.parent == path:
+            return False
+        path = path.parent
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
 
 
 def _check_thread_setting() -> None:

@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 
 
 def stderr_console():
-    from rich.console import Console
+    from .tables import make_console
 
-    return Console(stderr=True, highlight=False)
+    return make_console(stderr=True)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from ..errors import InputError
+from ..errors import ArgumentError, InputError
 from .tables import shape_text
 
 
@@ -33,44 +33,71 @@ def heat_style(value: float, low: float, high: float) -> Style:
     return Style(bgcolor=f"rgb({red},{green},{blue})", color=text)
 
 
-def slice_table(view, rows, columns, stats: dict, title: str, stride: int) -> Table:
+def slice_table(view, rows, columns, stats: dict, title: str) -> Table:
     """A heat-map table of a 2-D slice (``view``) whose original row and column indices are given."""
     flat = [float(value) for value in view.ravel()]
     fmt = number_format(flat)
     finite = [value for value in flat if math.isfinite(value)]
     low, high = (min(finite), max(finite)) if finite else (0.0, 0.0)
     caption = (
-        f"shape {shape_text(stats['shape'])} · min {fmt.format(stats['min'])} · "
-        f"max {fmt.format(stats['max'])} · mean {stats['mean']:.4g}"
+        f"{stats['what']} · min {fmt.format(stats['min'])} · max {fmt.format(stats['max'])} · mean {stats['mean']:.4g}"
     )
-    if stride > 1:
-        caption += f"\npreview: one row and column in {stride} (stride {stride}); indices are the originals"
+    row_step, column_step = rows.step, columns.step
+    if row_step > 1 or column_step > 1:
+        caption += (
+            f"\npreview: {_every(row_step, 'row')} and {_every(column_step, 'column')}; indices are the originals"
+        )
     table = Table(title=title, caption=caption, box=box.SIMPLE, show_lines=False, pad_edge=False)
-    table.add_column("", justify="right", style="dim")
+    table.add_column("", justify="right", style="dim", no_wrap=True)
     for column in columns:
-        table.add_column(str(column), justify="right")
+        table.add_column(str(column), justify="right", no_wrap=True)
     for index, row in zip(rows, view, strict=True):
         cells = [Text(f" {fmt.format(float(value))} ", style=heat_style(float(value), low, high)) for value in row]
         table.add_row(str(index), *cells)
     return table
 
 
+def _what_is_shown(plane: tuple[int, ...], whole: tuple[int, ...]) -> str:
+    """``shape 6×6`` for a 2-D array, ``6×6 of 6×6×32`` for one channel of a bigger one."""
+    if plane == whole:
+        return f"shape {shape_text(plane)}"
+    return f"{shape_text(plane)} of {shape_text(whole)}"
+
+
+def _every(step: int, what: str) -> str:
+    """``every row``, ``every 2nd row``, ``every 21st column``, ``every 12th row``."""
+    if step == 1:
+        return f"every {what}"
+    suffix = "th" if step % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(step % 10, "th")
+    return f"every {step}{suffix} {what}"
+
+
 def channel_table(array: np.ndarray, channel: int, batch: int, layout: str, name: str, width: int, max_rows: int):
     """The table ``conv1x1 show`` prints: one channel of ``array`` (of one image of a batch), previewed
-    with a stride when it is taller than ``max_rows`` or wider than ``width`` columns allow."""
+    with a stride along the rows when it is taller than ``max_rows``, and along the columns when its
+    cells, as wide as the widest number shown, would not fit in ``width`` columns."""
     plane = channel_plane(array, channel, batch, layout, name)
-    cell_width = max(len(f"{value:.4g}") for value in (plane.min(), plane.max(), 123.4)) + 3 if plane.size else 6
-    max_columns = max(2, (width - 6) // cell_width)
-    stride = max(1, math.ceil(plane.shape[0] / max_rows), math.ceil(plane.shape[1] / max_columns))
-    rows, columns = range(0, plane.shape[0], stride), range(0, plane.shape[1], stride)
-    stats = {
-        "shape": plane.shape,
-        "min": float(np.min(plane)),
-        "max": float(np.max(plane)),
-        "mean": float(np.mean(plane, dtype=np.float64)),
-    }
+    row_step = max(1, math.ceil(plane.shape[0] / max_rows))
+    index = len(str(plane.shape[0] - 1)) + 1
+    column_step = max(1, math.ceil(plane.shape[1] / max(2, (width - index) // 4)))  # no cell is under 4 characters
+    while True:  # the widest cell depends on which values the preview shows
+        view = plane[::row_step, ::column_step]
+        values = view.ravel().tolist()
+        fmt = number_format(values)
+        cell = max(len(fmt.format(float(value))) for value in values) + 3
+        if index + view.shape[1] * cell <= width or view.shape[1] <= 2:
+            break
+        column_step = math.ceil(plane.shape[1] / max(2, (width - index) // cell))
+    rows, columns = range(0, plane.shape[0], row_step), range(0, plane.shape[1], column_step)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf and -inf: the mean is nan, said as such
+        stats = {
+            "what": _what_is_shown(plane.shape, array.shape),
+            "min": float(np.min(plane)),
+            "max": float(np.max(plane)),
+            "mean": float(np.mean(plane, dtype=np.float64)),
+        }
     title = f"{name} · channel {channel}" + (f" · image {batch}" if array.ndim == 4 else "")
-    return slice_table(plane[::stride, ::stride], rows, columns, stats, title, stride)
+    return slice_table(view, rows, columns, stats, title)
 
 
 def channel_plane(array: np.ndarray, channel: int, batch: int, layout: str, name: str) -> np.ndarray:
@@ -79,13 +106,15 @@ def channel_plane(array: np.ndarray, channel: int, batch: int, layout: str, name
         raise InputError(f"{name}: can show 2-D, 3-D or 4-D non-empty arrays, got shape {array.shape}")
     if array.ndim == 4:
         if batch >= array.shape[0]:
-            raise InputError(f"{name}: --batch {batch} is out of range: the batch has {array.shape[0]} images")
+            raise ArgumentError(f"{batch} is out of range: {name} has {array.shape[0]} images", option="--batch")
         array = array[batch]
+    elif batch:
+        raise ArgumentError(f"{batch}: {name} is {array.ndim}-D, not a batch of images", option="--batch")
     if array.ndim == 2:
         if channel != 0:
-            raise InputError(f"{name}: --channel {channel} is out of range: a 2-D array has one channel")
+            raise ArgumentError(f"{channel} is out of range: {name} is 2-D, one channel", option="--channel")
         return array
     channels = array.shape[0] if layout == "nchw" else array.shape[-1]
     if channel >= channels:
-        raise InputError(f"{name}: --channel {channel} is out of range: the array has {channels} channels")
+        raise ArgumentError(f"{channel} is out of range: {name} has {channels} channels", option="--channel")
     return array[channel] if layout == "nchw" else array[..., channel]

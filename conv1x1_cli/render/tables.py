@@ -42,6 +42,18 @@ def layer_text(layer: dict) -> str:
     return f"{kernel} {layer['channels']}→{layer['filters']}"
 
 
+# Narrower than this (COLUMNS=0, a broken terminal size) no table is readable: lay out for 80 instead.
+_NARROWEST = 20
+
+
+def make_console(file=None, stderr: bool = False) -> Console:
+    """A rich console for stdout (or ``file``, or stderr) that never lays out to a width of nothing."""
+    console = Console(file=file, stderr=stderr, highlight=False)
+    if console.width < _NARROWEST:
+        console.width = 80
+    return console
+
+
 def print_report(data: dict, fmt: str, console: Console, *, table, csv_rows) -> None:
     """One report, three renderings: ``data`` as JSON, ``csv_rows(data)`` as CSV, ``table(data)`` for people."""
     if fmt == "json":

@@ -54,16 +54,33 @@ def read_header(stream: BinaryIO, name: str) -> NpyHeader:
         raise InputError(f"{name}: is a .npz archive (a zip of arrays); save one array with numpy.save instead")
     try:
         version = npy_format.read_magic(_Prefixed(start, stream))
+        if version not in _VERSIONS:
+            known = ", ".join(f"{major}.{minor}" for major, minor in _VERSIONS)
+            raise InputError(f"{name}: unsupported .npy format version {version[0]}.{version[1]} (known: {known})")
         reader = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
         shape, fortran_order, dtype = reader(stream, max_header_size=MAX_HEADER_BYTES)
-    except OSError:
+    except (OSError, InputError):
         raise
     except Exception as error:  # NumPy's parser raises many types for garbage; all mean "not .npy"
         raise InputError(f"{name}: not a valid .npy file ({first_line(error)})") from None
+    if version == (3, 0) and dtype.names:
+        dtype = _names_from_utf8(dtype)
     _check_dtype(dtype, name)
     if any(size < 0 for size in shape):
         raise InputError(f"{name}: not a valid .npy file (negative size in shape {shape})")
     return NpyHeader(tuple(int(size) for size in shape), dtype, bool(fortran_order))
+
+
+# Format 2.0 allows headers over 64 KiB; 3.0 is 2.0 with a UTF-8 header (for non-Latin-1 field names).
+_VERSIONS = ((1, 0), (2, 0), (3, 0))
+
+
+def _names_from_utf8(dtype: np.dtype) -> np.dtype:
+    """NumPy's public reader decodes a 3.0 header as Latin-1, as 2.0 is: give its field names back
+    their UTF-8 text, so that a message about them reads right."""
+    with contextlib.suppress(UnicodeError, ValueError, TypeError):
+        return np.dtype([(name.encode("latin-1").decode("utf-8"), dtype.fields[name][0]) for name in dtype.names])
+    return dtype
 
 
 def _check_dtype(dtype: np.dtype, name: str) -> None:

@@ -185,7 +185,11 @@ def test_show_batch_picks_the_image(runner, tmp_path):
     assert "image 2" in result.output
     assert f"min {plane.min():.0f}" in result.output and f"max {plane.max():.0f}" in result.output
     out_of_range = runner.invoke(main, ["show", str(path), "--batch", "3"])
-    assert out_of_range.exit_code == 1 and "--batch 3 is out of range: the batch has 3 images" in out_of_range.output
+    assert out_of_range.exit_code == 2
+    assert (
+        "Invalid value for '--batch': 3 is out of range" in out_of_range.output
+        and "has 3 images" in out_of_range.output
+    )
 
 
 def test_show_layout_nchw_takes_the_channel_from_the_first_axis(runner, tmp_path):
@@ -194,7 +198,8 @@ def test_show_layout_nchw_takes_the_channel_from_the_first_axis(runner, tmp_path
     result = invoke(runner, "show", path, "--layout", "nchw", "--channel", 1)
     assert result.exit_code == 0
     assert shown_rows(result.output) == {row: array[1, row].tolist() for row in range(4)}
-    assert "shape 4×5" in result.output and "min 20" in result.output and "max 39" in result.output
+    text = " ".join(result.output.split())
+    assert "4×5 of 3×4×5" in text and "min 20" in text and "max 39" in text
     batched = save(tmp_path, "nchw.npy", np.arange(2 * 3 * 2 * 2, dtype=np.float32).reshape(2, 3, 2, 2))
     second = invoke(runner, "show", batched, "--layout", "nchw", "--batch", 1, "--channel", 2)
     assert shown_rows(second.output) == {0: [20.0, 21.0], 1: [22.0, 23.0]}
@@ -204,11 +209,12 @@ def test_show_max_rows_sets_the_preview_stride(runner, tmp_path):
     path = save(tmp_path, "tall.npy", np.arange(40 * 3, dtype=np.float32).reshape(40, 3, 1))
     result = invoke(runner, "show", path, "--max-rows", 5)
     assert result.exit_code == 0
-    # 40 rows in at most 5: one row (and column) in ceil(40 / 5) = 8
-    assert shown_rows(result.output) == {0: [0.0], 8: [24.0], 16: [48.0], 24: [72.0], 32: [96.0]}
-    assert "stride 8" in result.output
+    # 40 rows in at most 5: every ceil(40 / 5) = 8th row; the 3 columns fit, so all are shown
+    expected = {row: [float(3 * row), 3 * row + 1.0, 3 * row + 2.0] for row in (0, 8, 16, 24, 32)}
+    assert shown_rows(result.output) == expected
+    assert "every 8th row and every column" in " ".join(result.output.split())
     everything = invoke(runner, "show", path, "--max-rows", 40)
-    assert sorted(shown_rows(everything.output)) == list(range(40)) and "stride" not in everything.output
+    assert sorted(shown_rows(everything.output)) == list(range(40)) and "preview" not in everything.output
     assert runner.invoke(main, ["show", str(path), "--max-rows", "1"]).exit_code == 2
 
 

@@ -9,6 +9,9 @@ is the documented name).
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import naive
 import numpy as np
 import pytest
@@ -108,3 +111,32 @@ def test_apply_runs_on_the_scheduler_named_by_the_environment(monkeypatch, tmp_p
     assert prefixes, "the run did not use the scheduler named by DASK_SCHEDULER_ADDRESS"
     out = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...]
     naive.assert_close_to_reference(out, x, bank)
+
+
+def test_a_regular_file_named_like_a_store_says_so(tmp_path, samples_dir):
+    pytest.importorskip("zarr")
+    (tmp_path / "fake.zarr").write_text("not a store")
+    result = CliRunner().invoke(
+        main, ["apply", str(tmp_path / "fake.zarr"), str(samples_dir / "times2.npy"), "-o", str(tmp_path / "o.npy")]
+    )
+    assert result.exit_code == 1
+    assert "fake.zarr: is a file; a zarr store is a directory" in result.output
+
+
+def test_a_store_chunked_across_channels_warns_in_one_line(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    store = zarr.create_array(store=str(tmp_path / "x.zarr"), shape=(8, 8, 6), chunks=(8, 8, 3), dtype="f4")
+    store[...] = 1.0
+    np.save(tmp_path / "w.npy", np.ones((6, 2), np.float32))
+    result = subprocess.run(
+        [sys.executable, "-m", "conv1x1_cli", "apply", "x.zarr", "w.npy", "-o", "o.npy", "-q"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "channel axis" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: the channel axis (axis 2, 6 channels) is split")
+    assert "UserWarning" not in result.stderr and "warnings.warn" not in result.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), np.full((8, 8, 2), 6.0, np.float32))

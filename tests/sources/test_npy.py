@@ -123,3 +123,21 @@ def test_output_in_missing_directory_or_on_a_directory(tmp_path):
         NpyOutput(str(tmp_path / "no" / "out.npy"), (1,), np.dtype(np.float32))
     with pytest.raises(InputError, match="is a directory"):
         NpyOutput(str(tmp_path), (1,), np.dtype(np.float32))
+
+
+def test_an_unknown_format_version_is_named(tmp_path):
+    path = tmp_path / "v9.npy"
+    np.save(path, np.zeros(3, np.float32))
+    data = bytearray(path.read_bytes())
+    data[6:8] = bytes([9, 0])  # the version bytes after the magic string
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"v9\.npy: unsupported \.npy format version 9\.0 \(known: 1\.0, 2\.0, 3\.0\)"):
+        load_array(str(path))
+
+
+def test_a_version_3_header_keeps_its_utf8_field_names(tmp_path):
+    path = tmp_path / "v3.npy"
+    with open(path, "wb") as stream:
+        np.lib.format.write_array(stream, np.zeros(2, dtype=[("größe", "<f4")]), version=(3, 0))
+    with pytest.raises(InputError, match=r"structured dtype \[\('größe', '<f4'\)\]"):
+        load_array(str(path))
