@@ -39,8 +39,8 @@ class ClusterError(Conv1x1Error, RuntimeError):
     """The cluster could not be reached, or lost the workers running a task too many times."""
 
 
-def first_line(error: BaseException) -> str:
-    """The first line of an exception's message (its type's name when it has none), for one-line errors."""
+def first_line(error: BaseException | Warning) -> str:
+    """The first line of an exception's (or a warning's) message, or its type's name when it has none."""
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
 

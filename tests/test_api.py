@@ -231,3 +231,24 @@ def test_apply_on_files_is_the_public_entry_point(tmp_path, rng):
     with pytest.raises(ArgumentError, match="chunks only apply to zarr stores"):
         apply(str(tmp_path / "x.npy"), [str(tmp_path / "w.npy")], str(tmp_path / "z.npy"), ApplyOptions(chunks=(2, 2)))
     assert not (tmp_path / "z.npy").exists()
+
+
+@pytest.mark.parametrize("channels", [3, 64, 513, 4096])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_value_is_within_the_documented_error_bound(rng, channels, dtype):
+    """README, Accuracy: |ours - exact| <= (C + 1) * u * (sum of |x_c * w_c| + |b|), u the unit roundoff."""
+    x = rng.standard_normal((300, channels)).astype(dtype)
+    w, b = rng.standard_normal((channels, 40)).astype(dtype), rng.standard_normal(40).astype(dtype)
+    ours = conv1x1(x, w, b, activation="none").astype(np.float64)
+    exact = x.astype(np.float64) @ w.astype(np.float64) + b
+    if dtype == np.float64:  # the exact value to float64's own precision: in longdouble where it is longer
+        exact = (x.astype(np.longdouble) @ w.astype(np.longdouble) + b).astype(np.float64)
+    magnitude = np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64)) + np.abs(b)
+    unit_roundoff = np.finfo(dtype).eps / 2
+    assert np.all(np.abs(ours - exact) <= (channels + 1) * unit_roundoff * magnitude)
+
+
+def test_a_long_sum_of_tenths_is_within_the_bound():
+    x, w = np.full((1, 4096), 0.1, np.float32), np.ones((4096, 1), np.float32)
+    exact = 4096 * float(np.float32(0.1))
+    assert abs(float(conv1x1(x, w)[0, 0]) - exact) <= 4097 * 2**-24 * exact

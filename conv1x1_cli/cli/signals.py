@@ -11,7 +11,7 @@ import warnings
 import click
 
 from ..errors import first_line
-from ..sources.atomic import remove_leftovers
+from ..sources.atomic import held_or_now, remove_leftovers
 from ..sources.streams import encode_what_streams_can, open_closed_stderr, silence_stdout
 from .options import ReaderGone
 
@@ -39,12 +39,25 @@ def run_main(main: click.Group) -> None:
         status = _interruption_status(error)
         if status is None:
             raise
-    sys.exit(status if isinstance(status, int) else 0)
+    status = status if isinstance(status, int) else 0
+    if status == 0 and _received_signal is not None:  # its exception was dropped on the way (a callback's)
+        status = 128 + _received_signal
+    _signals_back_to_their_defaults()
+    sys.exit(status)
+
+
+def _signals_back_to_their_defaults() -> None:
+    """Once the run is over (outputs in place, temporaries gone), a signal during the interpreter's last
+    steps ends the process as the signal does: raised there, in an exit handler, it would be dropped."""
+    for signum in (signal.SIGINT, signal.SIGTERM, *_TERMINATING):
+        with contextlib.suppress(OSError, ValueError):
+            if signal.getsignal(signum) not in (signal.SIG_IGN, None):
+                signal.signal(signum, signal.SIG_DFL)
 
 
 def _show_warning_in_one_line(message, category, filename, lineno, file=None, line=None) -> None:
     """A warning on the command line is one line, as an error is: no source file, no line of code."""
-    (file or sys.stderr).write(f"warning: {first_line(Exception(str(message)))}\n")
+    (file or sys.stderr).write(f"warning: {first_line(message)}\n")
 
 
 def _run_and_clean_up(main: click.Group):
@@ -92,13 +105,13 @@ def _signals_become_exceptions() -> None:
     does every other signal that would end the process, unless it was ignored when we started (nohup).
     """
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGTERM, held_or_now(_exit_on_signal))
     for signum in _TERMINATING:
         with contextlib.suppress(OSError, ValueError):  # (signals the C library keeps for itself)
             if signal.getsignal(signum) is signal.SIG_DFL:
-                signal.signal(signum, _exit_on_signal)
+                signal.signal(signum, held_or_now(_exit_on_signal))
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _interrupt_on_sigint)
+        signal.signal(signal.SIGINT, held_or_now(_interrupt_on_sigint))
     sys.unraisablehook = _quiet_about_lost_interrupts
 
 

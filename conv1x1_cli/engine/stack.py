@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArgumentError
+from ..sources.atomic import signals_held
 from .layers import Layer
 
 # Converted or intermediate chunks stay around this size, so memory does not grow with the input.
@@ -34,7 +35,8 @@ def kernel_module():
     if kernel is None:
         _check_thread_setting()
         _cache_somewhere()
-        from .. import kernel
+        with signals_held():  # (importing Numba runs code that swallows exceptions: a signal's would be lost)
+            from .. import kernel
     return kernel
 
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..costs.volume import Volume, volume_of
+from ..sources.atomic import signals_held
 from ..sources.npy import NpyInput, NpyOutput
 from .arrays import ArraySource
 from .banks import BankFiles
@@ -90,7 +91,10 @@ def apply_npy(
         source = _source_for(npy, volume)
         setup_started = time.perf_counter()
         stack = Stack(layers, threads)
-        stack.warm_up()
+        # Numba's compiler calls back into Python; a signal's exception raised in a callback is dropped
+        # (the signal lost) or leaves LLVM half-done (a crash). Held, it acts when the compile is over.
+        with signals_held():
+            stack.warm_up()
         setup_seconds = time.perf_counter() - setup_started
         output_volume = volume.with_channels(stack.filters)
         with NpyOutput(output_path, output_volume.shape(), dtype) as output:

@@ -23,9 +23,7 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
 import stat
-import threading
 from typing import BinaryIO
 
 # Longest file name most file systems take; the temporary's name must fit in it too.
@@ -182,7 +180,7 @@ def _create_beside(folder: str, prefix: str, directory: bool) -> str:
     for _ in range(100):
         temp = os.path.join(folder, f"{prefix}{secrets.token_hex(4)}.tmp")
         try:
-            with _signals_held():
+            with signals_held():
                 if directory:
                     os.mkdir(temp, 0o700)
                 else:
@@ -194,18 +192,43 @@ def _create_beside(folder: str, prefix: str, directory: bool) -> str:
     raise FileExistsError(f"no free temporary name in {folder}")
 
 
+# Signals held: how deep the held blocks nest, and the handlers waiting for the outermost to end.
+_held_depth = 0
+_held_handlers: list = []
+
+
 @contextlib.contextmanager
-def _signals_held():
-    """Hold every signal that may be delivered to this thread until the block ends (main thread only:
-    Python runs signal handlers there)."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+def signals_held():
+    """Let no signal act until the block ends, then let the first that came act (its handler runs then).
+
+    For the few steps that a signal's exception must not split (a temporary created and recorded), and
+    for code that cannot be stopped midway (Numba's compiler calls back into Python; an exception
+    raised in a callback is dropped). Holding in the OS (pthread_sigmask) is not enough: NumPy's
+    BLAS threads do not block signals, so one of them takes the signal and Python runs the handler in
+    the main thread anyway. So the handlers the CLI installs go through ``held_or_now``, which records
+    the signal while a block is open."""
+    global _held_depth
+    _held_depth += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        _held_depth -= 1
+        if _held_depth == 0 and _held_handlers:
+            handler, signum = _held_handlers[0]
+            _held_handlers.clear()
+            handler(signum, None)
+
+
+def held_or_now(handler):
+    """``handler``, as a signal handler that waits for the end of any ``signals_held()`` block."""
+
+    def handle(signum, frame):
+        if _held_depth:
+            _held_handlers.append((handler, signum))
+            return
+        handler(signum, frame)
+
+    return handle
 
 
 def _give_mode(temp: str, path: str, directory: bool) -> None:
