@@ -86,10 +86,9 @@ def _is_plain_call(x, w, bias, layout: str) -> bool:
 
 def _banks_from_layout(w, weights_layout: str) -> list[np.ndarray]:
     """Banks given in another weights layout, as (C, F) banks."""
-    from .engine.layers import as_bank
+    from .engine.layers import as_bank, bank_list
 
-    banks = [w] if isinstance(w, np.ndarray) else list(w)
-    return [as_bank(bank, weights_layout) for bank in banks]
+    return [as_bank(bank, weights_layout) for bank in bank_list(w)]
 
 
 def _read_stdin_once(input_path: str, other_inputs: Sequence[str]) -> None:

@@ -252,3 +252,16 @@ def test_a_long_sum_of_tenths_is_within_the_bound():
     x, w = np.full((1, 4096), 0.1, np.float32), np.ones((4096, 1), np.float32)
     exact = 4096 * float(np.float32(0.1))
     assert abs(float(conv1x1(x, w)[0, 0]) - exact) <= 4097 * 2**-24 * exact
+
+
+def test_array_likes_are_taken_as_numpy_takes_them():
+    x = np.ones((2, 3), np.float32)
+    w = np.arange(6, dtype=np.float32).reshape(3, 2)
+    expected = conv1x1(x, w, np.array([0.5, -100.0], np.float32))
+    np.testing.assert_array_equal(conv1x1(x, w.tolist(), [0.5, -100.0]), expected)  # nested lists, a list of numbers
+    np.testing.assert_array_equal(conv1x1(x, w.T.tolist(), [0.5, -100.0], weights_layout="fc"), expected)
+    np.testing.assert_array_equal(conv1x1(x, [w.tolist(), np.eye(2).tolist()]), conv1x1(x, w))  # a chain of lists
+    with pytest.raises(InputError, match=r"a filter bank is needed \(an array of shape \(C, F\)\), got None"):
+        conv1x1(x, None)
+    with pytest.raises(InputError, match=r"bias must have shape \(2,\) to match 2 filters, got \(\)"):
+        conv1x1(x, w, 1.0)

@@ -106,11 +106,16 @@ def banks_and_biases(w, bias) -> tuple[list[np.ndarray], list[np.ndarray | None]
     >>> [bank.shape for bank in banks], [bias.tolist() for bias in biases]
     ([(2, 2)], [[0.5, -0.5]])
     """
-    if w is None:
-        raise InputError("weights: a filter bank is needed (an array of shape (C, F)), got None")
-    banks = [as_bank(bank) for bank in _items_or_one(w, minimum_ndim=2)]
+    banks = [as_bank(bank) for bank in bank_list(w)]
     biases = [] if bias is None else _items_or_one(bias, minimum_ndim=1)
     return banks, biases
+
+
+def bank_list(w) -> list[np.ndarray]:
+    """The API's ``w`` as a list of arrays: one bank (anything NumPy makes an array of) or a chain."""
+    if w is None:
+        raise InputError("weights: a filter bank is needed (an array of shape (C, F)), got None")
+    return _items_or_one(w, minimum_ndim=2)
 
 
 def _items_or_one(value, minimum_ndim: int) -> list:

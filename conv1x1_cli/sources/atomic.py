@@ -73,9 +73,10 @@ def writes_through(path: str) -> bool:
     if path.startswith(_STREAM_NAMES) or _is_process_fd(path):
         return True
     try:
-        return not stat.S_ISREG(os.stat(path).st_mode) and not stat.S_ISDIR(os.stat(path).st_mode)
+        mode = os.stat(path).st_mode
     except OSError:  # nothing there yet (or a dangling link): a new file
         return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
 
 def _is_process_fd(path: str) -> bool:
