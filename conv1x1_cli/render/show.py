@@ -78,13 +78,14 @@ def channel_table(array: np.ndarray, channel: int, batch: int, layout: str, name
     cells, as wide as the widest number shown, would not fit in ``width`` columns."""
     plane = channel_plane(array, channel, batch, layout, name)
     row_step = max(1, math.ceil(plane.shape[0] / max_rows))
-    index = len(str(plane.shape[0] - 1)) + 1
-    column_step = max(1, math.ceil(plane.shape[1] / max(2, (width - index) // 4)))  # no cell is under 4 characters
+    # A column is its text (the number between two spaces) and one space of padding on either side.
+    index = len(str(plane.shape[0] - 1)) + 2
+    column_step = max(1, math.ceil(plane.shape[1] / max(2, (width - index) // 5)))  # no cell is under 5 characters
     while True:  # the widest cell depends on which values the preview shows
         view = plane[::row_step, ::column_step]
         values = view.ravel().tolist()
         fmt = number_format(values)
-        cell = max(len(fmt.format(float(value))) for value in values) + 3
+        cell = max(len(fmt.format(float(value))) for value in values) + 4
         if index + view.shape[1] * cell <= width or view.shape[1] <= 2:
             break
         column_step = math.ceil(plane.shape[1] / max(2, (width - index) // cell))

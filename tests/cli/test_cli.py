@@ -281,8 +281,9 @@ def test_show_prints_the_numbers(runner, samples_dir):
 def test_show_large_slices_are_strided(runner, tmp_path):
     np.save(tmp_path / "big.npy", np.arange(200 * 300, dtype=np.float32).reshape(200, 300, 1))
     result = invoke(runner, "show", tmp_path / "big.npy")
-    # 200 rows in at most 24: every 9th; 300 columns at 9 characters a cell in 80: every 34th
-    assert "every 9th row and every 34th column" in result.output and len(result.output.splitlines()) < 40
+    # 200 rows in at most 24: every 9th; 300 columns, in 80 less the 5 of the index, at 9 characters a
+    # cell (5 digits, a space either side, a space of padding either side): 8 columns, every 38th
+    assert "every 9th row and every 38th column" in result.output and len(result.output.splitlines()) < 40
 
 
 def test_show_channel_out_of_range(runner, samples_dir):

@@ -91,3 +91,18 @@ def test_the_caption_says_which_slice_of_which_array(samples_dir):
 def test_out_of_range_options_are_usage_errors(samples_dir, args, message):
     result = show(samples_dir / "volume_6x6x32.npy", *args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("columns", ["40", "60", "80", "120"])
+def test_row_indices_and_cells_are_never_squeezed(tmp_path, samples_dir, columns):
+    """The README's first command: the sample volume through its bank, then show. Its values take 1 to
+    7 characters; at 80 columns the index column used to be squeezed to '…'."""
+    volume, bank = samples_dir / "volume_28x28x192.npy", samples_dir / "bank_192x32.npy"
+    applied = subprocess.run([*COMMAND, "apply", volume, bank, "-o", tmp_path / "out.npy", "-q"], capture_output=True)
+    assert applied.returncode == 0, applied.stderr
+    result = show(tmp_path / "out.npy", columns=columns)
+    assert result.returncode == 0 and "…" not in result.stdout
+    rows = body_rows(result.stdout)
+    step = int(rows[1][0]) - int(rows[0][0])
+    assert [int(row[0]) for row in rows] == list(range(0, 28, step))
+    assert max(len(line) for line in result.stdout.splitlines()) <= int(columns)
