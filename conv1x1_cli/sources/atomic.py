@@ -24,6 +24,7 @@ import os
 import secrets
 import shutil
 import stat
+import threading
 from typing import BinaryIO
 
 # Longest file name most file systems take; the temporary's name must fit in it too.
@@ -207,8 +208,12 @@ def signals_held():
     raised in a callback is dropped). Holding in the OS (pthread_sigmask) is not enough: NumPy's
     BLAS threads do not block signals, so one of them takes the signal and Python runs the handler in
     the main thread anyway. So the handlers the CLI installs go through ``held_or_now``, which records
-    the signal while a block is open."""
+    the signal while a block is open. Only the main thread holds: Python runs handlers there, and a
+    handler run at the end of another thread's block would stop that thread, not the process."""
     global _held_depth
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _held_depth += 1
     try:
         yield

@@ -64,3 +64,42 @@ def test_a_failed_directory_leaves_nothing(tmp_path):
 def test_an_unwritable_directory_raises_before_anything_is_written(tmp_path):
     with pytest.raises(OSError):
         Replacement(str(tmp_path / "missing" / "out.npy"))
+
+
+def test_a_held_signal_acts_when_the_outermost_block_ends():
+    from conv1x1_cli.sources.atomic import held_or_now, signals_held
+
+    ran = []
+    handler = held_or_now(lambda signum, frame: ran.append(signum))
+    with signals_held():
+        with signals_held():
+            handler(15, None)
+            handler(1, None)  # a second signal while one waits: the first one acts
+        assert ran == []
+    assert ran == [15]
+    handler(2, None)  # no block open: at once
+    assert ran == [15, 2]
+
+
+def test_other_threads_do_not_hold_the_main_threads_signals():
+    import threading
+
+    from conv1x1_cli.sources.atomic import held_or_now, signals_held
+
+    ran, inside = [], threading.Event()
+    handler = held_or_now(lambda signum, frame: ran.append(signum))
+    release = threading.Event()
+
+    def hold():
+        with signals_held():
+            inside.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=hold)
+    worker.start()
+    inside.wait(10)
+    handler(15, None)  # as Python would run it, in the main thread: at once, not at the end of the other's block
+    assert ran == [15]
+    release.set()
+    worker.join(10)
+    assert ran == [15]
