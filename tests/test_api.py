@@ -265,3 +265,9 @@ def test_array_likes_are_taken_as_numpy_takes_them():
         conv1x1(x, None)
     with pytest.raises(InputError, match=r"bias must have shape \(2,\) to match 2 filters, got \(\)"):
         conv1x1(x, w, 1.0)
+
+
+def test_a_pytorch_bank_as_nested_lists_is_one_bank():
+    x = np.ones((2, 3), np.float32)
+    w = np.arange(6, dtype=np.float32).reshape(3, 2)
+    np.testing.assert_array_equal(conv1x1(x, w.T[:, :, None, None].tolist()), conv1x1(x, w))

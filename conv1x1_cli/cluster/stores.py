@@ -24,7 +24,7 @@ import numpy as np
 
 from ..engine.layers import NUMERIC_KINDS
 from ..errors import InputError, first_line
-from ..sources.atomic import Replacement
+from ..sources.atomic import Replacement, final_target
 from ..sources.npy import STDIO, NpyInput, NpyOutput
 from .paths import is_url
 
@@ -111,9 +111,13 @@ def write_store(result, path: str, compute: Callable[[object], None]) -> None:
     if is_url(path):
         _write_remote_store(result, path, compute)
         return
-    _check_replaceable(path, os.path.dirname(os.path.abspath(path)))
-    with Replacement(path, directory=True) as store:
-        compute(_store_graph(result, _create_array(store.temp, result)))
+    target = final_target(path.rstrip("/"))  # a symbolic link stays one; its target is replaced
+    _check_replaceable(target, os.path.dirname(os.path.abspath(target)))
+    try:
+        with Replacement(target, directory=True) as store:
+            compute(_store_graph(result, _create_array(store.temp, result)))
+    except OSError as error:
+        raise InputError(f"{path}: cannot write the store ({error.strerror or error})") from None
 
 
 def _create_array(store, result):

@@ -115,6 +115,13 @@ def bank_list(w) -> list[np.ndarray]:
     """The API's ``w`` as a list of arrays: one bank (anything NumPy makes an array of) or a chain."""
     if w is None:
         raise InputError("weights: a filter bank is needed (an array of shape (C, F)), got None")
+    if isinstance(w, list | tuple) and w and not all(isinstance(bank, np.ndarray) for bank in w):
+        try:
+            ndim = np.ndim(w)
+        except ValueError:  # ragged: banks of different shapes, a chain
+            ndim = None
+        if ndim in (2, 4):  # nested lists NumPy makes one bank of, (C, F) or PyTorch's / Keras's 4-D
+            return [np.asarray(w)]
     return _items_or_one(w, minimum_ndim=2)
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
 from rich import box
+from rich.console import Console
+from rich.measure import Measurement
 from rich.style import Style
 from rich.table import Table
 from rich.text import Text
@@ -37,11 +40,11 @@ def slice_table(view, rows, columns, stats: dict, title: str) -> Table:
     """A heat-map table of a 2-D slice (``view``) whose original row and column indices are given."""
     flat = [float(value) for value in view.ravel()]
     fmt = number_format(flat)
+    whole = number_format([*flat, stats["min"], stats["max"]])  # the extremes may lie between the rows shown
     finite = [value for value in flat if math.isfinite(value)]
     low, high = (min(finite), max(finite)) if finite else (0.0, 0.0)
-    caption = (
-        f"{stats['what']} · min {fmt.format(stats['min'])} · max {fmt.format(stats['max'])} · mean {stats['mean']:.4g}"
-    )
+    extremes = f"min {whole.format(stats['min'])} · max {whole.format(stats['max'])}"
+    caption = f"{stats['what']} · {extremes} · mean {stats['mean']:.4g}"
     row_step, column_step = rows.step, columns.step
     if row_step > 1 or column_step > 1:
         caption += (
@@ -74,22 +77,11 @@ def _every(step: int, what: str) -> str:
 
 def channel_table(array: np.ndarray, channel: int, batch: int, layout: str, name: str, width: int, max_rows: int):
     """The table ``conv1x1 show`` prints: one channel of ``array`` (of one image of a batch), previewed
-    with a stride along the rows when it is taller than ``max_rows``, and along the columns when its
-    cells, as wide as the widest number shown, would not fit in ``width`` columns."""
+    with a stride along the rows when it is taller than ``max_rows``, and along the columns when the
+    table, measured as rich lays it out, would be wider than ``width``."""
     plane = channel_plane(array, channel, batch, layout, name)
     row_step = max(1, math.ceil(plane.shape[0] / max_rows))
-    # A column is its text (the number between two spaces) and one space of padding on either side.
-    index = len(str(plane.shape[0] - 1)) + 2
-    column_step = max(1, math.ceil(plane.shape[1] / max(2, (width - index) // 5)))  # no cell is under 5 characters
-    while True:  # the widest cell depends on which values the preview shows
-        view = plane[::row_step, ::column_step]
-        values = view.ravel().tolist()
-        fmt = number_format(values)
-        cell = max(len(fmt.format(float(value))) for value in values) + 4
-        if index + view.shape[1] * cell <= width or view.shape[1] <= 2:
-            break
-        column_step = math.ceil(plane.shape[1] / max(2, (width - index) // cell))
-    rows, columns = range(0, plane.shape[0], row_step), range(0, plane.shape[1], column_step)
+    rows = range(0, plane.shape[0], row_step)
     with np.errstate(invalid="ignore", over="ignore"):  # inf and -inf: the mean is nan, said as such
         stats = {
             "what": _what_is_shown(plane.shape, array.shape),
@@ -98,7 +90,20 @@ def channel_table(array: np.ndarray, channel: int, batch: int, layout: str, name
             "mean": float(np.mean(plane, dtype=np.float64)),
         }
     title = f"{name} · channel {channel}" + (f" · image {batch}" if array.ndim == 4 else "")
-    return slice_table(view, rows, columns, stats, title)
+    column_step = max(1, math.ceil(plane.shape[1] / max(2, width // 5)))  # no column is under 5 characters
+    while True:
+        columns = range(0, plane.shape[1], column_step)
+        table = slice_table(plane[::row_step, ::column_step], rows, columns, stats, title)
+        natural = _natural_width(table)
+        if natural <= width or len(columns) <= 2:
+            return table
+        column_step = max(column_step + 1, math.ceil(column_step * natural / width))
+
+
+def _natural_width(table: Table) -> int:
+    """How wide rich lays the table out when nothing squeezes it."""
+    console = Console(file=io.StringIO(), width=10_000, color_system=None)
+    return Measurement.get(console, console.options, table).maximum
 
 
 def channel_plane(array: np.ndarray, channel: int, batch: int, layout: str, name: str) -> np.ndarray:

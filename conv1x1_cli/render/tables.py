@@ -46,9 +46,15 @@ def layer_text(layer: dict) -> str:
 _NARROWEST = 20
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """A reader gone (``| head``) is the caller's to report (exit 141); rich would exit with 1."""
+        raise BrokenPipeError
+
+
 def make_console(file=None, stderr: bool = False) -> Console:
     """A rich console for stdout (or ``file``, or stderr) that never lays out to a width of nothing."""
-    console = Console(file=file, stderr=stderr, highlight=False)
+    console = _Console(file=file, stderr=stderr, highlight=False)
     if console.width < _NARROWEST:
         console.width = 80
     return console

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -62,27 +63,67 @@ class CommittedOnSuccess:
 def open_output(path: str) -> CommittedOnSuccess:
     """The writer for an output file at ``path``, by the rules above: a ``Replacement`` of the file
     (or of a symbolic link's final target), or a ``DirectWrite`` into a special file or stream.
-    Raises ``OSError`` when it cannot be opened or its directory cannot be written."""
+    Raises ``OSError`` when it cannot be opened or its directory cannot be written, and for a loop
+    of symbolic links."""
     if writes_through(path):
+        descriptor = _descriptor_named(path)
+        if descriptor is not None and descriptor not in INHERITED_DESCRIPTORS:
+            # Not one the caller handed us: that number now belongs to a file of our own (an input).
+            raise OSError(errno.EBADF, "not a file descriptor this command was given")
         return DirectWrite(path)
-    return Replacement(os.path.realpath(path) if os.path.islink(path) else path)
+    return Replacement(final_target(path))
+
+
+def final_target(path: str) -> str:
+    """``path``, or the file its chain of symbolic links ends at (which need not exist yet)."""
+    return os.path.realpath(path) if os.path.islink(path) else path
 
 
 def writes_through(path: str) -> bool:
     """Whether output to ``path`` goes straight into it: an existing file that is not a regular one
     (after following links), or the name of a stream such as ``/dev/stdout`` or ``/dev/fd/3``."""
-    if path.startswith(_STREAM_NAMES) or _is_process_fd(path):
+    if path.startswith(_STREAM_NAMES) or _descriptor_named(path) is not None:
         return True
     try:
         mode = os.stat(path).st_mode
-    except OSError:  # nothing there yet (or a dangling link): a new file
+    except FileNotFoundError:  # nothing there yet (or a dangling link): a new file
         return False
     return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
 
-def _is_process_fd(path: str) -> bool:
+def _descriptor_named(path: str) -> int | None:
+    """The file descriptor that /dev/stdout, /dev/stderr, /dev/fd/N or /proc/self/fd/N names."""
+    named = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}.get(path)
+    if named is not None:
+        return named
+    for prefix in ("/dev/fd/", "/proc/self/fd/", "/proc/thread-self/fd/"):
+        if path.startswith(prefix) and path[len(prefix) :].isdigit():
+            return int(path[len(prefix) :])
     parts = path.split("/")
-    return len(parts) == 5 and parts[:2] == ["", "proc"] and parts[3] == "fd"
+    if len(parts) == 5 and parts[:2] == ["", "proc"] and parts[3] == "fd" and parts[4].isdigit():
+        return int(parts[4])
+    return None
+
+
+def _open_descriptors() -> frozenset[int]:
+    try:
+        listed = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc: try the usual few
+        listed = list(range(256))
+    return frozenset(fd for fd in listed if _is_open(fd))  # (not the listing's own, closed again)
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+# The descriptors open when conv1x1 started (imported by the CLI before it opens anything): the only
+# ones /dev/fd/N may name as an output.
+INHERITED_DESCRIPTORS = _open_descriptors()
 
 
 class DirectWrite(CommittedOnSuccess):
@@ -254,7 +295,7 @@ def _rename_directory(temp: str, path: str) -> None:
     if not os.path.lexists(path):
         os.rename(temp, path)
         return
-    old = f"{temp}.old"
+    old = f"{temp[: -len('.tmp')]}.old"  # as long as the temporary's name, which fits
     os.rename(path, old)
     try:
         os.rename(temp, path)

@@ -270,9 +270,17 @@ class NpyOutput(CommittedOnSuccess):
         try:
             self._writer = open_output(self.path)
         except OSError as error:
-            where = "cannot open it" if writes_through(self.path) else f"cannot write in {directory}"
-            raise InputError(f"{self.name}: {where} ({error.strerror})") from None
+            raise InputError(f"{self.name}: {self._cannot(directory)} ({error.strerror})") from None
+        if self._writer.file.isatty():
+            self.discard()
+            raise InputError(f"{self.name}: refusing to write binary .npy data to a terminal; redirect it")
         return self._writer.file
+
+    def _cannot(self, directory: str) -> str:
+        try:
+            return "cannot open it" if writes_through(self.path) else f"cannot write in {directory}"
+        except OSError:  # (a loop of symbolic links)
+            return "cannot open it"
 
     def write_bytes(self, data) -> None:
         with self._reporting_write_errors():

@@ -644,3 +644,49 @@ def test_without_a_signal_errors_python_can_only_print_are_still_printed():
     result = subprocess.run([sys.executable, "-c", LOST_INTERRUPT, "quiet"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "Traceback" in result.stderr and "PipelineTuningOptions" in result.stderr
+
+
+def test_a_descriptor_the_caller_did_not_give_is_refused_and_the_input_kept(samples_dir, tmp_path):
+    victim = tmp_path / "victim.npy"
+    shutil.copy(samples_dir / "volume_6x6x32.npy", victim)
+    before = victim.read_bytes()
+    for target in ("/dev/fd/3", "/proc/self/fd/3"):  # 3 is the input's own descriptor by then
+        result = cli("apply", victim, samples_dir / "bank_32x8.npy", "-o", target, "-q")
+        assert_one_error_line(result, target, "not a file descriptor this command was given")
+        assert victim.read_bytes() == before
+
+
+def test_a_loop_of_symlinks_is_an_error_and_stays_a_loop(samples_dir, tmp_path):
+    (tmp_path / "loopa").symlink_to("loopb")
+    (tmp_path / "loopb").symlink_to("loopa")
+    result = lecture_run(samples_dir, tmp_path / "loopa")
+    assert_one_error_line(result, "Too many levels of symbolic links")
+    assert (tmp_path / "loopa").is_symlink() and sorted(os.listdir(tmp_path)) == ["loopa", "loopb"]
+
+
+def test_dev_stdout_on_a_terminal_is_refused(samples_dir):
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        result = subprocess.run(
+            [*COMMAND, "apply", *lecture(samples_dir), "-o", "/dev/stdout", "-q"],
+            stdout=follower,
+            stderr=subprocess.PIPE,
+        )
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert result.returncode == 1 and b"terminal" in result.stderr
+
+
+def lecture(samples_dir):
+    return [samples_dir / "lecture_6x6.npy", samples_dir / "times2.npy"]
+
+
+@pytest.mark.parametrize("args", [["shapes", "28x28x192", "--filters", "32"], ["show", "{lecture}"]])
+def test_table_commands_exit_141_when_the_reader_is_gone(samples_dir, args):
+    words = [arg.format(lecture=samples_dir / "lecture_6x6.npy") for arg in args]
+    script = f"{sys.executable} -m conv1x1_cli {' '.join(words)} | true; echo ${{PIPESTATUS[0]}}"
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    assert result.stdout.split() == ["141"] and result.stderr == ""

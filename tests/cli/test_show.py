@@ -106,3 +106,13 @@ def test_row_indices_and_cells_are_never_squeezed(tmp_path, samples_dir, columns
     step = int(rows[1][0]) - int(rows[0][0])
     assert [int(row[0]) for row in rows] == list(range(0, 28, step))
     assert max(len(line) for line in result.stdout.splitlines()) <= int(columns)
+
+
+def test_mostly_integers_and_the_extremes_between_the_rows_shown(tmp_path):
+    values = np.tile(np.arange(100, dtype=np.float64), (100, 1))[..., None]
+    values[3, 3, 0] = -7.5  # skipped by the stride, but the caption's minimum
+    np.save(tmp_path / "ints.npy", values)
+    result = show(tmp_path / "ints.npy", columns="80")
+    assert result.returncode == 0 and "…" not in result.stdout
+    assert "min -7.5 · max 99" in " ".join(result.stdout.split())
+    assert [int(row[0]) for row in body_rows(result.stdout)][:3] == [0, 5, 10]

@@ -103,3 +103,23 @@ def test_other_threads_do_not_hold_the_main_threads_signals():
     release.set()
     worker.join(10)
     assert ran == [15]
+
+
+def test_a_store_through_a_symlink_replaces_the_target_and_keeps_the_link(tmp_path):
+    (tmp_path / "real.zarr").mkdir()
+    (tmp_path / "real.zarr" / "old").write_text("old")
+    (tmp_path / "link.zarr").symlink_to("real.zarr")
+    from conv1x1_cli.sources.atomic import final_target
+
+    with Replacement(final_target(str(tmp_path / "link.zarr")), directory=True) as new:
+        (tmp_path / new.temp / "zarr.json").write_text("{}")
+    assert (tmp_path / "link.zarr").is_symlink()
+    assert names(tmp_path / "real.zarr") == ["zarr.json"] and names(tmp_path) == ["link.zarr", "real.zarr"]
+
+
+def test_a_directory_of_the_longest_name_is_replaced(tmp_path):
+    name = "s" * 250 + ".zarr"
+    for _ in range(2):  # new, then replacing the old one (which steps aside under a name that fits)
+        with Replacement(str(tmp_path / name), directory=True) as new:
+            (tmp_path / new.temp / "zarr.json").write_text("{}")
+    assert names(tmp_path) == [name]
