@@ -54,13 +54,11 @@ def conv1x1(
     if weights_layout == "cf" and _is_plain_call(x, w, bias, layout):
         relu = checked_choice(activation, ACTIVATIONS, "activation") == "relu"
         return one_layer(x.reshape(-1, w.shape[0]), w, bias, relu, (*x.shape[:-1], w.shape[1]), threads)
-    if weights_layout != "cf":
-        w = _banks_from_layout(w, weights_layout)
     if type(x).__module__.startswith("dask."):
         from .cluster.blocks import conv1x1_dask
 
-        return conv1x1_dask(x, w, bias, activation, layout=layout, threads=threads)
-    return convolve_array(x, w, bias, activation, layout, threads)
+        return conv1x1_dask(x, w, bias, activation, layout=layout, weights_layout=weights_layout, threads=threads)
+    return convolve_array(x, w, bias, activation, layout, weights_layout, threads)
 
 
 def _is_plain_call(x, w, bias, layout: str) -> bool:
@@ -82,13 +80,6 @@ def _is_plain_call(x, w, bias, layout: str) -> bool:
     return bias is None or (
         type(bias) is np.ndarray and bias.dtype is dtype and bias.ndim == 1 and bias.shape[0] == w.shape[1]
     )
-
-
-def _banks_from_layout(w, weights_layout: str) -> list[np.ndarray]:
-    """Banks given in another weights layout, as (C, F) banks."""
-    from .engine.layers import as_bank, bank_list
-
-    return [as_bank(bank, weights_layout) for bank in bank_list(w)]
 
 
 def _read_stdin_once(input_path: str, other_inputs: Sequence[str]) -> None:

@@ -51,6 +51,7 @@ def conv1x1_dask(
     activation: str = "relu",
     *,
     layout: str = "nhwc",
+    weights_layout: str = "cf",
     threads: int | None = None,
 ):
     """``conv1x1`` for a ``dask.array.Array``: a lazy array of the same layout, with F channels.
@@ -66,7 +67,7 @@ def conv1x1_dask(
     ((4, 6, 2), (2, 2), 144.0)
     """
     checked_input_dtype(x.dtype)
-    banks, biases = banks_and_biases(w, bias)
+    banks, biases = banks_and_biases(w, bias, weights_layout)
     axis = channel_axis(x.shape, layout)
     layers = build_layers(banks, biases, activation, x.shape[axis], compute_dtype(x.dtype))
     return convolve_layers(x, layers, layout=layout, threads=threads)

@@ -21,12 +21,13 @@ def convolve_array(
     bias: np.ndarray | Sequence[np.ndarray | None] | None,
     activation: str,
     layout: str,
+    weights_layout: str,
     threads: int | None,
 ) -> np.ndarray:
     """``conv1x1`` for any NumPy array and any banks: every check, every layout, dtype and chain."""
     x = np.asarray(x)
     checked_input_dtype(x.dtype)
-    banks, biases = banks_and_biases(w, bias)
+    banks, biases = banks_and_biases(w, bias, weights_layout)
     source = ArraySource(x, layout)
     stack = Stack(build_layers(banks, biases, activation, source.channels, source.dtype), threads)
     out = np.empty(source.output_shape(stack.filters), dtype=source.dtype)
@@ -38,7 +39,7 @@ class ArraySource:
     """Pixels of an in-memory array, viewed without copying as (images, pixels, C) or (images, C, pixels)."""
 
     def __init__(self, array: np.ndarray, layout: str = "nhwc"):
-        axis = channel_axis(array.shape, layout)
+        self._axis = axis = channel_axis(array.shape, layout)
         self.array, self.layout, self.shape = array, layout, array.shape
         self.dtype = compute_dtype(array.dtype)
         self.channels = array.shape[axis]
@@ -50,8 +51,7 @@ class ArraySource:
             self._view = array.reshape(self.images, self.channels, self.pixels_per_image)
 
     def output_shape(self, filters: int) -> tuple[int, ...]:
-        axis = channel_axis(self.shape, self.layout)
-        return (*self.shape[:axis], filters, *self.shape[axis + 1 :])
+        return (*self.shape[: self._axis], filters, *self.shape[self._axis + 1 :])
 
     def whole(self) -> np.ndarray | None:
         """All pixels as one C-contiguous (pixels, C) array in the compute dtype, if that needs no copy."""

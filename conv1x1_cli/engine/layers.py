@@ -95,8 +95,8 @@ def as_bias(bias: np.ndarray, filters: int, name: str = "bias") -> np.ndarray:
     return bias
 
 
-def banks_and_biases(w, bias) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
-    """The API's ``w`` and ``bias`` as two lists, banks as (C, F).
+def banks_and_biases(w, bias, weights_layout: str = "cf") -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+    """The API's ``w`` and ``bias`` as two lists, banks as (C, F) (2-D ones read in ``weights_layout``).
 
     ``w`` is one bank (an array, or anything NumPy makes a 2-D or 4-D array of, such as nested lists)
     or a list of banks, a chain. ``bias`` is None, one bias (an array or a list of numbers) or a list
@@ -106,7 +106,7 @@ def banks_and_biases(w, bias) -> tuple[list[np.ndarray], list[np.ndarray | None]
     >>> [bank.shape for bank in banks], [bias.tolist() for bias in biases]
     ([(2, 2)], [[0.5, -0.5]])
     """
-    banks = [as_bank(bank) for bank in bank_list(w)]
+    banks = [as_bank(bank, weights_layout) for bank in bank_list(w)]
     biases = [] if bias is None else _items_or_one(bias, minimum_ndim=1)
     return banks, biases
 

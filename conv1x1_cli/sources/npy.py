@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import sys
 from dataclasses import dataclass
 from math import prod
 from typing import BinaryIO
@@ -20,7 +19,7 @@ import numpy.lib.format as npy_format
 
 from ..errors import InputError, first_line
 from .atomic import CommittedOnSuccess, open_output, writes_through
-from .streams import reporting_stdout_errors
+from .streams import binary_stdio, reporting_stdout_errors
 
 STDIO = "-"
 # A header larger than this is not a plausible array description (NumPy's own default guard).
@@ -141,13 +140,7 @@ class NpyInput:
 
     def _open(self) -> BinaryIO:
         if self.path == STDIO:
-            if sys.stdin is None:
-                raise InputError("<stdin>: standard input is closed")
-            if sys.stdin.isatty():
-                raise InputError(
-                    "<stdin>: refusing to read binary .npy data from a terminal; pipe it in or name a file"
-                )
-            return sys.stdin.buffer
+            return binary_stdio(reading=True)
         if os.path.isdir(self.path):
             raise InputError(f"{self.name}: is a directory, not a .npy file")
         try:
@@ -253,13 +246,7 @@ class NpyOutput(CommittedOnSuccess):
 
     def _open(self) -> BinaryIO:
         if self.path == STDIO:
-            if sys.stdout is None:
-                raise InputError("<stdout>: standard output is closed")
-            if sys.stdout.isatty():
-                raise InputError(
-                    "<stdout>: refusing to write binary .npy data to a terminal; redirect it or use -o FILE"
-                )
-            return sys.stdout.buffer
+            return binary_stdio(reading=False)
         if not self.path:
             raise InputError("'': an empty output path; give a file path for the output")
         directory = os.path.dirname(os.path.abspath(self.path))

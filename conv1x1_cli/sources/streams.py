@@ -54,6 +54,22 @@ def _is_utf(encoding: str | None) -> bool:
     return (encoding or "").lower().replace("-", "").replace("_", "").startswith("utf")
 
 
+def binary_stdio(reading: bool):
+    """stdin's (``reading``) or stdout's binary buffer, for .npy data: a closed stream, or a terminal
+    (where binary data would wait for typing, or spray the screen), is one ``InputError`` line."""
+    stream, name = (sys.stdin, "<stdin>") if reading else (sys.stdout, "<stdout>")
+    if stream is None:
+        raise InputError(f"{name}: standard {'input' if reading else 'output'} is closed")
+    if stream.isatty():
+        action = (
+            "read binary .npy data from a terminal; pipe it in or name a file"
+            if reading
+            else ("write binary .npy data to a terminal; redirect it or use -o FILE")
+        )
+        raise InputError(f"{name}: refusing to {action}")
+    return stream.buffer
+
+
 def open_closed_stderr() -> None:
     """A closed stderr (``2>&-``) swallows diagnostics rather than failing the run that writes them."""
     if sys.stderr is None:
