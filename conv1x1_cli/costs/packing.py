@@ -3,48 +3,85 @@ Dask planner counts memory by. Plain integer arithmetic.
 
 The kernel accumulates a tile of ``rows`` pixels x one panel of ``width`` filters in SIMD registers;
 a bank's F filters are padded with zero columns to whole panels, and its bias likewise, so a packed
-bank holds (C + 1) rows of ``padded_filters`` elements.
+bank holds (C + 1) rows of ``padded_filters`` elements.  The tile's shape follows the SIMD unit the
+kernel is compiled for (``SimdUnit``: ``kernel.target`` tells which one that is).
 
 >>> tile_shape(filters=8, itemsize=4), packed_bank_bytes(channels=192, filters=8, itemsize=4)
 ((8, 8), 6176)
 >>> tile_shape(filters=40, itemsize=4), packed_bank_bytes(channels=192, filters=40, itemsize=4)
 ((6, 64), 49408)
+>>> tile_shape(filters=40, itemsize=4, simd=AVX2)
+(6, 16)
 """
 
 from __future__ import annotations
 
-# Bytes of one SIMD register the tiles are built for (AVX-512); panel widths are multiples of half of it.
-VECTOR_BYTES = 64
+from dataclasses import dataclass
 
 
-def tile_shape(filters: int, itemsize: int) -> tuple[int, int]:
+@dataclass(frozen=True)
+class SimdUnit:
+    """What the tile is shaped by: the vector registers of the instruction set compiled for.
+
+    ``fused``: whether it has fused multiply-add instructions (without them each product is rounded
+    before it is added, and an FMA would be a call into the C library per lane).
+    """
+
+    name: str
+    vector_bytes: int
+    registers: int
+    fused: bool
+
+    def describe(self) -> str:
+        """'avx2: 16 x 256-bit registers, FMA', for reports."""
+        fma = "FMA" if self.fused else "no FMA"
+        return f"{self.name}: {self.registers} x {8 * self.vector_bytes}-bit registers, {fma}"
+
+
+AVX512 = SimdUnit("avx512", vector_bytes=64, registers=32, fused=True)
+AVX2 = SimdUnit("avx2", vector_bytes=32, registers=16, fused=True)
+NEON = SimdUnit("neon", vector_bytes=16, registers=32, fused=True)
+# Anything else: x86-64's baseline SSE2 (16 registers, no FMA), or an architecture we have no rule for.
+GENERIC = SimdUnit("generic", vector_bytes=16, registers=16, fused=False)
+
+# The narrowest panel (a power of two, as the kernel's width markers need); below a whole vector, the
+# tile is half a vector wide.
+_MIN_WIDTH = 4
+# Accumulator rows: six rows of up to four vectors (AVX-512, NEON: 24 of 32 registers) or two
+# (AVX2, SSE: 12 of 16) cover the FMA latency and leave registers for the panel row's vectors and one
+# broadcast pixel value.  Taller tiles (12 rows) measured slower, as each row is another pointer
+# and another stream from memory.  A tile narrower than a vector has 8 rows.
+_ROWS, _NARROW_ROWS = 6, 8
+
+
+def tile_shape(filters: int, itemsize: int, simd: SimdUnit = AVX512) -> tuple[int, int]:
     """(pixel rows, panel width) of the accumulator tile for a bank of this many filters.
 
-    Six rows of up to four vectors: 24 accumulators cover the FMA latency and leave registers for the
-    panel loads and broadcasts. Narrower panels for narrow banks waste less padding; taller tiles
-    (12 rows) measured slower, as each row is another pointer and another stream from memory.
+    The panel is the narrowest power of two (from half a vector) that holds the filters, up to four
+    vectors with 32 registers or two with 16: narrower panels for narrow banks waste less padding.
+    The default, AVX-512's rule, pads at least as much as any other (its widths are the widest and
+    every narrower one divides them): the Dask planner counts by it, an upper bound for workers of
+    any kind.
     """
-    lanes = VECTOR_BYTES // itemsize  # 16 float32 or 8 float64 per zmm register
-    if filters <= lanes // 2:
-        return 8, lanes // 2  # half a vector (e.g. F = 1..8 float32)
-    if filters <= lanes:
-        return 6, lanes
-    if filters <= 2 * lanes:
-        return 6, 2 * lanes
-    return 6, 4 * lanes
+    lanes = max(1, simd.vector_bytes // itemsize)  # e.g. 16 float32 or 8 float64 per zmm register
+    widest = lanes * (4 if simd.registers >= 32 else 2)
+    width = max(_MIN_WIDTH, lanes // 2)
+    while width < filters and width < widest:
+        width *= 2
+    return (_NARROW_ROWS if width < lanes else _ROWS), width
 
 
-def panel_count(filters: int, itemsize: int) -> int:
+def panel_count(filters: int, itemsize: int, simd: SimdUnit = AVX512) -> int:
     """How many panels of the tile's width cover ``filters`` filters."""
-    width = tile_shape(filters, itemsize)[1]
+    width = tile_shape(filters, itemsize, simd)[1]
     return -(-filters // width)
 
 
-def padded_filters(filters: int, itemsize: int) -> int:
+def padded_filters(filters: int, itemsize: int, simd: SimdUnit = AVX512) -> int:
     """``filters`` rounded up to whole panels: the width of the packed bank."""
-    return panel_count(filters, itemsize) * tile_shape(filters, itemsize)[1]
+    return panel_count(filters, itemsize, simd) * tile_shape(filters, itemsize, simd)[1]
 
 
-def packed_bank_bytes(channels: int, filters: int, itemsize: int) -> int:
+def packed_bank_bytes(channels: int, filters: int, itemsize: int, simd: SimdUnit = AVX512) -> int:
     """Bytes of a packed bank and bias: (C + 1) rows of the padded width."""
-    return (channels + 1) * padded_filters(filters, itemsize) * itemsize
+    return (channels + 1) * padded_filters(filters, itemsize, simd) * itemsize

@@ -32,10 +32,10 @@ how pixels are covered by tiles.
   when there are few pixels (7x7=49).  They are cut into ~16 chunks per thread
   and shared out by the pool.  Problems under ~1M multiply-adds run on the
   calling thread alone.
-* Blocks of channels.  When a panel is too big to share L2 with the pixels
-  (C = 2048: 512 KiB), a chunk runs every pair over 256 channels, leaving the
-  partial sums in the output, then every pair over the next 256
-  (``_channel_block``).  The partial sums are exact, so the bits are those of
+* Blocks of channels.  When a bank has too many channels for a panel and a
+  pixel tile to share the caches (C > 768), a chunk runs every pair over 512
+  channels, leaving the partial sums in the output, then every pair over the
+  next 512 (``_channel_block``).  The partial sums are exact, so the bits are those of
   one pass.
 * Compilation is lazy (nothing at import) and cached to disk (``cache=True``;
   numba falls back to its user-wide cache directory when the package directory
@@ -55,7 +55,8 @@ import numpy as np
 
 from ..costs.packing import panel_count, tile_shape
 from .pool import CPU_SET_WORDS, IDLE_TURNS, WorkerPool, default_threads, run_pooled, serve, worker_pool
-from .tiles import run_alone, width_marker_for
+from .target import simd_unit
+from .tiles import lanes_marker_for, run_alone, width_marker_for
 
 __all__ = [
     "SERIAL_WORK",
@@ -75,19 +76,21 @@ SERIAL_WORK = 1 << 20
 
 
 class _Kind:
-    """One compiled specialisation: dtype and tile shape, and the marker arguments that select it."""
+    """One compiled specialisation: dtype, tile shape and vector length, and the marker arguments that
+    select it."""
 
-    def __init__(self, code: int, dtype: np.dtype, rows: int, width: int):
+    def __init__(self, code: int, dtype: np.dtype, rows: int, width: int, lanes: int):
         self.code = code
         self.row_marker = tuple(range(rows))
         self.width_marker = width_marker_for(width)
+        self.lanes_marker = lanes_marker_for(lanes)
         self.like = np.empty(0, dtype)
         self.compiled_runs: set = set()
         self.serve_compiled = False
 
     @property
     def markers(self) -> tuple:
-        return self.row_marker, self.width_marker, self.like
+        return self.row_marker, self.width_marker, self.lanes_marker, self.like
 
 
 _setup_lock = threading.RLock()
@@ -111,7 +114,8 @@ def _kind(dtype: np.dtype, rows: int, width: int) -> _Kind:
         with _setup_lock:
             kind = _kinds.get(key)
             if kind is None:
-                kind = _Kind(len(_kinds), dtype, rows, width)  # a few per dtype: far below 256
+                lanes = max(1, simd_unit().vector_bytes // dtype.itemsize)
+                kind = _Kind(len(_kinds), dtype, rows, width, lanes)  # a few per dtype: far below 256
                 _kinds[key] = kind
     return kind
 
@@ -152,8 +156,9 @@ class _Cut:
     __slots__ = ("kind", "n_panels", "rows", "width")
 
     def __init__(self, dtype: np.dtype, n_filters: int):
-        self.rows, self.width = tile_shape(n_filters, dtype.itemsize)  # the rule the Dask planner counts by
-        self.n_panels = panel_count(n_filters, dtype.itemsize)
+        simd = simd_unit()
+        self.rows, self.width = tile_shape(n_filters, dtype.itemsize, simd)  # the rule the Dask planner counts by
+        self.n_panels = panel_count(n_filters, dtype.itemsize, simd)
         self.kind = _kind(dtype, self.rows, self.width)
 
 
@@ -190,7 +195,7 @@ class PackedBank:
         self.n_channels, self.n_filters = panels.shape[0], n_filters
         self.dtype = panels.dtype
         self.rows, self.width, self.kind = cut.rows, cut.width, cut.kind
-        self.block = _channel_block(self.n_channels, cut.width * self.dtype.itemsize)
+        self.block = _channel_block(self.n_channels)
 
     def __repr__(self) -> str:
         return (
@@ -343,30 +348,30 @@ def compilations() -> int:
     return sum(sum(entry.stats.cache_misses.values()) for entry in (run_alone, run_pooled, serve))
 
 
-# Panels up to this size are read whole by each tile. Above it, channels go in blocks of _BLOCK_BYTES
-# of a panel (measured alike from 32 to 128 KiB); a block of a panel-major job is shared by about
-# pool.CHUNKS_PER_PANEL chunks.  Blocking a 256 KiB panel (14x14x1024->256) or a smaller one
-# gained nothing.
-_PANEL_BYTES_WHOLE = 256 * 1024
-_BLOCK_BYTES = 64 * 1024
+# Banks of up to _WHOLE_CHANNELS channels are accumulated in one pass; above, in blocks of
+# _BLOCK_CHANNELS (see _channel_block).  Measured on a Zen 5 host with blocks of 256 to 1024, for both
+# AVX-512 (panel rows of 256 bytes) and AVX2 (64 bytes) tiles: with C = 1024 one pass ran 7 % (AVX-512)
+# and 12 % (AVX2) slower than blocks of 512; with C = 832 they ran alike; 7x7x2048->512 in one pass
+# ran at 0.65x of blocks of 512 with AVX2 tiles.
+_WHOLE_CHANNELS = 768
+_BLOCK_CHANNELS = 512
 
 
-def _channel_block(n_channels: int, panel_row_bytes: int) -> int:
-    """How many channels each tile of a bank accumulates at a time: all of them, or a block (see
-    _PANEL_BYTES_WHOLE).  ``panel_row_bytes``: the bytes of one channel's row of a panel.
+def _channel_block(n_channels: int) -> int:
+    """How many channels each tile of a bank accumulates at a time: all of them, or a block.
 
-    A tile reads its whole panel, which with C = 2048 is 512 KiB: it shares L2 (1 MiB here) with the
-    pixels, and when the bank's rows lie a power of two of bytes apart in 2 MiB pages (NumPy asks
-    for those above 4 MiB) they fall into a quarter of L2's sets, and the panel no longer stays in
-    L2. Blocks of 256 channels, each run over every pair of a chunk before the next, keep the part
-    in use small enough to stay (README, "Where we fall short": 7x7x2048->512).
+    A tile reads its panel row by row (one row per channel), C rows a bank row apart.  With many
+    channels the panel and the pixel rows no longer share the caches: the panel leaves L2 (with
+    C = 2048 and bank rows a power of two of bytes apart, in 2 MiB pages, they fall into a fraction
+    of L2's sets) and the pixel rows of a tile leave L1 before the tile is done with them.  Blocks of
+    channels, each run over every pair of a chunk before the next, keep the part in use small
+    enough to stay (README, "Where we fall short": 7x7x2048->512).  The rule is in channels, not
+    bytes: AVX2's narrow panels (64-byte rows) gained from blocks as much as AVX-512's.
 
     Only tiles that cover the pixels exactly use the blocks (tiles.plan): an overlapping last tile
     recomputes rows of the one before, which only a single pass may do.
     """
-    if n_channels * panel_row_bytes <= _PANEL_BYTES_WHOLE:
-        return max(n_channels, 1)
-    return max(1, _BLOCK_BYTES // panel_row_bytes)
+    return max(n_channels, 1) if n_channels <= _WHOLE_CHANNELS else _BLOCK_CHANNELS
 
 
 def _overlaps(out: np.ndarray, pixels: np.ndarray, packed: PackedBank) -> bool:

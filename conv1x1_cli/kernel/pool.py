@@ -242,6 +242,7 @@ def run_pooled(
     semaphore,
     row_marker,
     width_marker,
+    lanes_marker,
     like,
 ):
     """The calling thread's side of a job shared with the workers: describe it, publish it, work, wait.
@@ -275,7 +276,7 @@ def run_pooled(
         chunk = _next_chunk(control, kind, 0, n_threads)
         if chunk < 0:
             break
-        compute_chunk(job, chunk, n_chunks, row_marker, width_marker, like)
+        compute_chunk(job, chunk, n_chunks, row_marker, width_marker, lanes_marker, like)
         _atomic_add(control, _DONE, 1)
     while _atomic_load(control, _DONE) < n_chunks:
         _sched_yield()
@@ -301,7 +302,7 @@ def _make_way(control, main_cpu, n_threads, woken):
 
 
 @_cached_with_tiles
-def serve(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_marker, width_marker, like):
+def serve(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_marker, width_marker, lanes_marker, like):
     """Worker ``me``'s loop (me >= 1): run chunks of jobs of this kind, spinning politely in
     between, and sleeping after ``idle_turns`` idle turns (sched_yield calls).
 
@@ -330,7 +331,7 @@ def serve(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_marker, w
             result = _OTHER_KIND
             break
         if chunk != _NOTHING:
-            compute_chunk(job, chunk, job[JOB_CHUNKS], row_marker, width_marker, like)
+            compute_chunk(job, chunk, job[JOB_CHUNKS], row_marker, width_marker, lanes_marker, like)
             _atomic_add(control, _DONE, 1)
             idle = 0
         elif idle < idle_turns:

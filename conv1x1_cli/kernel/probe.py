@@ -3,13 +3,14 @@
 Like the rest of the kernel package it imports numba; it is imported lazily (by ``bench.machine``),
 never by the CLI at start-up.
 
-Each thread runs ``_CHAINS`` independent accumulator vectors of ``_LANES`` float32 lanes
-(zmm-wide) through ``acc = acc * mul + add`` for many rounds. With 16 chains the FMA latency
-(4 cycles) is covered even on a core with two 512-bit FMA pipes, and all chains stay in registers:
+Each thread runs ``_CHAINS`` independent accumulator vectors of ``_LANES`` float32 lanes (one
+register of the SIMD unit compiled for: ``target.simd_unit``) through ``acc = acc * mul + add`` for
+many rounds. With 16 chains (12 with 16 registers) the FMA latency (4-5 cycles) is covered even on a
+core with two FMA pipes, and all chains stay in registers:
 the accumulators live in a fixed-size stack allocation that LLVM promotes to registers once the
 lane loops are fully unrolled, and the SLP vectoriser (switched on only while this function
 compiles; the kernel no longer needs it, its tile being written as vector IR) fuses each chain's
-lanes into one ``vfmadd...ps zmm``. ``mul`` < 1 keeps values bounded and away from denormals.
+lanes into one ``vfmadd...ps`` (zmm, ymm) or ``fmla``. ``mul`` < 1 keeps values bounded and away from denormals.
 
 >>> fma_peak_gflops(threads=1, seconds=0.01) > 0
 True
@@ -30,9 +31,10 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .pool import default_threads
+from .target import simd_unit
 
-_LANES = 16  # float32 lanes of one 512-bit register
-_CHAINS = 16  # independent vector accumulators per thread
+_LANES = simd_unit().vector_bytes // 4  # float32 lanes of one register (16 in a 512-bit one)
+_CHAINS = 16 if simd_unit().registers >= 32 else 12  # independent vector accumulators per thread
 _ACCUMULATORS = _LANES * _CHAINS  # a global constant, so numba types it as a literal
 _FLOPS_PER_ROUND = 2 * _ACCUMULATORS  # one FMA = 2 flops per lane
 

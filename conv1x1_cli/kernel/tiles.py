@@ -42,7 +42,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ..costs.packing import VECTOR_BYTES
+from .target import simd_unit
 
 # A width marker has log2(width) - 1 elements (widths are powers of two from 4 to 64): numba types
 # and unboxes every element of a tuple argument at every call (a call taking an array and a
@@ -60,6 +60,22 @@ def width_marker_for(width: int) -> tuple:
     return tuple(range(width.bit_length() - 2))
 
 
+# A lanes marker has log2(lanes) elements: the elements of one SIMD vector of the tile (16 float32
+# in a zmm register, 8 in a ymm, 4 in a NEON register).  In the types, like the tile's shape, so that
+# a specialisation's code is wholly decided by its argument types.
+
+
+def marker_lanes(lanes_marker) -> int:
+    """The vector length that a lanes marker (or its numba type) stands for."""
+    return 1 << len(lanes_marker)
+
+
+def lanes_marker_for(lanes: int) -> tuple:
+    """The marker of a vector length (a power of two)."""
+    assert lanes >= 1 and lanes & (lanes - 1) == 0, lanes
+    return tuple(range(lanes.bit_length() - 1))
+
+
 # How far beyond the next pixel tile the pixel rows are prefetched (see _compute_pairs). Distances
 # from one tile to 32 KiB ahead measured alike.
 _PREFETCH_AHEAD_BYTES = 8192
@@ -75,11 +91,11 @@ class _TileCode:
     so its speed changed with unrelated code elsewhere.)
     """
 
-    def __init__(self, context, builder, dtype, rows, width):
+    def __init__(self, context, builder, dtype, rows, width, lanes):
         self.context, self.builder = context, builder
         self.element = context.get_value_type(dtype)
         self.itemsize = context.get_abi_sizeof(self.element)
-        self.lanes = min(width, VECTOR_BYTES // self.itemsize)  # every panel width is a multiple
+        self.lanes = min(width, lanes)  # every panel width is a multiple (a narrow one is one vector)
         self.n_vectors = width // self.lanes
         self.rows, self.width = rows, width
         self.vector = ir.VectorType(self.element, self.lanes)
@@ -136,7 +152,9 @@ class _TileCode:
         at half the speed.)
         """
         builder, intp = self.builder, self.intp
-        fma = self.intrinsic("fma", self.vector, [self.vector] * 3)
+        # Without FMA instructions llvm.fma is a C library call per lane; llvm.fmuladd is then a
+        # multiply and an add (rounded in between), and on every unit with FMA the same as llvm.fma.
+        fma = self.intrinsic("fma" if simd_unit().fused else "fmuladd", self.vector, [self.vector] * 3)
         entry = builder.basic_block
         loop = builder.append_basic_block("tile.channel")
         done = builder.append_basic_block("tile.done")
@@ -244,19 +262,24 @@ class _TileCode:
 
 
 @intrinsic
-def _tile(typingctx, pixels, first_pixel, panels, panel_bias, k, out, relu, channels, row_marker, width_marker):
+def _tile(
+    typingctx, pixels, first_pixel, panels, panel_bias, k, out, relu, channels, row_marker, width_marker, lanes_marker
+):
     """One tile over one block of channels: for p = first_pixel, r < len(row_marker), j < width (the
     panel's width) with k*width + j < out.shape[1], and (c0, n) = channels, c1 = c0 + n,
 
         out[p + r, k*width + j] = start + pixels[p + r, c0:c1] @ panels[c0:c1, k, j],
 
     where start is panel_bias[k, j] when c0 is 0 and what the tile of the block before left in out
-    otherwise; the activation is applied (ReLU when relu holds) once c1 reaches the last channel."""
-    rows, width = len(row_marker), marker_width(width_marker)
-    signature = types.void(pixels, first_pixel, panels, panel_bias, k, out, relu, channels, row_marker, width_marker)
+    otherwise; the activation is applied (ReLU when relu holds) once c1 reaches the last channel.
+    The accumulators are vectors of marker_lanes(lanes_marker) elements."""
+    rows, width, lanes = len(row_marker), marker_width(width_marker), marker_lanes(lanes_marker)
+    signature = types.void(
+        pixels, first_pixel, panels, panel_bias, k, out, relu, channels, row_marker, width_marker, lanes_marker
+    )
 
     def codegen(context, builder, signature, args):
-        code = _TileCode(context, builder, pixels.dtype, rows, width)
+        code = _TileCode(context, builder, pixels.dtype, rows, width, lanes)
         pixels_value, first_pixel_value, panels_value, bias_value, k_value, out_value, relu_value = args[:7]
         first_channel_value, n_block_value = cgutils.unpack_tuple(builder, args[7])
         pixel_data, pixel_shape, pixel_strides = code.view(pixels, pixels_value)
@@ -331,7 +354,7 @@ JOB_FIELDS = 16
 
 
 @njit(cache=True, nogil=True)
-def compute_chunk(job, chunk, n_chunks, row_marker, width_marker, like):
+def compute_chunk(job, chunk, n_chunks, row_marker, width_marker, lanes_marker, like):
     """Run chunk ``chunk`` of ``n_chunks`` equal runs of the (pixel tile, panel) pairs of the job in ``job``."""
     width = _marker_width_inline(width_marker)
     n_pixels, n_channels = job[_JOB_PIXEL_COUNT], job[_JOB_CHANNELS]
@@ -355,6 +378,7 @@ def compute_chunk(job, chunk, n_chunks, row_marker, width_marker, like):
         (chunk + 1) * n_pairs // n_chunks,
         row_marker,
         width_marker,
+        lanes_marker,
     )
 
 
@@ -375,7 +399,9 @@ _marker_width_inline = njit(inline="always")(marker_width)
 
 
 @njit(cache=True, nogil=True)
-def _compute_pairs(pixels, panels, panel_bias, out, relu, panel_major, block, start, stop, row_marker, width_marker):
+def _compute_pairs(
+    pixels, panels, panel_bias, out, relu, panel_major, block, start, stop, row_marker, width_marker, lanes_marker
+):
     """(pixel tile, panel) pairs start..stop-1, in pixel-major or panel-major order, ``block``
     channels at a time: every pair over the first block of channels, then every pair over the next.
 
@@ -410,10 +436,14 @@ def _compute_pairs(pixels, panels, panel_bias, out, relu, panel_major, block, st
                 # (shifted back to end at n_pixels when there are no short tiles:
                 # it recomputes a few rows, same values, instead of a scalar remainder loop)
                 first_pixel = min(t * rows, n_pixels - rows)
-                _tile(pixels, first_pixel, panels, panel_bias, k, out, relu, channels, row_marker, width_marker)
+                _tile(
+                    pixels, first_pixel, panels, panel_bias, k, out, relu, channels, row_marker, width_marker, lanes_marker
+                )
             else:
                 first_pixel = n_long * rows + (t - n_long) * (rows - 1)
-                _tile(pixels, first_pixel, panels, panel_bias, k, out, relu, channels, short_marker, width_marker)
+                _tile(
+                    pixels, first_pixel, panels, panel_bias, k, out, relu, channels, short_marker, width_marker, lanes_marker
+                )
             inner += 1
             if inner == n_inner:
                 inner = 0
@@ -451,9 +481,9 @@ def plan(pixels, panels, out, block, rows):
 
 
 @njit(cache=True, nogil=True)
-def run_alone(pixels, panels, panel_bias, out, relu, block, row_marker, width_marker, like):
+def run_alone(pixels, panels, panel_bias, out, relu, block, row_marker, width_marker, lanes_marker, like):
     """A whole job on the calling thread.  (It calls no Linux-only function, unlike the pool's code.)"""
     panel_major, block, _ = plan(pixels, panels, out, block, len(row_marker))
     job = np.empty(JOB_FIELDS, np.int64)
     describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, block, 1)
-    compute_chunk(job, 0, 1, row_marker, width_marker, like)
+    compute_chunk(job, 0, 1, row_marker, width_marker, lanes_marker, like)

@@ -142,11 +142,11 @@ def test_thread_count_does_not_change_a_single_bit(layer, rng):
 
 
 @contextmanager
-def channel_blocks(block_bytes):
-    """Every panel, however small, is accumulated in blocks of block_bytes of it (at least one channel)."""
+def channel_blocks(block_channels):
+    """Every bank, however few its channels, is accumulated in blocks of block_channels channels."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(kernel, "_PANEL_BYTES_WHOLE", -1)
-        patch.setattr(kernel, "_BLOCK_BYTES", block_bytes)
+        patch.setattr(kernel, "_WHOLE_CHANNELS", -1)
+        patch.setattr(kernel, "_BLOCK_CHANNELS", block_channels)
         yield
 
 
@@ -162,12 +162,12 @@ OVERLAPPING_TILES = [7, 8, 9, 13, 14, 19, 10, 11, 12, 17, 18, 20, 25, 26, 27, 33
     dtype=st.sampled_from(["float32", "float64"]),
     with_bias=st.booleans(),
     relu=st.booleans(),
-    block_bytes=st.integers(1, 4096),
+    block_channels=st.integers(1, 80),
     threads=st.sampled_from([None, 1, 2]),
     seed=st.integers(0, 2**32 - 1),
 )
 def test_channel_blocks_of_any_size_give_the_bits_of_one_pass(
-    pixels, channels, filters, dtype, with_bias, relu, block_bytes, threads, seed
+    pixels, channels, filters, dtype, with_bias, relu, block_channels, threads, seed
 ):
     """A tile over a later block of channels starts from the partial sums the block before left in
     the output, so blocks change no bit; that includes pixel counts whose tiles overlap, which must
@@ -175,19 +175,19 @@ def test_channel_blocks_of_any_size_give_the_bits_of_one_pass(
     x, w, b = problem(np.random.default_rng(seed), pixels, channels, filters, dtype, with_bias)
     with through_the_pool():
         one_pass = convolve(x, w, b, relu, threads)
-        with channel_blocks(block_bytes):
+        with channel_blocks(block_channels):
             blocked = convolve(x, w, b, relu, threads)
     assert_close_to_reference(one_pass, x, w, b, relu)
     np.testing.assert_array_equal(blocked, one_pass)
 
 
 def test_real_blocks_of_channels_are_used_for_a_big_panel_and_change_no_bit(rng):
-    """7x7x2048->512 (512 KiB panels) is accumulated 256 channels at a time, as one pass would."""
+    """7x7x2048->512 is accumulated 512 channels at a time, as one pass would."""
     x, w, b = problem(rng, 49, 2048, 512, "float32")
-    assert kernel.pack_bank(w, b).block == 256
+    assert kernel.pack_bank(w, b).block == 512
     blocked = convolve(x, w, b)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(kernel, "_PANEL_BYTES_WHOLE", 2**40)
+        patch.setattr(kernel, "_WHOLE_CHANNELS", 2**40)
         assert kernel.pack_bank(w, b).block == 2048
         np.testing.assert_array_equal(convolve(x, w, b), blocked)
     assert_close_to_reference(blocked, x, w, b)
@@ -511,7 +511,7 @@ def test_nan_and_inf_propagate_through_the_pool_as_in_numpy(dtype, relu, rng, mo
 def test_no_channels_gives_the_bias_and_no_pixels_gives_nothing(monkeypatch, blocked):
     monkeypatch.setattr(kernel, "SERIAL_WORK", 0)
     if blocked:
-        monkeypatch.setattr(kernel, "_PANEL_BYTES_WHOLE", -1)
+        monkeypatch.setattr(kernel, "_WHOLE_CHANNELS", -1)
     bias = np.arange(-2, 3, dtype=np.float32)
     for pixels in (1, 7, 300):
         np.testing.assert_array_equal(
@@ -936,8 +936,13 @@ def test_prepare_compiles_what_a_pooled_call_runs(rng):
 
 @pytest.mark.parametrize(("channels", "filters", "dtype"), [(192, 8, F32), (192, 40, F32), (64, 130, np.float64)])
 def test_packed_banks_are_the_size_the_dask_planner_counts(channels, filters, dtype):
+    """Exactly the packing rule's size for the unit compiled for, and never more than the planner's
+    bound (the widest unit's rule)."""
     from conv1x1_cli.costs.packing import packed_bank_bytes
+    from conv1x1_cli.kernel.target import simd_unit
 
     packed = kernel.pack_bank(np.ones((channels, filters), dtype), np.ones(filters, dtype))
     itemsize = np.dtype(dtype).itemsize
-    assert packed.panels.nbytes + packed.panel_bias.nbytes == packed_bank_bytes(channels, filters, itemsize)
+    packed_bytes = packed.panels.nbytes + packed.panel_bias.nbytes
+    assert packed_bytes == packed_bank_bytes(channels, filters, itemsize, simd_unit())
+    assert packed_bytes <= packed_bank_bytes(channels, filters, itemsize)
