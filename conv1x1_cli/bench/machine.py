@@ -46,13 +46,17 @@ class MachineInfo:
     blas: list[dict]  # NumPy's BLAS as threadpoolctl reports it: internal_api, architecture, num_threads, ...
     openblas_overrides: dict[str, str]  # OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE when set
     load_average: float | None  # 1-minute load average when the run started
+    simd: str  # the SIMD unit our kernel is compiled for, and numba's target CPU
+    threading: str  # how our calls are shared among threads
+    pinned: dict[str, str] = field(default_factory=dict)  # bench --isa's variables (bench.isa)
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def describe_machine(torch: bool = True) -> MachineInfo:
+def describe_machine(torch: bool = True, pinned: dict[str, str] | None = None) -> MachineInfo:
+    pinned = pinned or {}
     torch_version = _version("torch") if torch and importlib.util.find_spec("torch") is not None else None
     overrides = {name: os.environ[name] for name in OPENBLAS_OVERRIDES if name in os.environ}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -67,8 +71,11 @@ def describe_machine(torch: bool = True) -> MachineInfo:
         blas=numpy_blas(),
         openblas_overrides=overrides,
         load_average=load,
+        simd=kernel_target(),
+        threading=kernel_threading(),
+        pinned=pinned,
     )
-    if overrides:
+    if overrides and not pinned:
         settings = ", ".join(f"{name}={value}" for name, value in overrides.items())
         info.warnings.append(
             f"{settings} is set: it forces an older OpenBLAS kernel and makes NumPy look slow; "
@@ -77,6 +84,28 @@ def describe_machine(torch: bool = True) -> MachineInfo:
     if load is not None and load > 0.5 * cores:
         info.warnings.append(f"load average {load:.1f} on {cores} logical cores: other work may distort the timings")
     return info
+
+
+def kernel_target() -> str:
+    """'avx2: 16 x 256-bit registers, FMA (numba target haswell)': what our kernel is compiled for."""
+    from ..kernel.target import compile_target, simd_unit
+
+    return f"{simd_unit().describe()} (numba target {compile_target()[1]})"
+
+
+def kernel_threading() -> str:
+    """How our calls use the cores: 'our pool, 2 threads; portable: numba's omp layer', say."""
+    import numba
+
+    from ..kernel.pool import default_threads, threading_mode
+
+    try:
+        layer = f"numba's {numba.threading_layer()} layer"
+    except ValueError:  # (no parallel code has run yet: numba has not chosen)
+        layer = "numba's threading layer"
+    if threading_mode() == "pool":
+        return f"our pool, {default_threads()} threads; portable: {layer}"
+    return f"{layer}, {default_threads()} threads"
 
 
 def _version(package: str) -> str | None:

@@ -7,6 +7,8 @@ What is timed, per layer, in one process, side by side: in rounds of one block o
 contender (the order rotating each round), each block after a pause of ``SETTLE_SECONDS``:
 
 - ours: ``conv1x1(x, w, threads=threads)`` through the public API, float32, output allocation included;
+- ours, portable (where the kernel's own pool runs, Linux): the same call with its work shared out by
+  numba's threading layer (``kernel.pool.portable_threading``), as on macOS and Windows;
 - NumPy: ``np.maximum(x.reshape(-1, C) @ w, 0)`` at NumPy's default BLAS threads, allocations included;
 - PyTorch (when importable): ``torch.relu_(F.conv2d(x, weight))`` with ``x`` in ``channels_last``
   memory format (NumPy's NHWC memory, no copy), torch's default threads, no autograd.
@@ -43,7 +45,16 @@ import numpy as np
 from ..costs.layers import layer_cost
 from ..costs.roofline import MachineLimits, Roofline, best_limits, roofline
 from ..costs.volume import Volume
-from .machine import BackgroundLoad, MachineInfo, describe_machine, measure_limits, save_limits, seconds_of
+from ..kernel.pool import portable_threading, threading_mode
+from .machine import (
+    BackgroundLoad,
+    MachineInfo,
+    describe_machine,
+    kernel_threading,
+    measure_limits,
+    save_limits,
+    seconds_of,
+)
 
 
 @dataclass(frozen=True)
@@ -145,6 +156,7 @@ class LayerResult:
     ours_seconds: float
     numpy_seconds: float
     torch_seconds: float | None
+    portable_seconds: float | None  # ours on numba's threading layer (None where that is ours already)
     verified: bool  # ours agrees with NumPy within float32 rounding bounds
     max_error_ratio: float  # largest |ours - NumPy| / its rounding bound (<= 1 when verified)
     roofline: Roofline
@@ -165,6 +177,15 @@ class LayerResult:
     @property
     def torch_gflops(self) -> float | None:
         return self.gflops(self.torch_seconds)
+
+    @property
+    def portable_gflops(self) -> float | None:
+        return self.gflops(self.portable_seconds)
+
+    @property
+    def portable_vs_ours(self) -> float | None:
+        """The portable path's speed over the pool's (< 1: the pool is faster)."""
+        return None if self.portable_seconds is None else self.ours_seconds / self.portable_seconds
 
     @property
     def vs_numpy(self) -> float:
@@ -199,9 +220,12 @@ class LayerResult:
             "ours_seconds": self.ours_seconds,
             "numpy_seconds": self.numpy_seconds,
             "torch_seconds": self.torch_seconds,
+            "portable_seconds": self.portable_seconds,
             "ours_gflops": self.ours_gflops,
             "numpy_gflops": self.numpy_gflops,
             "torch_gflops": self.torch_gflops,
+            "portable_gflops": self.portable_gflops,
+            "portable_vs_ours": self.portable_vs_ours,
             "vs_numpy": self.vs_numpy,
             "vs_torch": self.vs_torch,
             "verified": self.verified,
@@ -222,6 +246,7 @@ class Summary:
     worst_layer: str  # lowest speed against the faster of NumPy and PyTorch
     worst_vs_best: float
     median_percent_of_peak_compute_bound: float | None
+    median_portable_vs_ours: float | None  # numba's threading layer over our pool, where both ran
     mismatches: list[str]
 
     def as_dict(self) -> dict:
@@ -264,9 +289,13 @@ def run_bench(
     *,
     layers: Sequence[BenchLayer] | None = None,
     save: bool = True,
+    pinned: dict[str, str] | None = None,
 ) -> BenchReport:
     """Measure the machine's limits, then every layer of the suite (``layers`` overrides it);
-    with ``save`` the limits go to the cache for ``conv1x1 shapes`` when measured on all cores."""
+    with ``save`` the limits go to the cache for ``conv1x1 shapes`` when measured on all cores.
+
+    ``pinned``: the variables that ``bench.isa.pin`` set before the libraries loaded, to be reported;
+    limits measured so (an AVX2 peak, say) are not this machine's, and are never saved."""
     started = time.perf_counter()
     background = BackgroundLoad()
     if layers is None:
@@ -275,7 +304,7 @@ def run_bench(
     steps = len(layers) + 2
     report_progress = progress or (lambda done_now, total, what: None)
 
-    machine = describe_machine(torch)
+    machine = describe_machine(torch, pinned or {})
     torch_module = _import_torch() if torch else None
 
     report_progress(0, steps, "machine limits")
@@ -288,9 +317,10 @@ def run_bench(
     limits = best_limits(limits, measure_limits(threads, quick))
     rows = [replace(row, roofline=row.layer.roofline(limits), peak_gflops=limits.peak_gflops) for row in rows]
     report_progress(1, steps, "done")
+    machine = replace(machine, threading=kernel_threading())  # (numba names its layer once it has run)
 
     limits_saved = False
-    if save and (threads is None or threads >= (os.cpu_count() or 1)):
+    if save and not pinned and (threads is None or threads >= (os.cpu_count() or 1)):
         try:
             save_limits(limits)
             limits_saved = True
@@ -327,6 +357,13 @@ def measure_layer(
     }
     if torch_module is not None:
         contenders["torch"] = _torch_contender(torch_module, pixels, bank)
+    if threading_mode() == "pool":
+
+        def portable() -> object:
+            with portable_threading():
+                return conv1x1(pixels, bank, threads=threads)
+
+        contenders["portable"] = portable
 
     verified, error_ratio = verify(contenders["ours"](), contenders["numpy"](), pixels, bank)
     medians, repeats = _block_medians(contenders, timing)
@@ -336,6 +373,7 @@ def measure_layer(
         ours_seconds=medians["ours"],
         numpy_seconds=medians["numpy"],
         torch_seconds=medians.get("torch"),
+        portable_seconds=medians.get("portable"),
         verified=verified,
         max_error_ratio=error_ratio,
         roofline=layer.roofline(limits),
@@ -440,6 +478,7 @@ def summarize(rows: Sequence[LayerResult]) -> Summary:
     vs_torch = [row.vs_torch for row in rows if row.vs_torch is not None]
     worst = min(rows, key=lambda row: row.vs_best)
     compute_bound = [row.percent_of_peak for row in rows if row.roofline.bound == "compute"]
+    portable = [row.portable_vs_ours for row in rows if row.portable_vs_ours is not None]
     return Summary(
         median_vs_numpy=statistics.median(vs_numpy),
         min_vs_numpy=min(vs_numpy),
@@ -448,5 +487,6 @@ def summarize(rows: Sequence[LayerResult]) -> Summary:
         worst_layer=worst.layer.name,
         worst_vs_best=worst.vs_best,
         median_percent_of_peak_compute_bound=statistics.median(compute_bound) if compute_bound else None,
+        median_portable_vs_ours=statistics.median(portable) if portable else None,
         mismatches=[row.layer.name for row in rows if not row.verified],
     )

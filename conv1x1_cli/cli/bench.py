@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..errors import ArgumentError
 from .options import Command, stdout_console
 
 
@@ -13,8 +14,16 @@ from .options import Command, stdout_console
 @click.option(
     "--torch/--no-torch", "with_torch", default=True, show_default=True, help="Time PyTorch too, when it is installed."
 )
+@click.option(
+    "--isa",
+    type=click.Choice(["native", "avx2"]),
+    default="native",
+    show_default=True,
+    help="Compile our kernel, and pin NumPy's OpenBLAS and PyTorch, for this instruction set "
+    "(avx2: what CPUs without AVX-512 run). Its limits are not saved.",
+)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
-def bench(quick, threads, with_torch, fmt):
+def bench(quick, threads, with_torch, isa, fmt):
     """Time our kernel against NumPy (matmul + maximum) and PyTorch (conv2d + relu) on real layers.
 
     Measures this machine's FMA peak and memory bandwidth first (a roofline, saved for `conv1x1
@@ -25,13 +34,20 @@ def bench(quick, threads, with_torch, fmt):
     \b
     Examples:
       conv1x1 bench --quick
+      conv1x1 bench --isa avx2
       env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE conv1x1 bench --format json > bench.json
     """
+    from ..bench.isa import PinningError, pin
+
+    try:
+        pinned = pin(isa)  # before NumPy, numba and torch load: each reads its variables once
+    except PinningError as error:
+        raise ArgumentError(str(error), option="--isa") from None
     from ..bench.suite import run_bench
     from ..render.bench import bench_csv_rows, bench_table
     from ..render.progress import progress_bar
     from ..render.tables import print_report
 
     with progress_bar("starting") as progress:
-        report = run_bench(quick=quick, threads=threads, torch=with_torch, progress=progress)
+        report = run_bench(quick=quick, threads=threads, torch=with_torch, progress=progress, pinned=pinned)
     print_report(report.as_dict(), fmt, stdout_console(), table=bench_table, csv_rows=bench_csv_rows)

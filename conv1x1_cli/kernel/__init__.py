@@ -54,7 +54,17 @@ import numba
 import numpy as np
 
 from ..costs.packing import panel_count, tile_shape
-from .pool import CPU_SET_WORDS, IDLE_TURNS, WorkerPool, default_threads, run_pooled, serve, worker_pool
+from .pool import (
+    CPU_SET_WORDS,
+    IDLE_TURNS,
+    WorkerPool,
+    default_threads,
+    run_pooled,
+    run_portable,
+    serve,
+    threading_mode,
+    worker_pool,
+)
 from .target import simd_unit
 from .tiles import lanes_marker_for, run_alone, width_marker_for
 
@@ -127,10 +137,11 @@ def _compile(dispatcher, args: tuple) -> None:
 
 
 def _ensure_compiled(kind: _Kind, dispatcher, args: tuple) -> None:
-    """Compile dispatcher (run_pooled or run_alone) for these arguments unless it has been already."""
+    """Compile dispatcher (run_alone, run_pooled or run_portable) for these arguments unless it has been
+    already."""
     pixels, panels = args[0], args[1]
     # numba.typeof is slow (tens of microseconds); this key decides the same types.
-    key = (dispatcher is run_pooled, pixels.flags.writeable, panels.flags.writeable)
+    key = (dispatcher.py_func.__name__, pixels.flags.writeable, panels.flags.writeable)
     if key not in kind.compiled_runs:
         _compile(dispatcher, args)
         kind.compiled_runs.add(key)
@@ -293,24 +304,18 @@ def apply_to_new_output(
     # and the dispatchers are called directly (numba compiles any argument types it has not seen): run
     # with the caches full of the kernel's data, each step of Python here cost tenths of a microsecond.
     pool = None if alone else worker_pool()
-    if pool is not None and pool.n_workers and pool.busy.acquire(blocking=False):
+    if pool is not None and pool.max_threads > 1 and pool.busy.acquire(blocking=False):
         try:
-            n_threads = 1 + (pool.n_workers if threads is None else min(int(threads) - 1, pool.n_workers))
-            _prepare_serving(kind, pool)
-            pool.announce(kind)
-            pool_arrays = (pool.control, pool.job, pool.semaphore)
-            run_pooled(
-                pixels,
-                packed.panels,
-                packed.panel_bias,
-                out,
-                relu,
-                packed.block,
-                n_threads,
-                kind.code,
-                *pool_arrays,
-                *kind.markers,
-            )
+            n_threads = pool.max_threads if threads is None else min(int(threads), pool.max_threads)
+            arrays = (pixels, packed.panels, packed.panel_bias, out, relu, packed.block, n_threads)
+            if pool.n_workers:
+                _prepare_serving(kind, pool)
+                pool.announce(kind)
+                run_pooled(*arrays, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers)
+            else:  # portable mode: numba's threading layer
+                numba.set_num_threads(n_threads)
+                pool.portable_launched = True
+                run_portable(*arrays, *kind.markers)
         finally:
             pool.busy.release()
     else:  # alone: one thread asked for, little work, or another thread is using the pool
@@ -320,7 +325,8 @@ def apply_to_new_output(
 def prepare(packed: PackedBank, threads: int | None = None) -> bool:
     """Make ready now all that calls with this bank may run, so that a timed call does not pay for
     it: compile (or load from numba's cache) the one-thread code and, unless threads is 1, the
-    pool's, and start the pool's workers.  Returns whether anything had to be compiled."""
+    pool's (and start its workers) or the portable one's.  Returns whether anything had to be
+    compiled."""
     before = compilations()
     kind = packed.kind
     pixels = np.zeros((packed.rows, packed.n_channels), packed.dtype)
@@ -328,7 +334,11 @@ def prepare(packed: PackedBank, threads: int | None = None) -> bool:
     arrays = (pixels, packed.panels, packed.panel_bias, out, True, packed.block)
     _ensure_compiled(kind, run_alone, (*arrays, *kind.markers))
     pool = worker_pool()
-    if not _single_threaded(threads, work=SERIAL_WORK) and pool.n_workers:
+    if _single_threaded(threads, work=SERIAL_WORK) or pool.max_threads < 2:
+        return compilations() > before
+    if not pool.n_workers:
+        _ensure_compiled(kind, run_portable, (*arrays, 2, *kind.markers))
+    else:
         _prepare_serving(kind, pool)
         _ensure_compiled(
             kind, run_pooled, (*arrays, 2, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers)
@@ -345,7 +355,8 @@ def prepare(packed: PackedBank, threads: int | None = None) -> bool:
 def compilations() -> int:
     """How many specialisations of the kernel this process has compiled so far, for want of them in
     numba's disk cache (a call whose tiles or argument types prepare() did not foresee compiles too)."""
-    return sum(sum(entry.stats.cache_misses.values()) for entry in (run_alone, run_pooled, serve))
+    entries = (run_alone, run_pooled, serve, run_portable)
+    return sum(sum(entry.stats.cache_misses.values()) for entry in entries)
 
 
 # Banks of up to _WHOLE_CHANNELS channels are accumulated in one pass; above, in blocks of

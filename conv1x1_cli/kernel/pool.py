@@ -20,8 +20,11 @@ chunk counter would interleave the threads, so that every core streams every
 panel.)
 
 The pool's code calls Linux functions (sched_getcpu, sched_setaffinity, unnamed
-POSIX semaphores); on other systems the pool has no workers, and
-``tiles.run_alone``, which calls none of them, does every call.
+POSIX semaphores).  On other systems the pool has no workers, and calls are
+shared out by numba's own threading layer instead (``run_portable``: a
+``prange`` over the same chunks, on OpenMP, TBB or numba's workqueue, whichever
+numba finds); ``CONV1X1_THREADING=portable`` takes that path on Linux too, so
+that it can be tested and measured there.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def _sources_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def _cached_with_tiles(function):
+def _cached_with_tiles(function=None, *, parallel=False):
     """njit(cache=True, nogil=True), cached under a name that changes whenever tiles.py or this file does.
 
     numba's on-disk cache checks only the source file of the function it caches, but the pool's
@@ -63,8 +66,10 @@ def _cached_with_tiles(function):
     the old tiles from the cache. An upgrade that changes
     tiles.py would do the same to users' caches.
     """
+    if function is None:
+        return lambda function: _cached_with_tiles(function, parallel=parallel)
     function.__qualname__ = f"{function.__qualname__}_{_sources_digest()}"
-    return njit(cache=True, nogil=True)(function)
+    return njit(cache=True, nogil=True, parallel=parallel)(function)
 
 
 # --------------------------------------------------------------------------
@@ -227,6 +232,15 @@ def _next_chunk(control, kind, me, n_threads):
     return chunk
 
 
+@njit(inline="always")
+def _chunk_count(pixels, panels, panel_major, block, n_pairs, n_threads):
+    """How many chunks a job's pairs are cut into for n_threads threads."""
+    n_chunks = min(n_pairs, CHUNKS_PER_THREAD * n_threads, _MAX_CHUNKS)
+    if panel_major and block < pixels.shape[1]:
+        n_chunks = min(n_chunks, CHUNKS_PER_PANEL * panels.shape[1])
+    return n_chunks
+
+
 @_cached_with_tiles
 def run_pooled(
     pixels,
@@ -253,9 +267,7 @@ def run_pooled(
     thread takes more of its segment.
     """
     panel_major, block, n_pairs = plan(pixels, panels, out, block, len(row_marker))
-    n_chunks = min(n_pairs, CHUNKS_PER_THREAD * n_threads, _MAX_CHUNKS)
-    if panel_major and block < pixels.shape[1]:
-        n_chunks = min(n_chunks, CHUNKS_PER_PANEL * panels.shape[1])
+    n_chunks = _chunk_count(pixels, panels, panel_major, block, n_pairs, n_threads)
     describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, block, n_chunks)
     _atomic_store(control, _DONE, 0)
     main_cpu = _sched_getcpu()
@@ -408,6 +420,26 @@ def _avoid_cpu(cpu, avoided, cpu_sets):
     return cpu
 
 
+@_cached_with_tiles(parallel=True)
+def run_portable(
+    pixels, panels, panel_bias, out, relu, block, n_threads, row_marker, width_marker, lanes_marker, like
+):
+    """A whole job shared out by numba's threading layer: the same chunks as run_pooled's, each
+    thread a contiguous run of them (numba's static schedule), on n_threads threads.
+
+    It calls no Linux function: the path for every other system, and for CONV1X1_THREADING=portable.
+    Its threads sleep between calls, so each call pays for waking them (tens of microseconds).  The
+    caller sets numba's thread count (numba.set_num_threads) first: called in here, it made the
+    function uncacheable.
+    """
+    panel_major, block, n_pairs = plan(pixels, panels, out, block, len(row_marker))
+    n_chunks = _chunk_count(pixels, panels, panel_major, block, n_pairs, n_threads)
+    job = np.empty(JOB_FIELDS, np.int64)
+    describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, block, n_chunks)
+    for chunk in numba.prange(n_chunks):
+        compute_chunk(job, chunk, n_chunks, row_marker, width_marker, lanes_marker, like)
+
+
 # How long an idle worker spins before it sleeps, in sched_yield turns: about 2 ms on an idle
 # machine (half a microsecond a turn here), so back-to-back calls find it awake, while a program
 # that has moved on to other work gets the core back soon.  On a busy machine each turn lets the
@@ -421,12 +453,20 @@ class WorkerPool:
     Started with the first job; daemon threads, told to stop at interpreter exit.
     """
 
-    def __init__(self, n_workers: int):
+    def __init__(self, n_workers: int, mode: str = "pool"):
+        # 'portable': no workers, calls are shared out by numba's threading layer; 'alone': every call
+        # runs on the calling thread (a forked child that may not launch numba's threads).
+        self.mode = mode
+        # The most threads a call may use: the caller and the workers, or numba's threads.
+        self.max_threads = {"pool": 1 + n_workers, "portable": default_threads()}.get(mode, 1)
+        self.portable_launched = False  # whether a call has run on numba's threading layer
         self.control = np.zeros(_CONTROL_WORDS, np.int64)
         self.control[_WORKER_CPUS:] = NO_CPU  # no worker is on any CPU yet (_make_way reads these)
         self.job = np.zeros(JOB_FIELDS, np.int64)
         self.semaphore = _new_semaphore() if n_workers else None
-        self.busy = threading.Lock()  # one calling thread at a time; others run alone
+        # One calling thread at a time; others run alone.  (Also in portable mode: numba's workqueue
+        # layer aborts the process when two threads launch parallel code at once.)
+        self.busy = threading.Lock()
         self.n_workers = n_workers
         self.latest_kind = None  # the _Kind of the latest job
         self.threads: list[threading.Thread] = []  # the workers (read-only outside this class)
@@ -504,6 +544,25 @@ def _new_semaphore() -> np.ndarray:
 
 _pool_lock = threading.Lock()
 _pool: WorkerPool | None = None
+# Set in a child forked from a process whose calls ran on GNU OpenMP's threads: numba ends such a child
+# ("fork() called from a process already using GNU OpenMP, this is unsafe") at its first parallel call.
+_threads_lost_at_fork = False
+_portable_pool: WorkerPool | None = None  # the stand-in of portable_threading()
+THREADING_VARIABLE = "CONV1X1_THREADING"
+THREADING_MODES = ("pool", "portable")
+
+
+def threading_mode() -> str:
+    """How calls are shared among threads: 'pool' (our workers; Linux only) or 'portable' (numba's
+    threading layer).  CONV1X1_THREADING chooses; by default, the pool on Linux."""
+    mode = os.environ.get(THREADING_VARIABLE, "").strip().lower()
+    if not mode:
+        return "pool" if sys.platform.startswith("linux") else "portable"
+    if mode not in THREADING_MODES:
+        raise ValueError(f"{THREADING_VARIABLE} must be 'pool' or 'portable', not {mode!r}")
+    if mode == "pool" and not sys.platform.startswith("linux"):
+        return "portable"  # (the pool's calls exist on Linux only)
+    return mode
 
 
 def default_threads() -> int:
@@ -517,11 +576,27 @@ def worker_pool() -> WorkerPool:
         with _pool_lock:
             if _pool is None:
                 # The pool's compiled code calls Linux functions (sched_getcpu, sched_setaffinity,
-                # unnamed POSIX semaphores); elsewhere every call runs on the calling thread alone.
-                workers = min(default_threads(), MAX_THREADS) - 1 if sys.platform.startswith("linux") else 0
-                _pool = WorkerPool(workers)
+                # unnamed POSIX semaphores); elsewhere numba's threading layer shares calls out.
+                mode = "alone" if _threads_lost_at_fork else threading_mode()
+                workers = min(default_threads(), MAX_THREADS) - 1 if mode == "pool" else 0
+                _pool = WorkerPool(workers, mode)
                 atexit.register(_pool.stop)
     return _pool
+
+
+@contextlib.contextmanager
+def portable_threading():
+    """Within this block, calls from this process share their work through numba's threading layer
+    even where the pool runs (``conv1x1 bench`` times both).  Not for use from several threads."""
+    global _pool, _portable_pool
+    saved = worker_pool()
+    if _portable_pool is None:
+        _portable_pool = WorkerPool(0, "alone" if _threads_lost_at_fork else "portable")
+    _pool = _portable_pool
+    try:
+        yield
+    finally:
+        _pool = saved
 
 
 def current_pool() -> WorkerPool | None:
@@ -532,11 +607,24 @@ def current_pool() -> WorkerPool | None:
 def _forget_pool() -> None:
     """In a forked child the workers do not exist: start a new pool there when one is needed.
 
-    The lock is new too: another thread of the parent may have held it at the fork.
+    The lock is new too: another thread of the parent may have held it at the fork.  A child of a
+    process that ran calls on GNU OpenMP's threads runs its calls alone (see _threads_lost_at_fork).
     """
-    global _pool, _pool_lock
-    _pool = None
+    global _pool, _pool_lock, _threads_lost_at_fork, _portable_pool
+    launched = any(pool is not None and pool.portable_launched for pool in (_pool, _portable_pool))
+    if launched and _on_gnu_openmp():
+        _threads_lost_at_fork = True
+    _pool = _portable_pool = None
     _pool_lock = threading.Lock()
+
+
+def _on_gnu_openmp() -> bool:
+    """Whether numba's threading layer is GNU OpenMP's (libgomp), which does not survive a fork."""
+    if numba.threading_layer() != "omp":
+        return False
+    from numba.np.ufunc import omppool
+
+    return getattr(omppool, "openmp_vendor", "GNU") == "GNU"
 
 
 if hasattr(os, "register_at_fork"):

@@ -36,6 +36,7 @@ BENCH_COLUMNS = (
     Column("ours_gflops", "ours", _gflops_text),
     Column("numpy_gflops", "NumPy", _gflops_text),
     Column("torch_gflops", "torch", _gflops_text),
+    Column("portable_gflops", "portable", _gflops_text),
     Column("vs_numpy", "×NumPy", _optional_ratio),
     Column("vs_torch", "×torch", _optional_ratio),
     Column("intensity", "FLOP/B", lambda value: f"{value:.1f}"),
@@ -71,10 +72,15 @@ def _bench_notes(report: dict) -> list[str]:
         or "unknown"
     )
     peak = summary["median_percent_of_peak_compute_bound"]
+    portable = summary["median_portable_vs_ours"]
+    pinned = ", ".join(f"{name}={value}" for name, value in machine["pinned"].items() if name != "NUMBA_CPU_FEATURES")
     notes = [
         f"GFLOP/s = {report['flops']}; ratios are our speed over theirs (>1: we are faster)",
         f"machine: {machine['cpu']}, {machine['logical_cores']} logical cores; numpy {machine['numpy']} with {blas}; "
         f"numba {machine['numba']}; torch {machine['torch'] or 'not installed'}",
+        f"our kernel: {machine['simd']}; {machine['threading']}"
+        + ("" if portable is None else f" (portable at a median {portable:.2f}× the pool's speed)"),
+        *([f"pinned: {pinned} (and numba's features without AVX-512)"] if pinned else []),
         f"limits: FMA peak {limits['peak_gflops']:.1f} GFLOP/s, NumPy sgemm {limits['sgemm_gflops']:.1f} GFLOP/s, "
         f"bandwidth {limits['bandwidth_gbs']:.1f} GB/s"
         + (" (saved for conv1x1 shapes)" if report["limits_saved"] else ""),
