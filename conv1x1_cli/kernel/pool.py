@@ -45,6 +45,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..costs.roofline import usable_cpus
+from ..errors import ArgumentError
 from .tiles import JOB_CHUNKS, JOB_FIELDS, compute_chunk, describe_job, plan
 
 
@@ -559,7 +560,7 @@ def threading_mode() -> str:
     if not mode:
         return "pool" if sys.platform.startswith("linux") else "portable"
     if mode not in THREADING_MODES:
-        raise ValueError(f"{THREADING_VARIABLE} must be 'pool' or 'portable', not {mode!r}")
+        raise ArgumentError(f"{THREADING_VARIABLE} must be 'pool' or 'portable', not {mode!r}")
     if mode == "pool" and not sys.platform.startswith("linux"):
         return "portable"  # (the pool's calls exist on Linux only)
     return mode

@@ -44,9 +44,13 @@ def compile_target() -> tuple[str, str, str]:
 @functools.cache
 def simd_unit() -> SimdUnit:
     """The SIMD unit of numba's compile target (see the module docstring); computed once per process."""
-    triple, cpu, features = compile_target()
+    return unit_for(*compile_target())
+
+
+def unit_for(triple: str, cpu: str, features: str = "") -> SimdUnit:
+    """The SIMD unit that LLVM compiles for on this target (features '': the CPU's own)."""
     try:
-        assembly = _probe_assembly(triple, cpu, features)
+        assembly = probe_assembly(triple, cpu, features)
     except Exception:  # an architecture this LLVM build cannot emit: plain vectors, still correct
         return GENERIC
     return unit_from_assembly(triple, assembly)
@@ -67,7 +71,8 @@ def unit_from_assembly(triple: str, assembly: str) -> SimdUnit:
     return GENERIC if not fused else SimdUnit("sse-fma", 16, 16, fused=True)
 
 
-def _probe_assembly(triple: str, cpu: str, features: str) -> str:
+def probe_assembly(triple: str, cpu: str, features: str) -> str:
+    """The assembly LLVM emits for the probe (one 16-lane FMA and multiply) on this target."""
     import llvmlite.binding as llvm
 
     llvm.initialize_all_targets()

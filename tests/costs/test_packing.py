@@ -6,7 +6,7 @@ import pytest
 
 from conv1x1_cli.costs import parse_spec
 from conv1x1_cli.costs.chunks import chunk_plan
-from conv1x1_cli.costs.packing import packed_bank_bytes, padded_filters, tile_shape
+from conv1x1_cli.costs.packing import AVX2, AVX512, GENERIC, NEON, packed_bank_bytes, padded_filters, tile_shape
 
 
 @pytest.mark.parametrize(
@@ -25,6 +25,39 @@ from conv1x1_cli.costs.packing import packed_bank_bytes, padded_filters, tile_sh
 def test_tile_shape_and_padding(filters, itemsize, shape, padded):
     assert tile_shape(filters, itemsize) == shape
     assert padded_filters(filters, itemsize) == padded
+
+
+@pytest.mark.parametrize(
+    ("unit", "filters", "itemsize", "shape"),
+    [
+        # AVX2: 8 float32 a ymm register, 16 registers: panels of up to two vectors (12 accumulators).
+        (AVX2, 1, 4, (8, 4)),  # half a register
+        (AVX2, 5, 4, (6, 8)),
+        (AVX2, 9, 4, (6, 16)),
+        (AVX2, 64, 4, (6, 16)),
+        (AVX2, 3, 8, (6, 4)),  # float64: 4 a register, and no panel narrower than 4
+        (AVX2, 5, 8, (6, 8)),
+        # NEON: 4 float32 a register, 32 registers: up to four vectors (24 accumulators).
+        (NEON, 1, 4, (6, 4)),
+        (NEON, 9, 4, (6, 16)),
+        (NEON, 64, 4, (6, 16)),
+        (NEON, 9, 8, (6, 8)),
+        # 128-bit vectors and 16 registers (SSE2, or an architecture without a rule of its own).
+        (GENERIC, 64, 4, (6, 8)),
+        (GENERIC, 64, 8, (6, 4)),
+    ],
+)
+def test_tile_shapes_follow_the_registers_of_each_unit(unit, filters, itemsize, shape):
+    assert tile_shape(filters, itemsize, unit) == shape
+
+
+@pytest.mark.parametrize("unit", [AVX2, NEON, GENERIC], ids=lambda unit: unit.name)
+def test_the_planners_rule_pads_at_least_as_much_as_any_units(unit):
+    """The Dask planner counts packed banks by AVX-512's rule, whatever the workers run: an upper bound."""
+    for itemsize in (4, 8):
+        for filters in range(1, 300):
+            assert padded_filters(filters, itemsize, unit) <= padded_filters(filters, itemsize, AVX512)
+            assert padded_filters(filters, itemsize, unit) >= filters
 
 
 def test_the_planner_counts_the_banks_as_the_kernel_packs_them():
