@@ -1,0 +1,128 @@
+"""The kernel's tile for Apple Silicon, on paper: compiled for arm64 here, its inner loop read.
+
+numba compiles only for the machine it runs on, so this takes the LLVM IR numba makes for the NEON
+tile (the shape ``costs.packing.tile_shape`` gives NEON: 6 pixels x 16 float32 filters, four
+128-bit vectors a row, 24 accumulators of NEON's 32 registers), retargets it to
+``arm64-apple-darwin`` and has LLVM compile it for the ``apple-m1`` CPU.  It prints the channel loop
+of the tile and checks that it keeps every accumulator in a register: 24 ``fmla`` a channel and no
+load or store relative to the stack (a spill).  With ``llvm-mca`` on PATH it also prints what that
+tool's apple-m1 model (LLVM's Cyclone model) makes of the loop.
+
+    python benchmarks/arm64_tile.py [--mca llvm-mca-14]
+
+FLOPs per cycle: each channel step is 24 fmla of 4 float32 lanes (192 FLOP).  The M1's performance
+cores issue 4 FP/SIMD operations a cycle (all four pipes do 128-bit FMA), 3 loads and 8 instructions:
+the loop's 24 fmla need 6 cycles, its 8 loads (2 ldp, 6 broadcasts) under 3 and its 38 instructions
+under 5, so it runs at the FMA pipes' 32 FLOP/cycle, the M1 core's float32 peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+TRIPLE = "arm64-apple-darwin"
+CPU = "apple-m1"
+
+
+def neon_tile_ir(filters: int = 64, channels: int = 64) -> str:
+    """The optimised LLVM IR of tiles._compute_pairs for the NEON kind of a float32 bank of this
+    many filters, as numba makes it on this (x86) machine."""
+    os.environ.setdefault("NUMBA_CACHE_DIR", tempfile.mkdtemp())  # numba shows no IR of cached code
+    import numba
+    import numpy as np
+
+    from conv1x1_cli.costs.packing import NEON, panel_count, tile_shape
+    from conv1x1_cli.kernel import _Kind, tiles
+
+    rows, width = tile_shape(filters, 4, NEON)
+    kind = _Kind(0, np.dtype(np.float32), rows, width, NEON.vector_bytes // 4)
+    panels = np.zeros((channels, panel_count(filters, 4, NEON), width), np.float32)
+    pixels, out = np.zeros((2 * rows, channels), np.float32), np.zeros((2 * rows, filters), np.float32)
+    bias = np.zeros(panels.shape[1:], np.float32)
+    args = (pixels, panels, bias, out, True, False, channels, 0, 1, kind.row_marker, kind.width_marker)
+    signature = tuple(numba.typeof(arg) for arg in (*args, kind.lanes_marker))
+    tiles._compute_pairs.compile(signature)
+    return tiles._compute_pairs.inspect_llvm(signature)
+
+
+def _portable_decrement(match: re.Match) -> str:
+    value, pointer = match.group(1), match.group(2)
+    return (
+        f"%decref.old = atomicrmw sub ptr {pointer}, i64 1 acq_rel, align 8\n"
+        f"  %decref.zero = icmp eq i64 %decref.old, 1\n  {value} = zext i1 %decref.zero to i8"
+    )
+
+
+def arm64_assembly(ir: str) -> str:
+    """ir compiled for arm64-apple-darwin and the apple-m1 CPU."""
+    import llvmlite.binding as llvm
+
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    machine = llvm.Target.from_triple(TRIPLE).create_target_machine(cpu=CPU, features="", opt=3)
+    ir = re.sub(r'target datalayout = ".*"', f'target datalayout = "{machine.target_data}"', ir)
+    ir = re.sub(r'target triple = ".*"', f'target triple = "{TRIPLE}"', ir)
+    # numba's reference counting, optimised for x86, uses one x86 intrinsic: the same in portable IR.
+    pattern = r"(%\S+) = tail call i8 @llvm\.x86\.atomic\.sub\.cc\.i64\(ptr nonnull (%\S+), i64 1, i32 4\)"
+    ir = re.sub(pattern, _portable_decrement, ir)
+    ir = re.sub(r"declare i8 @llvm\.x86\.atomic\.sub\.cc\.i64.*", "", ir)
+    module = llvm.parse_assembly(ir)
+    module.verify()
+    return machine.emit_assembly(module)
+
+
+def channel_loops(assembly: str) -> list[str]:
+    """The basic blocks with the most fmla instructions: the tile's channel loops (full and short tiles)."""
+    blocks = re.split(r"\n(?=L?BB\d+_\d+:)", assembly)
+    counted = [(len(re.findall(r"\bfmla\b", block)), block) for block in blocks]
+    most = max(count for count, _ in counted)
+    return [block for count, block in counted if count == most]
+
+
+def spills(block: str) -> list[str]:
+    """The block's instructions that address the stack (sp or the frame pointer x29): spills and reloads."""
+    return [line.strip() for line in block.splitlines() if re.search(r"\[(sp|x29)\b", line)]
+
+
+def mca_summary(block: str, tool: str) -> str:
+    """llvm-mca's throughput summary of the loop body (its branch dropped)."""
+    body = [line for line in block.splitlines()[1:] if line.strip() and not line.strip().startswith((";", "b."))]
+    with tempfile.NamedTemporaryFile("w", suffix=".s", delete=False) as source:
+        source.write("\n".join(body) + "\n")
+    done = subprocess.run(
+        [tool, f"-mtriple={TRIPLE}", f"-mcpu={CPU}", "-iterations=400", source.name],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    os.unlink(source.name)
+    keys = ("Iterations", "Instructions", "Total Cycles", "Dispatch Width", "IPC", "Block RThroughput")
+    return "\n".join(line for line in done.stdout.splitlines() if line.startswith(keys))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mca", default=shutil.which("llvm-mca") or shutil.which("llvm-mca-14"), help="llvm-mca")
+    options = parser.parse_args()
+    loop = channel_loops(arm64_assembly(neon_tile_ir()))[0]
+    fmla = len(re.findall(r"\bfmla\b", loop))
+    loads = len(re.findall(r"\b(ldp|ldr|ld1r)\b", loop))
+    instructions = [line for line in loop.splitlines()[1:] if line.strip() and not line.strip().startswith(";")]
+    print(f"The NEON tile's channel loop for {CPU} ({TRIPLE}):\n{loop}\n")
+    print(f"{fmla} fmla (x 4 lanes x 2 = {8 * fmla} FLOP), {loads} loads, {len(instructions)} instructions a channel")
+    print(f"stack accesses (spills) in the loop: {spills(loop) or 'none'}")
+    print(f"at 4 fmla a cycle: {fmla / 4:.0f} cycles a channel, {8 * fmla / (fmla / 4):.0f} FLOP/cycle")
+    if options.mca:
+        iterations_cycles = mca_summary(loop, options.mca)
+        print(f"\n{options.mca} -mcpu={CPU} (LLVM's Cyclone model: 2 vector multiply units):\n{iterations_cycles}")
+    return 0 if fmla and not spills(loop) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
