@@ -62,7 +62,6 @@ from .pool import (
     run_pooled,
     run_portable,
     serve,
-    threading_mode,
     worker_pool,
 )
 from .target import simd_unit

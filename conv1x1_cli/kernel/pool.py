@@ -422,9 +422,7 @@ def _avoid_cpu(cpu, avoided, cpu_sets):
 
 
 @_cached_with_tiles(parallel=True)
-def run_portable(
-    pixels, panels, panel_bias, out, relu, block, n_threads, row_marker, width_marker, lanes_marker, like
-):
+def run_portable(pixels, panels, panel_bias, out, relu, block, n_threads, row_marker, width_marker, lanes_marker, like):
     """A whole job shared out by numba's threading layer: the same chunks as run_pooled's, each
     thread a contiguous run of them (numba's static schedule), on n_threads threads.
 

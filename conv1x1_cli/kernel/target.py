@@ -4,8 +4,9 @@ numba compiles for the CPU that ``NUMBA_CPU_NAME`` and ``NUMBA_CPU_FEATURES`` na
 machine's.  Rather than guess from names and feature lists (a CPU name alone implies its features;
 LLVM may split wide vectors on some CPUs), this module asks LLVM itself: it compiles one 16-lane
 fused multiply-add (and a multiply, whose width does not depend on FMA) for numba's exact target
-(triple, CPU, features) and reads which registers and instructions come out.  zmm registers mean AVX-512, ymm AVX or AVX2, anything else 128-bit vectors;
-``vfmadd``/``fmla`` mean FMA instructions.  The tile shape (``costs.packing.tile_shape``) follows.
+(triple, CPU, features) and reads which registers and instructions come out.  zmm registers mean
+AVX-512, ymm AVX or AVX2, anything else 128-bit vectors; ``vfmadd``/``fmla`` mean FMA instructions.
+The tile shape (``costs.packing.tile_shape``) follows.
 
 numba's disk cache keys every entry by the same (triple, CPU, features), so a build for one unit is
 never loaded for another.

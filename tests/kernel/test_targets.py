@@ -10,8 +10,8 @@ and third passes over the kernel.
 from __future__ import annotations
 
 import os
-import subprocess
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -45,9 +45,7 @@ def run(code_or_args, env_changes, timeout=900):
     """A fresh interpreter (python -c code, or python -m pytest args) with env_changes in its environment."""
     env = {**os.environ, **env_changes}
     args = ["-c", code_or_args] if isinstance(code_or_args, str) else code_or_args
-    return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout
-    )
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
 
 
 def run_kernel_tests(env_changes, *selection):
@@ -198,9 +196,7 @@ def test_the_cli_names_an_unknown_threading_mode_in_one_line(samples_dir, tmp_pa
         timeout=300,
     )  # fmt: skip
     assert done.returncode != 0
-    assert done.stderr.strip().splitlines() == [
-        "Error: CONV1X1_THREADING must be 'pool' or 'portable', not 'fibres'"
-    ]
+    assert done.stderr.strip().splitlines() == ["Error: CONV1X1_THREADING must be 'pool' or 'portable', not 'fibres'"]
     assert not (tmp_path / "out.npy").exists()
 
 
