@@ -58,6 +58,15 @@ def isa_environment(isa: str) -> dict[str, str]:
     }
 
 
+def runs_here(isa: str) -> bool:
+    """Whether this CPU can run code built for ``isa``."""
+    try:
+        isa_environment(isa)
+    except PinningError:
+        return False
+    return True
+
+
 def pin(isa: str) -> dict[str, str]:
     """Set the variables of ``isa`` in this process; returns them.  Refused once a library that reads
     them is loaded (it would silently keep its own choice)."""

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from conv1x1_cli import kernel
 from conv1x1_cli.bench import machine, suite
+from conv1x1_cli.bench.isa import PinningError, isa_environment, pin, runs_here
 from conv1x1_cli.bench.machine import load_limits
 from conv1x1_cli.bench.suite import BenchLayer, LayerResult, Timing, summarize, verify
 from conv1x1_cli.costs.roofline import MachineLimits
 from conv1x1_cli.kernel import probe
+from conv1x1_cli.kernel.target import simd_unit
 
 HAND_LIMITS = MachineLimits(peak_gflops=200.0, sgemm_gflops=150.0, bandwidth_gbs=20.0, threads=2, source="hand")
 # 2 images of 3x4 pixels, 5 channels -> 6 filters: 24 pixels.
@@ -49,13 +56,16 @@ def test_roofline_compute_bound_layer_is_capped_at_the_peak():
     assert line.attainable_gflops == 200.0
 
 
-def hand_result(ours: float, numpy: float, torch: float | None, layer: BenchLayer = HAND_LAYER) -> LayerResult:
+def hand_result(
+    ours: float, numpy: float, torch: float | None, layer: BenchLayer = HAND_LAYER, portable: float | None = None
+) -> LayerResult:
     return LayerResult(
         layer=layer,
         repeats=5,
         ours_seconds=ours,
         numpy_seconds=numpy,
         torch_seconds=torch,
+        portable_seconds=portable,
         verified=True,
         max_error_ratio=0.0,
         roofline=layer.roofline(HAND_LIMITS),
@@ -81,6 +91,15 @@ def test_layer_result_without_torch_compares_with_numpy_only():
     row = hand_result(ours=2.0, numpy=3.0, torch=None)
     assert row.vs_torch is None and row.torch_gflops is None
     assert row.vs_best == pytest.approx(1.5)
+    assert row.portable_gflops is None and row.portable_vs_ours is None
+
+
+def test_the_portable_threads_rate_is_set_beside_the_pools():
+    row = hand_result(ours=1440e-9 / 12.0, numpy=1.0, torch=None, portable=1440e-9 / 9.0)  # 12 and 9 GFLOP/s
+    assert row.portable_gflops == pytest.approx(9.0)
+    assert row.portable_vs_ours == pytest.approx(0.75)
+    assert row.vs_best == pytest.approx(1 / (1440e-9 / 12.0))  # (not a contender against us)
+    assert summarize([row, hand_result(1.0, 1.0, None, portable=2.0)]).median_portable_vs_ours == pytest.approx(0.625)
 
 
 def test_summary_medians_minimum_and_worst_layer():
@@ -98,6 +117,7 @@ def test_summary_medians_minimum_and_worst_layer():
     assert summary.worst_layer == "hand" and summary.worst_vs_best == 0.5
     assert summary.median_percent_of_peak_compute_bound == pytest.approx(100 * compute.flops / 1e9 / 200.0)
     assert summary.mismatches == []
+    assert summary.median_portable_vs_ours is None
 
 
 def test_timing_repeats_aim_at_the_target_within_the_budget():
@@ -159,6 +179,46 @@ def test_quick_run_on_a_tiny_suite_returns_verified_rows_and_saves_limits(tmp_pa
     data = report.as_dict()
     assert [layer["name"] for layer in data["layers"]] == ["tiny", "tiny batch"]
     assert data["machine"]["torch"] is None
+    assert data["machine"]["simd"].startswith(simd_unit().name + ":") and data["machine"]["pinned"] == {}
+    if kernel.worker_pool().mode == "pool":  # the portable path timed beside the pool, and right too
+        assert all(row.portable_seconds > 0 for row in report.rows)
+        assert "portable: numba's" in data["machine"]["threading"]
+
+
+PINNED_RUN = """
+import json, sys
+from conv1x1_cli.bench.isa import pin
+pinned = pin("avx2")
+from conv1x1_cli.bench import suite
+report = suite.run_bench(quick=True, torch=False, layers=[suite.BenchLayer("tiny", 1, 8, 8, 16, 8)], pinned=pinned)
+print(json.dumps({"simd": report.machine.simd, "pinned": report.machine.pinned, "saved": report.limits_saved,
+                  "verified": report.rows[0].verified, "warnings": report.machine.warnings}))
+"""
+
+
+@pytest.mark.skipif(not runs_here("avx2"), reason="this CPU cannot run AVX2 code")
+def test_a_run_pinned_to_avx2_compiles_for_it_says_so_and_saves_no_limits(tmp_path):
+    env = {**os.environ, "CONV1X1_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", PINNED_RUN], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["simd"].startswith("avx2: 16 x 256-bit registers, FMA (numba target haswell)")
+    assert result["pinned"]["OPENBLAS_CORETYPE"] == "Haswell" and result["pinned"]["ATEN_CPU_CAPABILITY"] == "avx2"
+    assert "-avx512f" in result["pinned"]["NUMBA_CPU_FEATURES"].split(",")
+    assert result["saved"] is False and not list(tmp_path.iterdir())
+    assert result["verified"] is True
+    assert not any("OPENBLAS_CORETYPE" in warning for warning in result["warnings"])  # pinned on purpose
+
+
+def test_pinning_is_refused_once_numpy_is_loaded():
+    with pytest.raises(PinningError, match="--isa must be chosen before numpy"):
+        pin("avx2")
+    assert pin("native") == {}  # (nothing to pin: always fine)
+
+
+def test_an_unknown_instruction_set_is_refused():
+    with pytest.raises(PinningError, match="unknown instruction set 'sse9'"):
+        isa_environment("sse9")
 
 
 def test_fma_peak_is_a_positive_finite_rate():

@@ -10,7 +10,6 @@ and third passes over the kernel.
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 from naive import assert_close_to_reference
 
 from conv1x1_cli import kernel
-from conv1x1_cli.bench.isa import isa_environment
+from conv1x1_cli.bench.isa import isa_environment, runs_here
 from conv1x1_cli.costs.packing import tile_shape
 from conv1x1_cli.errors import ArgumentError
 from conv1x1_cli.kernel.target import compile_target, simd_unit, unit_for
@@ -30,15 +29,7 @@ KERNEL_TESTS = Path(__file__).with_name("test_kernel.py")
 X86 = "x86_64-unknown-linux-gnu"
 
 
-def host_has_avx2() -> bool:
-    import llvmlite.binding as llvm
-
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    return {"+avx2", "+fma"} <= set(llvm.get_host_cpu_features().flatten().split(","))
-
-
-needs_avx2 = pytest.mark.skipif(not host_has_avx2(), reason="this CPU cannot run AVX2 code")
+needs_avx2 = pytest.mark.skipif(not runs_here("avx2"), reason="this CPU cannot run AVX2 code")
 
 
 def run(code_or_args, env_changes, timeout=900):
