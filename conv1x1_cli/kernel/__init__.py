@@ -4,8 +4,9 @@
 
 This package is the only part of conv1x1 that imports numba.  It knows nothing of
 files or screens: callers hand it C-contiguous arrays and a preallocated output.
-``tiles.py`` holds the micro-kernel, ``pool.py`` the worker threads, ``probe.py``
-the FMA-peak probe, and this module the public functions (``pack_bank``,
+``tiles.py`` holds the micro-kernel, ``target.py`` reads which SIMD unit numba
+compiles for, ``pool.py`` the worker threads, ``probe.py`` the FMA-peak probe,
+and this module the public functions (``pack_bank``,
 ``apply_packed``, ``apply_to_new_output``, ``prepare``, ``compilations``) and
 compilation.  The tile shape comes from ``costs.packing``, the rule the Dask
 planner counts memory by.
@@ -17,8 +18,9 @@ and a ``WorkerPool``'s ``threads``, ``segment(thread)``, ``sleeping()``,
 how pixels are covered by tiles.
 
 * Packing (``pack_bank``, once per bank).  The bank is seen as column *panels*
-  of ``width`` filters (64 float32 = four 512-bit vectors when F is large, fewer
-  for narrow banks): ``panels[c, k, :]`` is a view of row c, columns k*width
+  of ``width`` filters (with AVX-512, 64 float32 = four 512-bit vectors when F
+  is large, fewer for narrow banks; ``costs.packing.tile_shape`` for each SIMD
+  unit): ``panels[c, k, :]`` is a view of row c, columns k*width
   onwards, one contiguous run that the micro-kernel loads as whole vectors.
   Only a bank whose F is not a multiple of width is copied (zero-padded to a
   whole panel); the bias is padded the same way.  The bank is not copied into
@@ -30,7 +32,8 @@ how pixels are covered by tiles.
   than filters, where they are panel-major (a panel stays in L2 while it meets
   every tile); splitting over filters as well as pixels keeps every core busy
   when there are few pixels (7x7=49).  They are cut into ~16 chunks per thread
-  and shared out by the pool.  Problems under ~1M multiply-adds run on the
+  and shared out by the pool (on Linux) or by numba's threading layer
+  (elsewhere, or with CONV1X1_THREADING=portable: ``pool.run_portable``).  Problems under ~1M multiply-adds run on the
   calling thread alone.
 * Blocks of channels.  When a bank has too many channels for a panel and a
   pixel tile to share the caches (C > 768), a chunk runs every pair over 512

@@ -1,15 +1,18 @@
 """The micro-kernel: one tile of pixels x one panel of filters, accumulated in registers.
 
 * Micro-kernel.  A tile of ``rows`` pixels x one panel is accumulated over all
-  channels (or one block of them, see ``_compute_pairs``) in an accumulator
-  tile (6x64 float32 = 24 zmm registers): per channel, 4 vector loads of the
-  panel row, 6 broadcasts of pixel values and 24 FMAs.  The tile is written as
+  channels (or one block of them, see ``_compute_pairs``) in accumulator
+  registers shaped for the SIMD unit compiled for (``target.simd_unit``,
+  ``costs.packing.tile_shape``): with AVX-512, 6x64 float32 = 24 zmm registers,
+  per channel 4 vector loads of the panel row, 6 broadcasts of pixel values
+  and 24 FMAs; with AVX2 6x16 = 12 ymm registers of 16; with NEON 6x16 = 24
+  of 32 128-bit registers.  The tile is written as
   LLVM IR (``_tile``, ``_TileCode``) with its accumulators as SIMD values, so
   it needs neither of LLVM's vectorisers and compiles the same in every
   function it is inlined into.  The tile shape reaches the compiler through
   the *types* of two marker tuples (``len`` of a tuple type is a constant), so
   one source serves every shape and each shape is its own cached
-  specialisation (closures over constants would not do: numba's cache key
+  specialisation (the vector length too: a third marker) (closures over constants would not do: numba's cache key
   hashes closure cells, and a cell holding a dispatcher hashes differently in
   every process).  Bias (or the block before's partial sums) initialises the
   accumulators; ReLU is applied on the way out of the last block.
