@@ -1,6 +1,6 @@
 """Run the conv1x1 speed suite and print its table (or JSON with --json).
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_suite.py [--quick] [--json out.json]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_suite.py [--quick] [--isa avx2] [--json out.json]
 
 The measurement itself is conv1x1_cli.bench.suite.run_bench; this script only prints it.
 """
@@ -11,9 +11,13 @@ import argparse
 import json
 import sys
 import time
+from typing import TYPE_CHECKING
 
+from conv1x1_cli.bench.isa import ISAS, pin
 from conv1x1_cli.bench.machine import BackgroundLoad
-from conv1x1_cli.bench.suite import BenchReport, run_bench
+
+if TYPE_CHECKING:
+    from conv1x1_cli.bench.suite import BenchReport
 
 
 def print_table(report: BenchReport) -> None:
@@ -46,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="three layers, short repeats (a few seconds)")
     parser.add_argument("--threads", type=int, default=None, help="our kernel's threads (default: all)")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out even when installed")
+    parser.add_argument("--isa", choices=ISAS, default="native", help="pin every contender to this instruction set")
     parser.add_argument("--json", metavar="PATH", help="also write the full report as JSON ('-' for stdout)")
     parser.add_argument(
         "--wait-idle",
@@ -55,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         help="first wait up to SECONDS for other processes to use under 10%% of the CPU",
     )
     args = parser.parse_args(argv)
+    pinned = pin(args.isa)  # before NumPy, numba and torch load
+    from conv1x1_cli.bench.suite import run_bench
+
     if args.wait_idle > 0:
         wait_until_idle(args.wait_idle)
 
@@ -65,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         steps_done += done_now
         print(f"[{steps_done}/{total}] {what}", file=sys.stderr, flush=True)
 
-    report = run_bench(quick=args.quick, threads=args.threads, torch=not args.no_torch, progress=progress)
+    report = run_bench(
+        quick=args.quick, threads=args.threads, torch=not args.no_torch, progress=progress, pinned=pinned
+    )
     if args.json == "-":
         json.dump(report.as_dict(), sys.stdout, indent=2)
         print()
