@@ -1,6 +1,6 @@
 """Run the conv1x1 speed suite and print its table (or JSON with --json).
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_suite.py [--quick] [--isa avx2] [--json out.json]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_suite.py [--quick] [--isa avx2] [--json F]
 
 The measurement itself is conv1x1_cli.bench.suite.run_bench; this script only prints it.
 """
