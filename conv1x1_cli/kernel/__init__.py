@@ -315,13 +315,23 @@ def apply_to_new_output(
                 pool.announce(kind)
                 run_pooled(*arrays, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers)
             else:  # portable mode: numba's threading layer
-                numba.set_num_threads(n_threads)
-                pool.portable_launched = True
-                run_portable(*arrays, *kind.markers)
+                _run_portable(pool, arrays, kind)
         finally:
             pool.busy.release()
     else:  # alone: one thread asked for, little work, or another thread is using the pool
         run_alone(pixels, packed.panels, packed.panel_bias, out, relu, packed.block, *kind.markers)
+
+
+def _run_portable(pool: WorkerPool, arrays: tuple, kind: _Kind) -> None:
+    """run_portable on arrays' thread count; the calling thread's numba thread count (its own, for
+    the caller's parallel code too) is put back afterwards."""
+    callers_threads = numba.get_num_threads()
+    numba.set_num_threads(arrays[-1])
+    pool.portable_launched = True
+    try:
+        run_portable(*arrays, *kind.markers)
+    finally:
+        numba.set_num_threads(callers_threads)
 
 
 def prepare(packed: PackedBank, threads: int | None = None) -> bool:

@@ -146,8 +146,10 @@ def test_the_kernel_tests_pass_on_numbas_portable_threads():
 
 PORTABLE_SHARE = """
 import os, time
+import numba
 import numpy as np
 from conv1x1_cli import kernel
+numba.set_num_threads(1)  # the caller's own setting, for its own parallel code: left as it is
 x = np.random.default_rng(0).standard_normal((6000, 512), dtype=np.float32)
 w = np.random.default_rng(1).standard_normal((512, 512), dtype=np.float32)
 packed = kernel.pack_bank(w, None)
@@ -161,17 +163,19 @@ for _ in range(5):
     best = max(best, (time.process_time() - cpu) / (time.perf_counter() - wall))
 pool = kernel.worker_pool()
 error = np.abs(out - np.maximum(x.astype(np.float64) @ w, 0)).max()
-print(pool.mode, pool.n_workers, pool.portable_launched, kernel.default_threads(), round(best, 2), error < 1e-3)
+print(pool.mode, pool.n_workers, pool.portable_launched, kernel.default_threads(), round(best, 2), error < 1e-3,
+      numba.get_num_threads())
 """
 
 
 def test_portable_threads_share_a_call_among_the_cores():
     """With CONV1X1_THREADING=portable a call runs on numba's threads: the CPU time of a large call is
-    well above its wall time (one thread's would equal it), and the result is right."""
+    well above its wall time (one thread's would equal it), the result is right, and the calling
+    thread's numba thread count is as it was."""
     done = run(PORTABLE_SHARE, {"CONV1X1_THREADING": "portable"}, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    mode, workers, launched, threads, busy_cores, right = done.stdout.split()
-    assert (mode, workers, launched, right) == ("portable", "0", "True", "True")
+    mode, workers, launched, threads, busy_cores, right, callers_threads = done.stdout.split()
+    assert (mode, workers, launched, right, callers_threads) == ("portable", "0", "True", "True", "1")
     if int(threads) < 2:
         pytest.skip("one CPU: nothing to share")
     assert float(busy_cores) > 1.3, f"{busy_cores} cores busy on average during the calls"
