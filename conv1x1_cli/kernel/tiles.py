@@ -435,15 +435,20 @@ def _compute_pairs(
                 # channels, prefetching the next tiles' part of the rows only slows the call.
                 _prefetch_ahead(pixels, t * rows, rows)
             channels = (first_channel, n_block)
-            arrays = (panels, panel_bias, k, out, relu, channels)
             if t < n_long:
                 # (shifted back to end at n_pixels when there are no short tiles:
                 # it recomputes a few rows, same values, instead of a scalar remainder loop)
                 first_pixel = min(t * rows, n_pixels - rows)
-                _tile(pixels, first_pixel, *arrays, row_marker, width_marker, lanes_marker)
+                _tile(
+                    pixels, first_pixel, panels, panel_bias, k, out, relu, channels,
+                    row_marker, width_marker, lanes_marker,
+                )  # fmt: skip
             else:
                 first_pixel = n_long * rows + (t - n_long) * (rows - 1)
-                _tile(pixels, first_pixel, *arrays, short_marker, width_marker, lanes_marker)
+                _tile(
+                    pixels, first_pixel, panels, panel_bias, k, out, relu, channels,
+                    short_marker, width_marker, lanes_marker,
+                )  # fmt: skip
             inner += 1
             if inner == n_inner:
                 inner = 0
