@@ -33,13 +33,13 @@ how pixels are covered by tiles.
   every tile); splitting over filters as well as pixels keeps every core busy
   when there are few pixels (7x7=49).  They are cut into ~16 chunks per thread
   and shared out by the pool (on Linux) or by numba's threading layer
-  (elsewhere, or with CONV1X1_THREADING=portable: ``pool.run_portable``).  Problems under ~1M multiply-adds run on the
-  calling thread alone.
+  (elsewhere, or with CONV1X1_THREADING=portable: ``pool.run_portable``).
+  Problems under ~1M multiply-adds run on the calling thread alone.
 * Blocks of channels.  When a bank has too many channels for a panel and a
   pixel tile to share the caches (C > 768), a chunk runs every pair over 512
   channels, leaving the partial sums in the output, then every pair over the
-  next 512 (``_channel_block``).  The partial sums are exact, so the bits are those of
-  one pass.
+  next 512 (``_channel_block``).  The partial sums are exact, so the bits are
+  those of one pass.
 * Compilation is lazy (nothing at import) and cached to disk (``cache=True``;
   numba falls back to its user-wide cache directory when the package directory
   is read-only).  ``prepare`` compiles a bank's kind of tile, under a lock, ahead
