@@ -323,15 +323,9 @@ def apply_to_new_output(
 
 
 def _run_portable(pool: WorkerPool, arrays: tuple, kind: _Kind) -> None:
-    """run_portable on arrays' thread count; the calling thread's numba thread count (its own, for
-    the caller's parallel code too) is put back afterwards."""
-    callers_threads = numba.get_num_threads()
-    numba.set_num_threads(arrays[-1])
+    """run_portable on arrays' thread count (at most: numba's own thread count is left as it is)."""
     pool.portable_launched = True
-    try:
-        run_portable(*arrays, *kind.markers)
-    finally:
-        numba.set_num_threads(callers_threads)
+    run_portable(*arrays, *kind.markers)
 
 
 def prepare(packed: PackedBank, threads: int | None = None) -> bool:
@@ -350,6 +344,12 @@ def prepare(packed: PackedBank, threads: int | None = None) -> bool:
         return compilations() > before
     if not pool.n_workers:
         _ensure_compiled(kind, run_portable, (*arrays, 2, *kind.markers))
+        # Starting numba's threads cost the first call 4 ms (28x28x192->32, which then takes 0.1 ms).
+        if pool.busy.acquire(blocking=False):
+            try:
+                _run_portable(pool, (*arrays, pool.max_threads), kind)
+            finally:
+                pool.busy.release()
     else:
         _prepare_serving(kind, pool)
         _ensure_compiled(

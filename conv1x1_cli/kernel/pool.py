@@ -423,20 +423,22 @@ def _avoid_cpu(cpu, avoided, cpu_sets):
 
 @_cached_with_tiles(parallel=True)
 def run_portable(pixels, panels, panel_bias, out, relu, block, n_threads, row_marker, width_marker, lanes_marker, like):
-    """A whole job shared out by numba's threading layer: the same chunks as run_pooled's, each
-    thread a contiguous run of them (numba's static schedule), on n_threads threads.
+    """A whole job shared out by numba's threading layer: the same chunks as run_pooled's, each of
+    n_threads threads a contiguous run of them.
 
     It calls no Linux function: the path for every other system, and for CONV1X1_THREADING=portable.
     Its threads sleep between calls, so each call pays for waking them (tens of microseconds).  The
-    caller sets numba's thread count (numba.set_num_threads) first: called in here, it made the
-    function uncacheable.
+    prange is over the n_threads runs rather than the chunks, so that numba's own thread count is
+    never touched: calling numba.set_num_threads before each call made every call on GNU OpenMP
+    take 8 ms (0.05 ms without); called in here, it made the function uncacheable.
     """
     panel_major, block, n_pairs = plan(pixels, panels, out, block, len(row_marker))
     n_chunks = _chunk_count(pixels, panels, panel_major, block, n_pairs, n_threads)
     job = np.empty(JOB_FIELDS, np.int64)
     describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, block, n_chunks)
-    for chunk in numba.prange(n_chunks):
-        compute_chunk(job, chunk, n_chunks, row_marker, width_marker, lanes_marker, like)
+    for thread in numba.prange(n_threads):
+        for chunk in range(thread * n_chunks // n_threads, (thread + 1) * n_chunks // n_threads):
+            compute_chunk(job, chunk, n_chunks, row_marker, width_marker, lanes_marker, like)
 
 
 # How long an idle worker spins before it sleeps, in sched_yield turns: about 2 ms on an idle
