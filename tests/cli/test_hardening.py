@@ -42,12 +42,13 @@ VOLUME_SHAPE = (128, 128, 1024)
 
 @pytest.fixture
 def volume(tmp_path, rng):
-    """A run that lasts a couple of seconds on 2 cores with little I/O: 64 MiB through eight
-    1024 -> 1024 layers (about 275 GFLOP), so a signal can land in the middle of it.
-    Returns the apply arguments: the input and the eight banks."""
+    """A run that lasts a second or more on 2 cores with little I/O: 64 MiB through sixteen
+    1024 -> 1024 layers (about 550 GFLOP), so a signal can land in the middle of it.  (Eight layers
+    took 0.6 s on a Zen 5 host: on a busy machine the run then ended now and then before the test
+    sent its signal.)  Returns the apply arguments: the input and the sixteen banks."""
     x = save(tmp_path, "x.npy", rng.standard_normal(VOLUME_SHAPE).astype(np.float32))
     w = save(tmp_path, "w.npy", (rng.standard_normal((1024, 1024)) / 32).astype(np.float32))
-    return [str(x)] + [str(w)] * 8
+    return [str(x)] + [str(w)] * 16
 
 
 def leftovers(directory):
