@@ -428,9 +428,9 @@ def run_portable(pixels, panels, panel_bias, out, relu, block, n_threads, row_ma
 
     It calls no Linux function: the path for every other system, and for CONV1X1_THREADING=portable.
     Its threads sleep between calls, so each call pays for waking them (tens of microseconds).  The
-    prange is over the n_threads runs rather than the chunks, so that numba's own thread count is
-    never touched: calling numba.set_num_threads before each call made every call on GNU OpenMP
-    take 8 ms (0.05 ms without); called in here, it made the function uncacheable.
+    prange is over the n_threads runs rather than the chunks, so that numba's own thread count (the
+    caller's setting, for its own parallel code too) is never touched; numba.set_num_threads called
+    in here made the function uncacheable.
     """
     panel_major, block, n_pairs = plan(pixels, panels, out, block, len(row_marker))
     n_chunks = _chunk_count(pixels, panels, panel_major, block, n_pairs, n_threads)
