@@ -429,8 +429,9 @@ def run_portable(pixels, panels, panel_bias, out, relu, block, n_threads, row_ma
     It calls no Linux function: the path for every other system, and for CONV1X1_THREADING=portable.
     Its threads sleep between calls, so each call pays for waking them (tens of microseconds).  The
     prange is over the n_threads runs rather than the chunks, so that numba's own thread count (the
-    caller's setting, for its own parallel code too) is never touched; numba.set_num_threads called
-    in here made the function uncacheable.
+    caller's setting, for its own parallel code too) is never touched: a caller that lowered it
+    with numba.set_num_threads gets that many threads at most.  (numba.set_num_threads called in
+    here made the function uncacheable.)
     """
     panel_major, block, n_pairs = plan(pixels, panels, out, block, len(row_marker))
     n_chunks = _chunk_count(pixels, panels, panel_major, block, n_pairs, n_threads)
