@@ -17,6 +17,10 @@ settings.load_profile("conv1x1")
 # exec: children then start with Ctrl-C working, as from a terminal.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+# The same shell ignores SIGQUIT in its background jobs: put back the default, which children inherit
+# (else the CLI, rightly, keeps ignoring it, and the SIGQUIT test saw its run finish with status 0).
+if signal.getsignal(signal.SIGQUIT) is signal.SIG_IGN:
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 # tests/ holds naive.py, the references; make it importable as a plain module.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
