@@ -64,12 +64,11 @@ def unit_from_assembly(triple: str, assembly: str) -> SimdUnit:
         return NEON if re.search(r"\bfmla\b", assembly) else GENERIC
     if arch not in ("x86_64", "amd64"):
         return GENERIC
-    fused = "vfmadd" in assembly
-    if "zmm" in assembly:
-        return AVX512 if fused else SimdUnit("avx512-nofma", 64, 32, fused=False)
+    if "zmm" in assembly:  # (AVX-512 implies FMA)
+        return AVX512
     if "ymm" in assembly:
-        return AVX2 if fused else SimdUnit("avx", 32, 16, fused=False)
-    return GENERIC if not fused else SimdUnit("sse-fma", 16, 16, fused=True)
+        return AVX2 if "vfmadd" in assembly else SimdUnit("avx", 32, 16, fused=False)  # AVX: Sandy Bridge
+    return GENERIC  # SSE (FMA implies AVX)
 
 
 def probe_assembly(triple: str, cpu: str, features: str) -> str:
