@@ -75,8 +75,14 @@ def probe_assembly(triple: str, cpu: str, features: str) -> str:
     """The assembly LLVM emits for the probe (one 16-lane FMA and multiply) on this target."""
     import llvmlite.binding as llvm
 
-    llvm.initialize_all_targets()
-    llvm.initialize_all_asmprinters()
+    # Every LLVM target costs 7 MB of memory: set up only this machine's (as numba does) unless the
+    # triple is another machine's.
+    if triple == llvm.get_process_triple():
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+    else:
+        llvm.initialize_all_targets()
+        llvm.initialize_all_asmprinters()
     machine = llvm.Target.from_triple(triple).create_target_machine(cpu=cpu, features=features, opt=2)
     module = llvm.parse_assembly(_PROBE_IR)
     module.triple = triple
