@@ -11,9 +11,10 @@ array([[3., 3.],
 12443648
 
 The public API: ``conv1x1`` on arrays and ``apply`` on files and stores (with ``ApplyOptions``, giving
-an ``ApplyReport``); the costs of layers, chains, bottlenecks and Inception modules; and the errors,
-all derived from ``Conv1x1Error``. Nothing heavy is imported here: NumPy loads on first use of
-``conv1x1`` or ``apply``, Numba on the first convolution.
+an ``ApplyReport``); ``model_cost`` and ``extract_tensor`` on ONNX and safetensors model files; the
+costs of layers, chains, bottlenecks and Inception modules; and the errors, all derived from
+``Conv1x1Error``. Nothing heavy is imported here: NumPy loads on first use of ``conv1x1`` or
+``apply``, Numba on the first convolution.
 """
 
 from __future__ import annotations
@@ -48,13 +49,15 @@ __all__ = [
     "bottleneck_cost",
     "chain_cost",
     "conv1x1",
+    "extract_tensor",
     "inception_cost",
     "layer_cost",
+    "model_cost",
     "parse_spec",
 ]
 
 # Imported on first use, so that importing the package (or running `conv1x1 shapes`) loads no NumPy.
-_FROM_API = ("conv1x1", "apply", "ApplyOptions", "ApplyReport")
+_FROM_API = ("conv1x1", "apply", "ApplyOptions", "ApplyReport", "model_cost", "extract_tensor")
 
 
 def __getattr__(name: str):

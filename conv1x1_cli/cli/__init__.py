@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from . import apply, bench, costs, show
+from . import apply, bench, costs, model, show
 from .signals import run_main
 
 
@@ -23,12 +23,13 @@ def main() -> None:
     conv1x1 shapes 28x28x192 --filters 32            shapes, params, MACs, FLOPs, roofline
     conv1x1 bottleneck 28x28x192 -r 16 -k 5 -f 32    a 1×1 reduce before a K×K conv
     conv1x1 inception 28x28x192 64 96 128 16 32 32   a GoogLeNet module's cost
+    conv1x1 model mobilenet.onnx                     every layer of a model, costed by kind
     conv1x1 show out.npy --channel 0                 look at one channel
     conv1x1 bench --quick                            our kernel against NumPy and PyTorch
     """
 
 
-for command in (apply.apply, bench.bench, costs.bottleneck, costs.inception, costs.shapes, show.show):
+for command in (apply.apply, bench.bench, costs.bottleneck, costs.inception, model.model, costs.shapes, show.show):
     main.add_command(command)
 
 
