@@ -246,8 +246,8 @@ def tensor_kind(shape: tuple[int, ...]) -> str | None:
 
 @dataclass(frozen=True)
 class TensorCost:
-    """A weight tensor of a file without a graph: its kind, weights, and its bias (a tensor of shape
-    (F,) named like it with ``bias`` for ``weight``). MACs need spatial sizes, which such files lack."""
+    """A weight tensor of a file without a graph: its kind, weights, and its bias (the 1-D tensor named
+    like it with ``bias`` for ``weight``). MACs need spatial sizes, which such files lack."""
 
     name: str
     kind: str
@@ -314,8 +314,8 @@ def tensor_listing(shapes: Mapping[str, tuple[tuple[int, ...], str]]) -> TensorL
             continue
         bias_name = _bias_name(name)
         bias = 0
-        if bias_name in shapes and shapes[bias_name][0] == (shape[0],):
-            bias = shape[0]
+        if bias_name in shapes and len(shapes[bias_name][0]) == 1:  # (F,): F is shape[1] for a transposed conv
+            bias = shapes[bias_name][0][0]
             used.add(bias_name)
         weights = math.prod(shape)
         tensors.append(TensorCost(name, kind, shape, dtype, weights, bias, weights + bias))

@@ -105,10 +105,26 @@ class OnnxModel:
         return model
 
     def _check_opsets(self) -> None:
+        """Refuse an opset of the standard domain that onnx does not know, and an operator that opset
+        does not define (shape inference passes unknown operators by, leaving their outputs unknown)."""
         newest = self.onnx.defs.onnx_opset_version()
+        version = None
         for opset in self.model.opset_import:
-            if opset.domain in _STANDARD_DOMAINS and not 1 <= opset.version <= newest:
-                raise self.error(f"uses ONNX opset {opset.version}; onnx {self.onnx.__version__} knows 1 to {newest}")
+            if opset.domain in _STANDARD_DOMAINS:
+                if not 1 <= opset.version <= newest:
+                    raise self.error(
+                        f"uses ONNX opset {opset.version}; onnx {self.onnx.__version__} knows 1 to {newest}"
+                    )
+                version = opset.version
+        for node in self.model.graph.node:
+            if node.domain in _STANDARD_DOMAINS:
+                try:
+                    self.onnx.defs.get_schema(node.op_type, version or newest, "")
+                except self.onnx.defs.SchemaError:
+                    where = node.name or node.output[0]
+                    raise self.error(
+                        f"node {where!r}: operator {node.op_type!r} is not in ONNX opset {version}"
+                    ) from None
 
     def _external_data(self, tensor) -> ExternalData | None:
         if tensor.data_location != self.onnx.TensorProto.EXTERNAL:
@@ -236,6 +252,7 @@ class OnnxModel:
             stride = tuple(attributes.get("strides", [1] * spatial))
             dilation = tuple(attributes.get("dilations", [1] * spatial))
             groups = int(attributes.get("group", 1))
+            self._check_weight(name, node.op_type, tuple(weight.dims), kernel, groups, source[1], result[1])
         else:
             if node.op_type == "Gemm" and attributes.get("transA", 0):
                 source = source[::-1]
@@ -261,6 +278,19 @@ class OnnxModel:
             "itemsize": self._item_bytes(weight),
         }
 
+    def _check_weight(self, name, op, dims, kernel, groups, channels, filters) -> None:
+        """Weights that fit the shapes: what the counts rest on (shape inference does not check a
+        Conv's channels against its weight's)."""
+        if op == "Conv":
+            expected = (filters, channels // groups, *kernel)
+        else:
+            expected = (channels, filters // groups, *kernel)
+        if groups < 1 or channels % groups or filters % groups or dims != expected:
+            raise self.error(
+                f"node {name!r}: weight of shape {dims} does not fit {channels} input and {filters} output channels "
+                f"in {groups} group(s) with a {'x'.join(map(str, kernel))} kernel"
+            )
+
     def _added_bias(self, node, consumers, features: int) -> str | None:
         """The bias of a Linear layer exported as MatMul then Add of an initializer of F values."""
         following = consumers.get(node.output[0], [])
@@ -279,11 +309,12 @@ class OnnxModel:
     def bank(self, reference: str) -> tuple[np.ndarray, np.ndarray | None, str | None]:
         """(weights, bias or None, their layout): an initializer by name (its layout is the caller's
         to say), or a Conv, Gemm or MatMul node by name, which brings its bias and says its layout:
-        a Conv's (F, C, 1, 1), or a fully connected layer's (C, F)."""
-        if reference in self.initializers:
-            return self.tensor(reference), None, None
+        a Conv's (F, C, 1, 1), or a fully connected layer's (C, F). A name that is both a node's and
+        an initializer's that the node uses names the node (exporters often name a Conv after its weight)."""
         node = self.node(reference)
-        if node is None:
+        if node is None or (reference in self.initializers and reference not in node.input):
+            if reference in self.initializers:  # (a node of the same name that does not use it: the tensor)
+                return self.tensor(reference), None, None
             raise self.error(f"has no initializer or node named {reference!r}")
         inputs = list(node.input)
         if node.op_type not in ("Conv", "Gemm", "MatMul") or len(inputs) < 2 or inputs[1] not in self.initializers:
