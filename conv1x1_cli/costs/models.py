@@ -7,7 +7,7 @@ a layer with a bias; ``weights`` count kernel entries only, ``params`` = weights
 that the exporter folded into a convolution is a bias of that convolution: its F values count as
 params, not weights (the MobileNet paper counts weights only).
 
->>> conv = ConvSpec("pw", "Conv", "w", "b", (1, 32, 112, 112), (1, 64, 112, 112), (1, 1), (1, 1), (1, 1), 1, 64)
+>>> conv = LayerSpec("pw", "Conv", "w", "b", (1, 32, 112, 112), (1, 64, 112, 112), (1, 1), (1, 1), (1, 1), 1, 64)
 >>> cost = model_cost([conv], {})
 >>> cost.layers[0].kind, cost.layers[0].macs, cost.layers[0].params
 ('pointwise', 25690112, 2112)
@@ -26,7 +26,7 @@ SORT_KEYS = ("order", "macs", "params", "weights", "name")
 
 
 @dataclass(frozen=True)
-class ConvSpec:
+class LayerSpec:
     """One layer with weights, as a model file describes it (shapes as the file has them: NCHW for
     convolutions, (..., K) → (..., M) for fully connected layers).
 
@@ -105,7 +105,7 @@ class ModelLayerCost:
         return row
 
 
-def spec_cost(spec: ConvSpec) -> ModelLayerCost:
+def spec_cost(spec: LayerSpec) -> ModelLayerCost:
     """The counts of one layer.
 
     A convolution costs, per output pixel and filter, one MAC per weight of the filter's group:
@@ -211,7 +211,7 @@ def _share(part: int, whole: int) -> float:
     return 100.0 * part / whole if whole else 0.0
 
 
-def model_cost(specs: Iterable[ConvSpec], uncosted: Mapping[str, int]) -> ModelCost:
+def model_cost(specs: Iterable[LayerSpec], uncosted: Mapping[str, int]) -> ModelCost:
     """The costs of a model's layers, in the order given, and the counts of its nodes not costed."""
     return ModelCost(tuple(spec_cost(spec) for spec in specs), dict(sorted(uncosted.items())))
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..costs.models import ConvSpec, ModelCost, TensorListing, tensor_listing
+from ..costs.models import LayerSpec, ModelCost, TensorListing, tensor_listing
 from ..costs.models import model_cost as cost_of_layers
 from ..errors import InputError
 from ..sources.model_files import open_model, split_reference
@@ -27,7 +27,7 @@ def model_cost(
     if isinstance(model, SafetensorsFile):
         return tensor_listing({name: (entry.shape, entry.dtype) for name, entry in model.tensors.items()})
     layers, uncosted = model.layers()
-    return cost_of_layers([ConvSpec(**layer) for layer in layers], uncosted)
+    return cost_of_layers([LayerSpec(**layer) for layer in layers], uncosted)
 
 
 def extract_tensor(path: str, tensor: str) -> np.ndarray:

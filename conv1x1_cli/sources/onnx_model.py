@@ -69,6 +69,7 @@ class OnnxModel:
         self.model = self._parse()
         self._check_opsets()
         self.initializers = {tensor.name: tensor for tensor in self.model.graph.initializer}
+        self.initializers.update(self._constants())
         self.external = {name: self._external_data(tensor) for name, tensor in self.initializers.items()}
         self._fix_inputs(input_shapes or {}, batch)
         self.shapes = self._inferred_shapes() if infer_shapes else {}
@@ -125,6 +126,16 @@ class OnnxModel:
                     raise self.error(
                         f"node {where!r}: operator {node.op_type!r} is not in ONNX opset {version}"
                     ) from None
+
+    def _constants(self) -> dict:
+        """The tensors of Constant nodes, by their output's name: some exporters give weights that way."""
+        constants = {}
+        for node in self.model.graph.node:
+            if node.op_type == "Constant" and node.domain in _STANDARD_DOMAINS:
+                values = [attribute.t for attribute in node.attribute if attribute.name == "value"]
+                if values:
+                    constants[node.output[0]] = values[0]
+        return constants
 
     def _external_data(self, tensor) -> ExternalData | None:
         if tensor.data_location != self.onnx.TensorProto.EXTERNAL:
@@ -218,7 +229,7 @@ class OnnxModel:
     # -- layers ----------------------------------------------------------------------------------------
 
     def layers(self) -> tuple[list[dict], Counter]:
-        """(the layers with weights, as ConvSpec fields; the nodes not costed, counted by op type)."""
+        """(the layers with weights, as LayerSpec fields; the nodes not costed, counted by op type)."""
         layers, uncosted = [], Counter()
         consumers = self._consumers()
         for index, node in enumerate(self.model.graph.node):

@@ -274,3 +274,21 @@ def test_gemm_and_matmul_layers_and_their_banks(tmp_path):
         model.bank("relu")
     with pytest.raises(InputError, match=r"has no initializer or node named 'nope'"):
         model.bank("nope")
+
+
+def test_weights_from_a_constant_node_are_weights(tmp_path):
+    weight = np.arange(32, dtype=np.float32).reshape(8, 4, 1, 1)
+    constant = helper.make_node("Constant", [], ["w"], name="weights", value=numpy_helper.from_array(weight, "w"))
+    conv = helper.make_node("Conv", ["input", "w"], ["output"], name="conv")
+    graph = helper.make_graph(
+        [constant, conv],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
+    )
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "c.onnx")
+    model = OnnxModel(path)
+    layers, uncosted = model.layers()
+    assert [(layer["name"], layer["weight"], layer["output"]) for layer in layers] == [("conv", "w", (1, 8, 6, 6))]
+    assert uncosted == {"Constant": 1}
+    assert np.array_equal(model.bank("conv")[0], weight)
