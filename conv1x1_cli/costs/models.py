@@ -165,16 +165,8 @@ class ModelCost:
         return sum(getattr(layer, field) for layer in self.layers)
 
     def by_kind(self) -> dict[str, dict[str, int]]:
-        """Layers, MACs, weights and params of each kind present, in KINDS order."""
-        summary: dict[str, dict[str, int]] = {}
-        for kind in KINDS:
-            members = [layer for layer in self.layers if layer.kind == kind]
-            if members:
-                summary[kind] = {"layers": len(members)} | {
-                    field: sum(getattr(layer, field) for layer in members)
-                    for field in ("macs", "weights", "params", "flops")
-                }
-        return summary
+        """Layers, MACs, weights, params and FLOPs of each kind present, in KINDS order."""
+        return _by_kind(self.layers, ("macs", "weights", "params", "flops"))
 
     def selected(self, kinds: Iterable[str] = (), sort: str = "order") -> ModelCost:
         """Only the layers of ``kinds`` (all when empty), sorted by ``sort`` (largest first; the file's
@@ -209,6 +201,25 @@ class ModelCost:
 
 def _share(part: int, whole: int) -> float:
     return 100.0 * part / whole if whole else 0.0
+
+
+def _by_kind(items, fields: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """For each kind present (in KINDS order): how many items, and the sum of each field over them."""
+    summary: dict[str, dict[str, int]] = {}
+    for kind in KINDS:
+        members = [item for item in items if item.kind == kind]
+        if members:
+            summary[kind] = {"layers": len(members)}
+            summary[kind].update({field: sum(getattr(item, field) for item in members) for field in fields})
+    return summary
+
+
+def _with_shares(summary: dict, totals: Mapping[str, int], fields: tuple[str, ...]) -> dict:
+    """The summary with each field's share of its total, in percent, as ``<field>_share``."""
+    return {
+        kind: entry | {f"{field}_share": _share(entry[field], totals[field]) for field in fields}
+        for kind, entry in summary.items()
+    }
 
 
 def model_cost(specs: Iterable[LayerSpec], uncosted: Mapping[str, int]) -> ModelCost:
@@ -273,26 +284,14 @@ class TensorListing:
     other_values: int
 
     def by_kind(self) -> dict[str, dict[str, int]]:
-        summary: dict[str, dict[str, int]] = {}
-        for kind in KINDS:
-            members = [tensor for tensor in self.tensors if tensor.kind == kind]
-            if members:
-                summary[kind] = {"layers": len(members)} | {
-                    field: sum(getattr(tensor, field) for tensor in members) for field in ("weights", "params")
-                }
-        return summary
+        """Tensors ("layers"), weights and params of each kind present, in KINDS order."""
+        return _by_kind(self.tensors, ("weights", "params"))
 
     def as_dict(self) -> dict:
-        weights = sum(tensor.weights for tensor in self.tensors)
-        params = sum(tensor.params for tensor in self.tensors)
-        kinds = {
-            kind: entry
-            | {"weights_share": _share(entry["weights"], weights), "params_share": _share(entry["params"], params)}
-            for kind, entry in self.by_kind().items()
-        }
+        totals = {field: sum(getattr(tensor, field) for tensor in self.tensors) for field in ("weights", "params")}
         return {
-            "totals": {"weights": weights, "params": params, "macs": None},
-            "by_kind": kinds,
+            "totals": {**totals, "macs": None},
+            "by_kind": _with_shares(self.by_kind(), totals, ("weights", "params")),
             "other_tensors": self.other_tensors,
             "other_values": self.other_values,
             "tensors": [tensor.as_dict() for tensor in self.tensors],
