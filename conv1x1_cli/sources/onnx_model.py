@@ -253,6 +253,8 @@ class OnnxModel:
         inputs = list(node.input)
         if len(inputs) < 2 or inputs[1] not in self.initializers:
             return None  # weights computed in the graph: no bank of a file to count
+        if node.op_type == "MatMul" and len(self.initializers[inputs[1]].dims) != 2:
+            return None  # a batch of matrices, not one layer's weights
         attributes = {attribute.name: self.onnx.helper.get_attribute_value(attribute) for attribute in node.attribute}
         weight = self.initializers[inputs[1]]
         bias_name = inputs[2] if len(inputs) > 2 and inputs[2] in self.initializers else None
@@ -269,8 +271,6 @@ class OnnxModel:
                 source = source[::-1]
             if node.op_type == "MatMul":
                 bias_name = self._added_bias(node, consumers, result[-1])
-                if len(weight.dims) != 2:
-                    return None
             kernel = stride = dilation = ()
             groups = 1
         bias = math.prod(self.initializers[bias_name].dims) if bias_name else 0
