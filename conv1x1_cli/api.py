@@ -17,6 +17,7 @@ import numpy as np
 
 from .costs.volume import ACTIVATIONS, checked_choice
 from .engine.arrays import convolve_array
+from .engine.explain import explain_files, explain_pixel  # noqa: F401  (the public API)
 from .engine.models import extract_tensor, model_cost  # noqa: F401  (the public API)
 from .engine.report import ApplyReport
 from .engine.stack import one_layer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import ArgumentError
-from .options import Command, stdout_console
+from .options import PLOT_HELP, Command, stdout_console, write_picture
 
 
 @click.command(cls=Command)
@@ -23,7 +23,10 @@ from .options import Command, stdout_console
     "(avx2: what CPUs without AVX-512 run). Its limits are not saved.",
 )
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
-def bench(quick, threads, with_torch, isa, fmt):
+@click.option(
+    "--plot", "plot_path", metavar="OUT.png", default=None, help="Also draw the roofline with every layer. " + PLOT_HELP
+)
+def bench(quick, threads, with_torch, isa, fmt, plot_path):
     """Time our kernel against NumPy (matmul + maximum) and PyTorch (conv2d + relu) on real layers.
 
     Measures this machine's FMA peak and memory bandwidth first (a roofline, saved for `conv1x1
@@ -36,6 +39,7 @@ def bench(quick, threads, with_torch, isa, fmt):
       conv1x1 bench --quick
       conv1x1 bench --isa avx2
       env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE conv1x1 bench --format json > bench.json
+      conv1x1 bench --plot roofline.png
     """
     from ..bench.isa import PinningError, pin
 
@@ -43,6 +47,10 @@ def bench(quick, threads, with_torch, isa, fmt):
         pinned = pin(isa)  # before NumPy, numba and torch load: each reads its variables once
     except PinningError as error:
         raise ArgumentError(str(error), option="--isa") from None
+    if plot_path is not None:
+        from ..render.pictures import require_matplotlib
+
+        require_matplotlib(plot_path)  # before minutes of measuring, not after
     from ..bench.suite import run_bench
     from ..render.bench import bench_csv_rows, bench_table
     from ..render.progress import progress_bar
@@ -50,4 +58,9 @@ def bench(quick, threads, with_torch, isa, fmt):
 
     with progress_bar("starting") as progress:
         report = run_bench(quick=quick, threads=threads, torch=with_torch, progress=progress, pinned=pinned)
-    print_report(report.as_dict(), fmt, stdout_console(), table=bench_table, csv_rows=bench_csv_rows)
+    data = report.as_dict()
+    if plot_path is not None:
+        from ..render.pictures import roofline_png
+
+        write_picture(plot_path, lambda: roofline_png(data, plot_path))
+    print_report(data, fmt, stdout_console(), table=bench_table, csv_rows=bench_csv_rows)

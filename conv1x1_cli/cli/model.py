@@ -8,7 +8,7 @@ import click
 from ..costs.models import KINDS, SORT_KEYS
 from ..costs.volume import parse_positive
 from ..errors import ArgumentError
-from .options import FORMAT_OPTION, Command, stdout_console, usage_error
+from .options import FORMAT_OPTION, PLOT_HELP, Command, stdout_console, usage_error, write_picture
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -40,8 +40,11 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
 @click.option("--sort", type=click.Choice(list(SORT_KEYS)), default="order", show_default=True, help="Row order.")
 @click.option("--extract", metavar="NAME", default=None, help="Write this tensor (or node's weights) to -o as .npy.")
 @click.option("-o", "--output", "output_path", default=None, help="Output .npy path for --extract, or - for stdout.")
+@click.option(
+    "--plot", "plot_path", metavar="OUT.png", default=None, help="MACs per layer as bars by kind. " + PLOT_HELP
+)
 @FORMAT_OPTION
-def model(path, inputs, batch, kinds, sort, extract, output_path, fmt):
+def model(path, inputs, batch, kinds, sort, extract, output_path, plot_path, fmt):
     """Cost every layer with weights of an ONNX model, or list a safetensors file's weights by kind.
 
     \b
@@ -59,6 +62,7 @@ def model(path, inputs, batch, kinds, sort, extract, output_path, fmt):
       conv1x1 model detector.onnx --input images=1x3x640x640 --format csv
       conv1x1 model model.safetensors
       conv1x1 model model.safetensors --extract layer1.0.conv1.weight -o bank.npy
+      conv1x1 model mobilenet_v1.onnx --plot macs.png
     """
     from ..api import extract_tensor, model_cost
 
@@ -70,24 +74,31 @@ def model(path, inputs, batch, kinds, sort, extract, output_path, fmt):
     with usage_error("'--input'"):
         shapes = dict(parse_input_shape(text) for text in inputs)
     cost = model_cost(path, shapes, batch)
-    _print(cost, path, kinds, sort, fmt)
+    data = _report(cost, kinds, sort, plot_path)
+    if plot_path is not None:
+        from ..render.pictures import model_png
 
-
-def _print(cost, path: str, kinds, sort: str, fmt: str) -> None:
-    from ..costs.models import ModelCost
+        write_picture(plot_path, lambda: model_png(data, path, plot_path))
+        return
     from ..render.models import model_csv_rows, model_table
     from ..render.tables import print_report
 
-    if isinstance(cost, ModelCost):
-        from ..bench.machine import load_limits
-
-        dtype = "float64" if any(layer.itemsize == 8 for layer in cost.layers) else "float32"
-        data = cost.selected(kinds, sort).as_dict(load_limits().for_dtype(dtype))
-    else:
-        if kinds or sort != "order":
-            raise click.UsageError("--kind and --sort apply to ONNX models; a safetensors file has no layers to sort")
-        data = cost.as_dict()
     print_report(data, fmt, stdout_console(), table=lambda rows: model_table(rows, path), csv_rows=model_csv_rows)
+
+
+def _report(cost, kinds, sort: str, plot_path: str | None) -> dict:
+    """The report of an ONNX model's layers (with the roofline of bench's limits), or of a safetensors
+    file's weights, which has no layers to select, sort or plot."""
+    from ..costs.models import ModelCost
+
+    if not isinstance(cost, ModelCost):
+        if kinds or sort != "order" or plot_path is not None:
+            raise click.UsageError("--kind, --sort and --plot need layers: a safetensors file has only weights")
+        return cost.as_dict()
+    from ..bench.machine import load_limits
+
+    dtype = "float64" if any(layer.itemsize == 8 for layer in cost.layers) else "float32"
+    return cost.selected(kinds, sort).as_dict(load_limits().for_dtype(dtype))
 
 
 def _write_tensor(values, output_path: str) -> None:

@@ -67,3 +67,16 @@ def stdout_console():
     from ..sources.streams import text_stdout
 
     return make_console(file=text_stdout())
+
+
+PLOT_HELP = 'Draw it as a PNG picture at this path (- for stdout); needs pip install "conv1x1[plot]".'
+
+
+def write_picture(path: str, draw) -> None:
+    """Draw a picture (``draw()`` gives PNG bytes) and write it to ``path`` atomically, or to stdout
+    with ``-``: drawn first, so that nothing is written when it cannot be drawn."""
+    from ..sources.npy import BinaryOutput
+
+    picture = draw()
+    with BinaryOutput(path, "PNG") as output:
+        output.write_bytes(picture)

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import ArgumentError, InputError
-from .tables import shape_text
+from .tables import every_nth, shape_text
 
 
 def number_format(values) -> str:
@@ -48,7 +48,7 @@ def slice_table(view, rows, columns, stats: dict, title: str) -> Table:
     row_step, column_step = rows.step, columns.step
     if row_step > 1 or column_step > 1:
         caption += (
-            f"\npreview: {_every(row_step, 'row')} and {_every(column_step, 'column')}; indices are the originals"
+            f"\npreview: {every_nth(row_step, 'row')} and {every_nth(column_step, 'column')}; indices are the originals"
         )
     table = Table(title=title, caption=caption, box=box.SIMPLE, show_lines=False, pad_edge=False)
     table.add_column("", justify="right", style="dim", no_wrap=True)
@@ -60,19 +60,11 @@ def slice_table(view, rows, columns, stats: dict, title: str) -> Table:
     return table
 
 
-def _what_is_shown(plane: tuple[int, ...], whole: tuple[int, ...]) -> str:
+def what_is_shown(plane: tuple[int, ...], whole: tuple[int, ...]) -> str:
     """``shape 6×6`` for a 2-D array, ``6×6 of 6×6×32`` for one channel of a bigger one."""
     if plane == whole:
         return f"shape {shape_text(plane)}"
     return f"{shape_text(plane)} of {shape_text(whole)}"
-
-
-def _every(step: int, what: str) -> str:
-    """``every row``, ``every 2nd row``, ``every 21st column``, ``every 12th row``."""
-    if step == 1:
-        return f"every {what}"
-    suffix = "th" if step % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(step % 10, "th")
-    return f"every {step}{suffix} {what}"
 
 
 def channel_table(array: np.ndarray, channel: int, batch: int, layout: str, name: str, width: int, max_rows: int):
@@ -84,7 +76,7 @@ def channel_table(array: np.ndarray, channel: int, batch: int, layout: str, name
     rows = range(0, plane.shape[0], row_step)
     with np.errstate(invalid="ignore", over="ignore"):  # inf and -inf: the mean is nan, said as such
         stats = {
-            "what": _what_is_shown(plane.shape, array.shape),
+            "what": what_is_shown(plane.shape, array.shape),
             "min": float(np.min(plane)),
             "max": float(np.max(plane)),
             "mean": float(np.mean(plane, dtype=np.float64)),
@@ -106,16 +98,30 @@ def _natural_width(table: Table) -> int:
     return Measurement.get(console, console.options, table).maximum
 
 
-def channel_plane(array: np.ndarray, channel: int, batch: int, layout: str, name: str) -> np.ndarray:
-    """The (H, W) plane of one channel (and one image of a batch)."""
+def image_of(array: np.ndarray, batch: int, name: str) -> np.ndarray:
+    """One image (2-D or 3-D) of an array: the array itself, or image ``batch`` of a 4-D batch."""
     if array.ndim not in (2, 3, 4) or array.size == 0:
         raise InputError(f"{name}: can show 2-D, 3-D or 4-D non-empty arrays, got shape {array.shape}")
     if array.ndim == 4:
         if batch >= array.shape[0]:
             raise ArgumentError(f"{batch} is out of range: {name} has {array.shape[0]} images", option="--batch")
-        array = array[batch]
-    elif batch:
+        return array[batch]
+    if batch:
         raise ArgumentError(f"{batch}: {name} is {array.ndim}-D, not a batch of images", option="--batch")
+    return array
+
+
+def channels_last(array: np.ndarray, batch: int, layout: str, name: str) -> np.ndarray:
+    """One image as (H, W, C): a 2-D image is one channel."""
+    image = image_of(array, batch, name)
+    if image.ndim == 2:
+        return image[:, :, np.newaxis]
+    return np.moveaxis(image, 0, -1) if layout == "nchw" else image
+
+
+def channel_plane(array: np.ndarray, channel: int, batch: int, layout: str, name: str) -> np.ndarray:
+    """The (H, W) plane of one channel (and one image of a batch)."""
+    array = image_of(array, batch, name)
     if array.ndim == 2:
         if channel != 0:
             raise ArgumentError(f"{channel} is out of range: {name} is 2-D, one channel", option="--channel")

@@ -34,6 +34,14 @@ def bytes_text(value: int) -> str:
     raise AssertionError("unreachable")
 
 
+def every_nth(step: int, what: str) -> str:
+    """``every row``, ``every 2nd row``, ``every 21st column``, ``every 12th row``."""
+    if step == 1:
+        return f"every {what}"
+    suffix = "th" if step % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(step % 10, "th")
+    return f"every {step}{suffix} {what}"
+
+
 def layer_text(layer: dict) -> str:
     """``3×3 96→128`` for a convolution, ``3×3 max-pool`` for a pool."""
     kernel = f"{layer['kernel']}×{layer['kernel']}"

@@ -224,25 +224,20 @@ def npy_header_bytes(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     return buffer.getvalue()
 
 
-class NpyOutput(CommittedOnSuccess):
-    """A C-ordered .npy output written front to back: a file (atomically, or straight into a device,
-    FIFO or stream: see ``atomic``) or stdout.
+class BinaryOutput(CommittedOnSuccess):
+    """A binary output written front to back: a file (atomically, or straight into a device, FIFO or
+    stream: see ``atomic``) or stdout (never a terminal). ``what`` names its kind in messages.
 
     A file replaces its destination only in ``commit()``; ``discard()`` (or leaving the ``with`` block
     by an exception) removes what was written, so a failure never leaves a half-written output or a
     stray temporary behind.
     """
 
-    def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype):
-        self.path = path
+    def __init__(self, path: str, what: str = "binary"):
+        self.path, self.what = path, what
         self.name = "<stdout>" if path == STDIO else path
         self._writer: CommittedOnSuccess | None = None
         self._stream = self._open()
-        try:
-            self.write_bytes(npy_header_bytes(shape, dtype))
-        except BaseException:  # (the with block that would discard it has not begun)
-            self.discard()
-            raise
 
     def _open(self) -> BinaryIO:
         if self.path == STDIO:
@@ -260,7 +255,7 @@ class NpyOutput(CommittedOnSuccess):
             raise InputError(f"{self.name}: {self._cannot(directory)} ({error.strerror})") from None
         if self._writer.file.isatty():
             self.discard()
-            raise InputError(f"{self.name}: refusing to write binary .npy data to a terminal; redirect it")
+            raise InputError(f"{self.name}: refusing to write {self.what} data to a terminal; redirect it")
         return self._writer.file
 
     def _cannot(self, directory: str) -> str:
@@ -302,3 +297,15 @@ class NpyOutput(CommittedOnSuccess):
             raise
         except OSError as error:
             raise InputError(f"{self.name}: write failed ({error.strerror or error})") from None
+
+
+class NpyOutput(BinaryOutput):
+    """A C-ordered .npy output of ``shape`` and ``dtype``: its header, then ``write`` the values in C order."""
+
+    def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype):
+        super().__init__(path, "binary .npy")
+        try:
+            self.write_bytes(npy_header_bytes(shape, dtype))
+        except BaseException:  # (the with block that would discard it has not begun)
+            self.discard()
+            raise
