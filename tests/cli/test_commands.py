@@ -12,6 +12,7 @@ a tiny suite so that ``bench`` runs in seconds).
 from __future__ import annotations
 
 import io
+import importlib.util
 import json
 import math
 import os
@@ -378,8 +379,12 @@ def test_bench_quick_json_runs_the_quick_layers_and_verifies_them(runner, monkey
     tiny = (bench.BenchLayer("tiny", 1, 8, 8, 16, 8), bench.BenchLayer("tiny batch", 2, 5, 5, 40, 24))
     monkeypatch.setattr(bench, "SUITE", tiny)
     monkeypatch.setattr(bench, "QUICK_NAMES", ("tiny batch",))
-    result = invoke(runner, "bench", "--quick", "--no-torch", "--threads", 1, "--format", "json")
+    plot = tmp_path / "roofline.png"
+    plotting = importlib.util.find_spec("matplotlib") is not None
+    extra = ["--plot", plot] if plotting else []
+    result = invoke(runner, "bench", "--quick", "--no-torch", "--threads", 1, "--format", "json", *extra)
     assert result.exit_code == 0
+    assert plot.read_bytes().startswith(b"\x89PNG") if plotting else not plot.exists()
     report = json.loads(result.stdout)
     assert set(report) >= {"flops", "machine", "limits", "limits_saved", "threads", "layers", "summary", "seconds"}
     assert report["threads"] == 1 and report["machine"]["torch"] is None
