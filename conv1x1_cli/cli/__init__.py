@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from . import apply, bench, costs, model, show
+from . import apply, bench, costs, explain, model, show
 from .signals import run_main
 
 
@@ -24,12 +24,22 @@ def main() -> None:
     conv1x1 bottleneck 28x28x192 -r 16 -k 5 -f 32    a 1×1 reduce before a K×K conv
     conv1x1 inception 28x28x192 64 96 128 16 32 32   a GoogLeNet module's cost
     conv1x1 model mobilenet.onnx                     every layer of a model, costed by kind
-    conv1x1 show out.npy --channel 0                 look at one channel
+    conv1x1 show out.npy --channel 0                 look at one channel (--png: as a picture)
+    conv1x1 explain in.npy w.npy --pixel 0,0         one pixel walked through the layer
     conv1x1 bench --quick                            our kernel against NumPy and PyTorch
     """
 
 
-for command in (apply.apply, bench.bench, costs.bottleneck, costs.inception, model.model, costs.shapes, show.show):
+for command in (
+    apply.apply,
+    bench.bench,
+    costs.bottleneck,
+    explain.explain,
+    costs.inception,
+    model.model,
+    costs.shapes,
+    show.show,
+):
     main.add_command(command)
 
 

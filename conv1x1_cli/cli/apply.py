@@ -4,32 +4,25 @@ from __future__ import annotations
 
 import click
 
-from ..costs.volume import ACTIVATIONS, WEIGHT_LAYOUTS
-from .options import LAYOUT_OPTION, Command, usage_error
+from .options import (
+    ACTIVATION_OPTION,
+    BIAS_FILES_OPTION,
+    LAYOUT_OPTION,
+    WEIGHTS_LAYOUT_OPTION,
+    Command,
+    check_bias_count,
+    usage_error,
+)
 
 
 @click.command(cls=Command)
 @click.argument("input_path", metavar="INPUT")
 @click.argument("weight_paths", metavar="WEIGHTS...", nargs=-1, required=True)
 @click.option("-o", "--output", "output_path", required=True, help="Output .npy path, or - for stdout.")
-@click.option(
-    "--bias", "bias_paths", multiple=True, metavar="B.npy", help="Bias of shape (F,); repeat once per bank, in order."
-)
+@BIAS_FILES_OPTION
 @LAYOUT_OPTION
-@click.option(
-    "--weights-layout",
-    type=click.Choice(list(WEIGHT_LAYOUTS)),
-    default="cf",
-    show_default=True,
-    help="Axis order of 2-D banks: (C, F) or (F, C). 4-D PyTorch and Keras banks are recognised.",
-)
-@click.option(
-    "--activation",
-    type=click.Choice(list(ACTIVATIONS)),
-    default="relu",
-    show_default=True,
-    help="ReLU after the (last) layer, or none.",
-)
+@WEIGHTS_LAYOUT_OPTION
+@ACTIVATION_OPTION
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Kernel threads [default: all cores].")
 @click.option(
     "--scheduler",
@@ -75,11 +68,7 @@ def apply(
     from ..costs.chunks import parse_chunks
     from ..render.progress import progress_bar, stderr_console
 
-    if len(bias_paths) > len(weight_paths):
-        banks = f"{len(weight_paths)} bank" + ("s" if len(weight_paths) > 1 else "")
-        raise click.BadParameter(
-            f"given {len(bias_paths)} times for {banks}: at most one per bank", param_hint="'--bias'"
-        )
+    check_bias_count(bias_paths, weight_paths)
     if chunks and not runs_on_cluster(input_path, output_path, scheduler):
         raise click.BadParameter("only applies to zarr stores and --scheduler runs", param_hint="'--chunks'")
     with usage_error("'--chunks'"):

@@ -6,8 +6,15 @@ import re
 
 import click
 
-from ..costs.volume import ACTIVATIONS, WEIGHT_LAYOUTS
-from .options import LAYOUT_OPTION, Command, stdout_console
+from .options import (
+    ACTIVATION_OPTION,
+    BIAS_FILES_OPTION,
+    LAYOUT_OPTION,
+    WEIGHTS_LAYOUT_OPTION,
+    Command,
+    check_bias_count,
+    stdout_console,
+)
 
 _PIXEL = re.compile(r"\s*(\d+)\s*,\s*(\d+)\s*")
 
@@ -25,24 +32,10 @@ def parse_pixel(ctx, param, value: str) -> tuple[int, int]:
 @click.argument("weight_paths", metavar="WEIGHTS...", nargs=-1, required=True)
 @click.option("--pixel", required=True, metavar="ROW,COL", callback=parse_pixel, help="The pixel to walk through.")
 @click.option("--batch", "-n", type=click.IntRange(min=0), default=0, show_default=True, help="Image of a 4-D batch.")
-@click.option(
-    "--bias", "bias_paths", multiple=True, metavar="B.npy", help="Bias of shape (F,); repeat once per bank, in order."
-)
+@BIAS_FILES_OPTION
 @LAYOUT_OPTION
-@click.option(
-    "--weights-layout",
-    type=click.Choice(list(WEIGHT_LAYOUTS)),
-    default="cf",
-    show_default=True,
-    help="Axis order of 2-D banks: (C, F) or (F, C). 4-D PyTorch and Keras banks are recognised.",
-)
-@click.option(
-    "--activation",
-    type=click.Choice(list(ACTIVATIONS)),
-    default="relu",
-    show_default=True,
-    help="ReLU after the (last) layer, or none (as in apply).",
-)
+@WEIGHTS_LAYOUT_OPTION
+@ACTIVATION_OPTION
 @click.option(
     "--filter",
     "filters",
@@ -73,6 +66,7 @@ def explain(input_path, weight_paths, pixel, batch, bias_paths, layout, weights_
         the last layer, those given with --filter); every output vector still has all F;
       - vectors of more than 12 values are shown the same way: the first 3, the last 3 and the
         3 largest in magnitude, with their indices.
+
     Numbers are whole when they are whole, else with the fewest digits that identify them in the
     compute dtype; --format json gives every value in full.
 
@@ -86,11 +80,7 @@ def explain(input_path, weight_paths, pixel, batch, bias_paths, layout, weights_
     from ..render.explain import explain_table
     from ..render.tables import print_report
 
-    if len(bias_paths) > len(weight_paths):
-        banks = f"{len(weight_paths)} bank" + ("s" if len(weight_paths) > 1 else "")
-        raise click.BadParameter(
-            f"given {len(bias_paths)} times for {banks}: at most one per bank", param_hint="'--bias'"
-        )
+    check_bias_count(bias_paths, weight_paths)
     explanation = explain_files(
         input_path,
         weight_paths,

@@ -7,7 +7,7 @@ import contextlib
 
 import click
 
-from ..costs.volume import DTYPE_BYTES, LAYOUTS
+from ..costs.volume import ACTIVATIONS, DTYPE_BYTES, LAYOUTS, WEIGHT_LAYOUTS
 from ..errors import ArgumentError, Conv1x1Error
 
 LAYOUT_OPTION = click.option(
@@ -17,6 +17,35 @@ LAYOUT_OPTION = click.option(
     show_default=True,
     help="Axis order of the data: channels last (NHWC / HWC) or first (NCHW / CHW).",
 )
+# The options of the commands that read banks (apply, explain), written once.
+BIAS_FILES_OPTION = click.option(
+    "--bias", "bias_paths", multiple=True, metavar="B.npy", help="Bias of shape (F,); repeat once per bank, in order."
+)
+WEIGHTS_LAYOUT_OPTION = click.option(
+    "--weights-layout",
+    type=click.Choice(list(WEIGHT_LAYOUTS)),
+    default="cf",
+    show_default=True,
+    help="Axis order of 2-D banks: (C, F) or (F, C). 4-D PyTorch and Keras banks are recognised.",
+)
+ACTIVATION_OPTION = click.option(
+    "--activation",
+    type=click.Choice(list(ACTIVATIONS)),
+    default="relu",
+    show_default=True,
+    help="ReLU after the (last) layer, or none.",
+)
+
+
+def check_bias_count(bias_paths, weight_paths) -> None:
+    """At most one --bias per bank: more is a usage error."""
+    if len(bias_paths) > len(weight_paths):
+        banks = f"{len(weight_paths)} bank" + ("s" if len(weight_paths) > 1 else "")
+        raise click.BadParameter(
+            f"given {len(bias_paths)} times for {banks}: at most one per bank", param_hint="'--bias'"
+        )
+
+
 BIAS_OPTION = click.option("--bias/--no-bias", default=True, show_default=True, help="Count a bias per filter.")
 DTYPE_OPTION = click.option(
     "--dtype",

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..costs.volume import ACTIVATIONS, LAYOUTS, checked_choice, volume_of
-from ..errors import ArgumentError
+from ..errors import ArgumentError, InputError, tuple_text
 from ..sources.npy import STDIO, display_name, load_array
 from .arrays import convolve_array
 from .banks import BankFiles
@@ -214,6 +214,8 @@ def _image_and_pixel(x: np.ndarray, name: str, layout: str, pixel, batch: int) -
     elif batch:
         raise ArgumentError(f"{batch}: {name} is {x.ndim}-D, not a batch of images", option="--batch")
     row, col = _pixel(pixel)
+    if volume.height == 0 or volume.width == 0:
+        raise InputError(f"{name}: has no pixels (shape {tuple_text(x.shape)})")
     if not (0 <= row < volume.height and 0 <= col < volume.width):
         raise ArgumentError(
             f"{row},{col} is out of range: {name} has {volume.height}×{volume.width} pixels "
@@ -271,15 +273,17 @@ def _default_filters(count: int) -> list[int]:
 
 
 def _walk_layer(index, bank_name, bias_name, vector, weights, bias, relu_after: bool, walked) -> LayerWalk:
-    sums = channel_order_sums(vector, weights)
-    pre_activation = sums + bias
+    with np.errstate(invalid="ignore", over="ignore"):  # inf − inf is NaN here as in the kernel: no warning
+        sums = channel_order_sums(vector, weights)
+        pre_activation = sums + bias
+        products = {f: (vector * weights[:, f]).tolist() for f in walked}
     output = relu(pre_activation) if relu_after else pre_activation
     activation = "relu" if relu_after else "none"
     filter_walks = [
         FilterWalk(
             filter=f,
             weights=weights[:, f].tolist(),
-            products=(vector * weights[:, f]).tolist(),
+            products=products[f],
             sum=float(sums[f]),
             bias=float(bias[f]),
             pre_activation=float(pre_activation[f]),
@@ -320,9 +324,11 @@ def _check(kernel, stored, banks, biases, layers: list[Layer], walks: list[Layer
     """The kernel's values at the pixel against the walk-through's, with the rounding bound of each."""
     unit = UNIT_ROUNDOFF[str(dtype)]
     # How far the kernel's input may be from the walk-through's: at first, only the cast to the compute dtype.
-    error = np.abs(stored.astype(dtype).astype(np.float64) - stored.astype(np.float64))
-    for bank, bias, layer, walk in zip(banks, biases, layers, walks, strict=True):
-        error = _layer_bound(np.array(walk.input), error, bank, bias, layer, unit)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf or NaN values: the bound is NaN, equality decides
+        rounded = stored.astype(dtype).astype(np.float64)
+        error = np.where(rounded == stored, 0.0, np.abs(rounded - stored.astype(np.float64)))
+        for bank, bias, layer, walk in zip(banks, biases, layers, walks, strict=True):
+            error = _layer_bound(np.array(walk.input), error, bank, bias, layer, unit)
     kernel_values = kernel.astype(np.float64).tolist()
     walked = walks[-1].output
     differences = [_difference(value, reference) for value, reference in zip(kernel_values, walked, strict=True)]

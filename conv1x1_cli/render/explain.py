@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 import struct
+from dataclasses import dataclass
 
 from rich.console import Group
-from rich.table import Table
 from rich.text import Text
 
 from .tables import shape_text
@@ -110,20 +110,21 @@ def explain_table(data: dict) -> Group:
     dtype = data["compute_dtype"]
     parts = [_heading(data), Text(f"x = {vector_text(data['vector'], dtype)}"), Text()]
     for layer in data["layers"]:
-        parts += [_layer_heading(layer, len(data["layers"])), _layer_table(layer, dtype)]
+        parts += [_layer_heading(layer, len(data["layers"])), *_layer_lines(layer, dtype)]
         if layer["index"] < len(data["layers"]):
             parts += [Text(f"  output of layer {layer['index']}: {vector_text(layer['output'], dtype)}")]
         parts += [Text()]
     row, col = data["pixel"]
     filters = _plural(len(data["output"]), "filter")
     unit = "2⁻²⁴" if dtype == "float32" else "2⁻⁵³"
-    note = (
-        "products and sums in float64 from the stored values, added in channel order; "
-        f"{dtype} rounding bound (C + 1)·u·(Σ|x·w| + |b|), u = {unit} (README, Accuracy), "
-        "plus the float64 walk-through's own rounding, carried along a chain"
+    chain = ", each layer's carried on through the next" if len(data["layers"]) > 1 else ""
+    notes = (
+        "products and sums in float64 from the stored values, added in channel order\n"
+        f"{dtype} rounding bound: (C + 1)·u·(Σ|x·w| + |b|), u = {unit} (README, Accuracy), plus the float64 "
+        f"walk-through's own{chain}"
     )
     parts += [
-        Text(note, style="dim"),
+        Text(notes, style="dim"),
         Text(f"output at pixel ({row}, {col}), {filters}: {vector_text(data['output'], dtype)}", style="bold"),
         _check_line(data),
     ]
@@ -155,58 +156,85 @@ def _walked_text(layer: dict) -> str:
     return "filter " + ", ".join(str(walk["filter"]) for walk in layer["walked"])
 
 
-def _layer_table(layer: dict, dtype: str) -> Table:
-    """Every walked filter as rows of ``x · w = x·w``, then sum, + bias and the activation, aligned."""
-    table = Table(box=None, show_header=False, padding=(0, 0), pad_edge=False)
-    table.add_column(no_wrap=True)  # what the row is
-    for justify in ("right", "left", "right", "left", "right"):  # x · w = value
-        table.add_column(justify=justify, no_wrap=True)
-    if any(len(walk["products"]) > SHOW_ALL for walk in layer["walked"]):
-        table.add_column(no_wrap=True)  # marks the largest products
+@dataclass(frozen=True)
+class _Row:
+    """One line of a filter's walk: ``label  x · w = value  note`` (any part may be empty)."""
+
+    label: str
+    x: str = ""
+    w: str = ""
+    value: str = ""
+    note: str = ""
+    style: str = ""
+    value_style: str = ""
+
+
+def _layer_lines(layer: dict, dtype: str) -> list[Text]:
+    """Every walked filter as rows of ``x · w = x·w``, then sum, + bias and the activation: columns
+    aligned across the layer, laid out here rather than by a rich table so no line ends in padding."""
+    rows = []
     for number, walk in enumerate(layer["walked"]):
         if number:
-            table.add_row()
-        _add_filter_rows(table, walk, layer["input"], dtype)
-    return table
+            rows.append(_Row(""))
+        rows += _filter_rows(walk, layer["input"], layer["bias"] is not None, dtype)
+    numbered = [row for row in rows if row.value]
+    label, x, w, value = (max(len(getattr(row, key)) for row in numbered) for key in ("label", "x", "w", "value"))
+    return [_line(row, label, x, w, value) for row in rows]
 
 
-def _add_filter_rows(table: Table, walk: dict, inputs: list[float], dtype: str) -> None:
+def _line(row: _Row, label: int, x: int, w: int, value: int) -> Text:
+    if not row.value:  # a heading, a gap or a blank line
+        return Text(row.label, style=row.style)
+    times = " · " if row.x else "   "
+    line = Text(f"{row.label:<{label}}   {row.x:>{x}}{times}{row.w:>{w}} = ")
+    line.append(f"{row.value:>{value}}", style=row.value_style)
+    if row.note:
+        line.append(f"  {row.note}", style="dim")
+    return line
+
+
+def _filter_rows(walk: dict, inputs: list[float], has_bias: bool, dtype: str) -> list[_Row]:
     text = lambda value: number_text(value, dtype)  # noqa: E731
     products = walk["products"]
-    table.add_row(Text(f"  filter {walk['filter']}", style="bold"))
-    shown = preview_indices(products)
+    rows = [_Row(f"  filter {walk['filter']}", style="bold")]
     marked = set(largest_indices(products)) if len(products) > SHOW_ALL else set()
-    for channel, skipped in _gaps(shown):
+    for channel, skipped in _gaps(preview_indices(products)):
         if skipped:
-            table.add_row(Text(f"    … {_plural(skipped, 'more channel')}", style="dim"))
-        row = [text(inputs[channel]), " · ", text(walk["weights"][channel]), " = ", text(products[channel])]
-        if channel in marked:
-            row.append(Text("  among the largest |x·w|", style="dim"))
-        table.add_row(f"    channel {channel}   ", *row)
+            rows.append(_Row(f"    … {_plural(skipped, 'more channel')}", style="dim"))
+        note = "among the largest |x·w|" if channel in marked else ""
+        x, w = text(inputs[channel]), text(walk["weights"][channel])
+        rows.append(_Row(f"    channel {channel}", x, w, text(products[channel]), note))
     every = "" if len(products) <= SHOW_ALL else f" of all {len(products):,}"
-    table.add_row(f"    sum{every}, in channel order   ", "", "", "", " = ", text(walk["sum"]))
-    table.add_row("    + bias   ", "", "", text(walk["bias"]), " = ", text(walk["pre_activation"]))
+    bias = "    + bias" if has_bias else "    + bias (none)"
     activation = "ReLU" if walk["activation"] == "relu" else "no activation"
-    table.add_row(f"    {activation}   ", "", "", "", " = ", Text(text(walk["output"]), style="bold"))
+    return [
+        *rows,
+        _Row(f"    sum{every}, in channel order", value=text(walk["sum"])),
+        _Row(bias, w=text(walk["bias"]), value=text(walk["pre_activation"])),
+        _Row(f"    {activation}", value=text(walk["output"]), value_style="bold"),
+    ]
 
 
 def _check_line(data: dict) -> Text:
     """apply's values at the pixel, and whether they match the walk-through within rounding."""
     check, dtype = data["apply"], data["compute_dtype"]
     row, col = data["pixel"]
-    line = Text(f"apply computes {vector_text(check['output'], dtype)} at pixel ({row}, {col}): ")
+    values = check["output"]
+    shown = vector_text(values, dtype) if len(values) <= SHOW_ALL else f"its {len(values):,} values"
+    line = Text(f"apply computes {shown} at pixel ({row}, {col}): ")
     worst = _worst_filter(check)
-    where = "" if len(check["output"]) == 1 else f" (filter {worst})"
     difference, bound = small_text(abs(check["difference"][worst])), small_text(check["bound"][worst])
     if not check["agrees"]:
         line.append("DIFFERENT", style="bold red")
-        line.append(f": difference {difference}{where}, beyond {dtype} rounding (bound {bound})")
+        line.append(f": filter {worst} differs by {difference}, beyond {dtype} rounding (bound {bound})")
     elif check["largest_difference"] == 0:
         line.append("the same", style="bold green")
-        line.append(f", difference 0 (within {dtype} rounding: bound {bound})")
+        finite = math.isfinite(check["bound"][worst])
+        line.append(f", difference 0 (within {dtype} rounding: bound {bound})" if finite else " (not finite)")
     else:
+        where = "difference" if len(values) == 1 else f"nearest its bound: filter {worst}, difference"
         line.append(f"the same within {dtype} rounding", style="bold green")
-        line.append(f", largest share of the bound{where}: difference {difference}, bound {bound}")
+        line.append(f"; {where} {difference}, bound {bound}")
     return line
 
 
@@ -217,6 +245,8 @@ def _worst_filter(check: dict) -> int:
         difference, bound = abs(check["difference"][index]), check["bound"][index]
         if difference == 0:
             return 0.0
-        return math.inf if not bound or math.isnan(difference) else difference / bound
+        if not bound or math.isnan(bound) or math.isnan(difference):
+            return math.inf
+        return difference / bound
 
     return max(range(len(check["difference"])), key=lambda index: (share(index), -index))
