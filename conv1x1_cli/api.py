@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .costs.volume import ACTIVATIONS, checked_choice
-from .engine.arrays import convolve_array
+from .engine.arrays import checked_out, convolve_array
 from .engine.explain import explain_files, explain_pixel  # noqa: F401  (the public API)
 from .engine.models import extract_tensor, model_cost  # noqa: F401  (the public API)
 from .engine.report import ApplyReport
@@ -35,6 +35,7 @@ def conv1x1(
     layout: str = "nhwc",
     weights_layout: str = "cf",
     threads: int | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """ReLU(x · w + bias) at every pixel: a 1x1 convolution.
 
@@ -50,17 +51,29 @@ def conv1x1(
     >>> conv1x1(x, w.T, weights_layout="fc")
     array([[[0., 1.]]])
 
+    ``out``, as in NumPy's ufuncs: an array of the result's shape and dtype (C-contiguous, writeable)
+    to write the result into, and return; a caller that reuses one pays no allocation and no page
+    faults on every call. It may be the input itself when the shapes allow (the result goes through
+    a temporary then).
+
+    >>> y = np.empty((1, 1, 2))
+    >>> conv1x1(x, w, out=y) is y, y
+    (True, array([[[0., 1.]]]))
+
     A ``dask.array.Array`` input (with the ``dask`` extra installed) gives a lazy Dask array: the
     kernel runs block by block through ``map_blocks``.
     """
     if weights_layout == "cf" and _is_plain_call(x, w, bias, layout):
         relu = checked_choice(activation, ACTIVATIONS, "activation") == "relu"
-        return one_layer(x.reshape(-1, w.shape[0]), w, bias, relu, (*x.shape[:-1], w.shape[1]), threads)
+        shape = (*x.shape[:-1], w.shape[1])
+        return one_layer(x.reshape(-1, w.shape[0]), w, bias, relu, shape, threads, checked_out(out, shape, x.dtype))
     if type(x).__module__.startswith("dask."):
+        if out is not None:
+            raise ArgumentError("out= is for NumPy arrays; a Dask array's result is lazy (use dask.array.store)")
         from .cluster.blocks import conv1x1_dask
 
         return conv1x1_dask(x, w, bias, activation, layout=layout, weights_layout=weights_layout, threads=threads)
-    return convolve_array(x, w, bias, activation, layout, weights_layout, threads)
+    return convolve_array(x, w, bias, activation, layout, weights_layout, threads, out=out)
 
 
 def _is_plain_call(x, w, bias, layout: str) -> bool:

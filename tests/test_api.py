@@ -271,3 +271,71 @@ def test_a_pytorch_bank_as_nested_lists_is_one_bank():
     x = np.ones((2, 3), np.float32)
     w = np.arange(6, dtype=np.float32).reshape(3, 2)
     np.testing.assert_array_equal(conv1x1(x, w.T[:, :, None, None].tolist()), conv1x1(x, w))
+
+
+# --- out=: the result written into the caller's array -------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+def test_out_receives_the_same_bits_as_a_new_result(rng, dtype, layout):
+    x = rng.standard_normal((2, 5, 7, 12)).astype(dtype)
+    w = rng.standard_normal((12, 9)).astype(dtype)
+    bias = rng.standard_normal(9).astype(dtype)
+    if layout == "nchw":
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    fresh = conv1x1(x, w, bias, layout=layout)
+    out = np.full(fresh.shape, np.nan, dtype)
+    assert conv1x1(x, w, bias, layout=layout, out=out) is out
+    np.testing.assert_array_equal(out, fresh)
+    assert_close_to_reference(out if layout == "nhwc" else out.transpose(0, 2, 3, 1),
+                              x if layout == "nhwc" else x.transpose(0, 2, 3, 1), w, bias)  # fmt: skip
+
+
+def test_out_for_a_chain_and_for_integer_input(rng):
+    x = rng.integers(-5, 5, (6, 6, 4)).astype(np.int16)
+    banks = [rng.standard_normal((4, 8)).astype(np.float32), rng.standard_normal((8, 3)).astype(np.float32)]
+    out = np.empty((6, 6, 3), np.float32)
+    assert conv1x1(x, banks, out=out) is out
+    np.testing.assert_array_equal(out, conv1x1(x, banks))
+
+
+def test_out_may_be_the_input_itself(rng):
+    x = rng.standard_normal((5, 5, 8)).astype(np.float32)
+    w = rng.standard_normal((8, 8)).astype(np.float32)
+    expected = conv1x1(x, w)
+    assert conv1x1(x, w, out=x) is x  # read whole before it is written
+    np.testing.assert_array_equal(x, expected)
+    y = np.ascontiguousarray(rng.standard_normal((2, 8, 3, 3)).astype(np.float32))  # the general path (NCHW)
+    expected = conv1x1(y, w, layout="nchw")
+    conv1x1(y, w, layout="nchw", out=y)
+    np.testing.assert_array_equal(y, expected)
+
+
+@pytest.mark.parametrize(
+    "out, message",
+    [
+        (np.empty((4, 4, 3), np.float32), r"out has shape \(4, 4, 3\) and dtype float32; the result is \(4, 4, 2\)"),
+        (np.empty((4, 4, 2), np.float64), r"dtype float64; the result is \(4, 4, 2\) float32"),
+        (np.empty((4, 2, 4), np.float32).transpose(0, 2, 1), r"out must be C-contiguous and writeable"),
+        ([[0.0]], r"out must be a NumPy array, not list"),
+    ],
+)
+def test_an_out_that_cannot_take_the_result_is_refused(out, message):
+    x, w = np.ones((4, 4, 3), np.float32), np.ones((3, 2), np.float32)
+    with pytest.raises(ArgumentError, match=message):
+        conv1x1(x, w, out=out)
+
+
+def test_a_read_only_out_is_refused():
+    out = np.empty((4, 4, 2), np.float32)
+    out.flags.writeable = False
+    with pytest.raises(ArgumentError, match=r"out must be C-contiguous and writeable"):
+        conv1x1(np.ones((4, 4, 3), np.float32), np.ones((3, 2), np.float32), out=out)
+
+
+def test_out_is_refused_for_a_lazy_dask_result():
+    dask_array = pytest.importorskip("dask.array")
+    x = dask_array.ones((4, 4, 3), dtype=np.float32, chunks=2)
+    with pytest.raises(ArgumentError, match=r"out= is for NumPy arrays"):
+        conv1x1(x, np.ones((3, 2), np.float32), out=np.empty((4, 4, 2), np.float32))

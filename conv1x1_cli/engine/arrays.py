@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..errors import ArgumentError, tuple_text
 from .layers import banks_and_biases, build_layers, channel_axis, checked_input_dtype, compute_dtype
 from .stack import Stack, run
 
@@ -23,15 +24,36 @@ def convolve_array(
     layout: str,
     weights_layout: str,
     threads: int | None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``conv1x1`` for any NumPy array and any banks: every check, every layout, dtype and chain."""
+    """``conv1x1`` for any NumPy array and any banks: every check, every layout, dtype and chain; into
+    ``out`` when given (see ``checked_out``)."""
     x = np.asarray(x)
     checked_input_dtype(x.dtype)
     banks, biases = banks_and_biases(w, bias, weights_layout)
     source = ArraySource(x, layout)
     stack = Stack(build_layers(banks, biases, activation, source.channels, source.dtype), threads)
-    out = np.empty(source.output_shape(stack.filters), dtype=source.dtype)
-    run(source, stack, ArraySink(out, layout, source))
+    shape = source.output_shape(stack.filters)
+    out = checked_out(out, shape, source.dtype)
+    result = np.empty(shape, dtype=source.dtype) if out is None or np.may_share_memory(out, x) else out
+    run(source, stack, ArraySink(result, layout, source))
+    if out is not None and result is not out:  # out shares memory with x: it is written once x has been read
+        out[...] = result
+    return result if out is None else out
+
+
+def checked_out(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+    """``out`` if it can take the result: an ndarray of exactly that shape and dtype, C-contiguous and
+    writeable (the kernel writes rows of it in place; NumPy's ufuncs would cast, which hides a copy)."""
+    if out is None:
+        return None
+    if not isinstance(out, np.ndarray):
+        raise ArgumentError(f"out must be a NumPy array, not {type(out).__name__}")
+    if out.shape != tuple(shape) or out.dtype != dtype:
+        raise ArgumentError(f"out has shape {tuple_text(out.shape)} and dtype {out.dtype}; the result is "
+                            f"{tuple_text(tuple(shape))} {np.dtype(dtype)}")  # fmt: skip
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ArgumentError("out must be C-contiguous and writeable")
     return out
 
 

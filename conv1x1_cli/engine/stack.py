@@ -129,13 +129,18 @@ def one_layer(
     relu: bool,
     shape: tuple[int, ...],
     threads: int | None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """One bank on the caller's own (pixels, C) memory, straight to the kernel, into a new array of
-    ``shape``: the stack, sink and chunking that serve every other case cost 3-4 us a call, a tenth of
-    a small layer's whole time (28x28x192 -> 16 takes 30 us). The caller vouches for the arrays."""
+    ``shape`` or into ``out`` (checked to be of that shape and dtype, C-contiguous): the stack, sink and
+    chunking that serve every other case cost 3-4 us a call, a tenth of a small layer's whole time
+    (28x28x192 -> 16 takes 30 us). The caller vouches for the arrays."""
     kernel = kernel_module()
-    out = np.empty(shape, pixels.dtype)
     packed = kernel.pack_bank(bank, bias)
+    if out is not None:  # the caller's: apply_packed goes through a temporary if it overlaps the input
+        kernel.apply_packed(pixels, packed, out.reshape(-1, bank.shape[1]), relu, threads)
+        return out
+    out = np.empty(shape, pixels.dtype)
     # (the caller has checked the pixels, and out is new: nothing left for apply_packed to check)
     kernel.apply_to_new_output(pixels, packed, out.reshape(-1, bank.shape[1]), relu, threads)
     return out
