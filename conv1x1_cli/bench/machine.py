@@ -23,7 +23,7 @@ import platform
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from ..costs.roofline import MachineLimits, default_limits
 from ..sources.atomic import Replacement
@@ -237,11 +237,12 @@ def cache_path() -> pathlib.Path:
 def load_limits() -> MachineLimits:
     """The limits the last ``conv1x1 bench`` saved, or ``default_limits()`` when there are none
     or the cache is unreadable, corrupt or from another version (never raises)."""
+    path = cache_path()
     try:
-        stored = json.loads(cache_path().read_text(encoding="utf-8"))
-        return _limits_from(stored)
+        limits = _limits_from(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError, KeyError):
         return default_limits()
+    return replace(limits, source=f"{limits.source} (saved in {path})")
 
 
 def _limits_from(stored: dict) -> MachineLimits:

@@ -308,19 +308,23 @@ def run_bench(
     torch_module = _import_torch() if torch else None
 
     report_progress(0, steps, "machine limits")
-    limits = measure_limits(threads, quick)
+    first, first_load = _limits_and_load(threads, quick)
     rows = []
     for index, layer in enumerate(layers):
         report_progress(1, steps, layer.name)
-        rows.append(measure_layer(layer, limits, threads, torch_module, timing, seed=index))
+        rows.append(measure_layer(layer, first, threads, torch_module, timing, seed=index))
     report_progress(1, steps, "machine limits again")
-    limits = best_limits(limits, measure_limits(threads, quick))
+    second, second_load = _limits_and_load(threads, quick)
+    limits = best_limits(first, second)
+    disturbed = limits_disturbed(first, second, max(first_load, second_load))
     rows = [replace(row, roofline=row.layer.roofline(limits), peak_gflops=limits.peak_gflops) for row in rows]
     report_progress(1, steps, "done")
     machine = replace(machine, threading=kernel_threading())  # (numba names its layer once it has run)
 
     limits_saved = False
-    if save and not pinned and (threads is None or threads >= (os.cpu_count() or 1)):
+    if disturbed:
+        machine.warnings.append(f"the machine limits were not saved: {disturbed}")
+    elif save and not pinned and (threads is None or threads >= (os.cpu_count() or 1)):
         try:
             save_limits(limits)
             limits_saved = True
@@ -331,6 +335,42 @@ def run_bench(
         machine.warnings.append(f"other processes used {other:.0f}% of the CPU during the run: timings are disturbed")
     seconds = time.perf_counter() - started
     return BenchReport(machine, limits, limits_saved, threads, rows, summarize(rows), seconds, other)
+
+
+# Limits are saved only from an undisturbed measurement: one run with a test suite on the other core
+# measured an FMA peak of 116 GFLOP/s instead of 234, which `shapes` then used for its verdicts.
+DISTURBING_CPU_PERCENT = 10.0  # other processes' share of all cores while the limits were measured
+LIMITS_AGREE_WITHIN = 0.10  # the peaks measured before and after the layers, relative to the better
+
+
+def _limits_and_load(threads: int | None, quick: bool) -> tuple[MachineLimits, float]:
+    """The limits, and how much of the CPU other processes used while they were measured (%)."""
+    load = BackgroundLoad()
+    limits = measure_limits(threads, quick)
+    return limits, load.percent() or 0.0
+
+
+def limits_disturbed(first: MachineLimits, second: MachineLimits, other_cpu_percent: float) -> str | None:
+    """Why the limits measured before and after the layers cannot be trusted, or None.
+
+    >>> a = MachineLimits(230.0, 190.0, 29.0, 2, "a")
+    >>> limits_disturbed(a, replace(a, peak_gflops=116.0), 0.0)
+    'the FMA peak measured before and after the layers differs by 50% (230 and 116 GFLOP/s)'
+    >>> limits_disturbed(a, a, 35.0)
+    'other processes used 35% of the CPU while they were measured'
+    >>> limits_disturbed(a, replace(a, peak_gflops=225.0), 3.0) is None
+    True
+    """
+    if other_cpu_percent > DISTURBING_CPU_PERCENT:
+        return f"other processes used {other_cpu_percent:.0f}% of the CPU while they were measured"
+    better = max(first.peak_gflops, second.peak_gflops)
+    spread = abs(first.peak_gflops - second.peak_gflops) / better
+    if spread > LIMITS_AGREE_WITHIN:
+        return (
+            f"the FMA peak measured before and after the layers differs by {100 * spread:.0f}% "
+            f"({first.peak_gflops:.0f} and {second.peak_gflops:.0f} GFLOP/s)"
+        )
+    return None
 
 
 # --------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -41,10 +42,12 @@ def test_home_cache_without_xdg(monkeypatch, tmp_path):
     assert cache_path() == tmp_path / "home" / ".cache" / "conv1x1" / "machine.json"
 
 
-def test_save_then_load_returns_the_same_limits(cache_dir):
+def test_save_then_load_returns_the_same_limits_and_says_where_they_were_saved(cache_dir):
     save_limits(MEASURED)
-    assert load_limits() == MEASURED
-    assert load_limits().measured
+    loaded = load_limits()
+    assert replace(loaded, source=MEASURED.source) == MEASURED
+    assert loaded.source == f"{MEASURED.source} (saved in {cache_dir / 'machine.json'})"
+    assert loaded.measured
     assert json.loads((cache_dir / "machine.json").read_text())["peak_gflops"] == 412.5
 
 
@@ -52,7 +55,7 @@ def test_save_leaves_no_temporary_file_and_replaces_old_limits(cache_dir):
     save_limits(MEASURED)
     newer = MachineLimits(500.0, 400.0, 30.0, 4, "measured again")
     save_limits(newer)
-    assert load_limits() == newer
+    assert replace(load_limits(), source=newer.source) == newer
     assert [path.name for path in cache_dir.iterdir()] == ["machine.json"]
 
 

@@ -11,8 +11,8 @@ a tiny suite so that ``bench`` runs in seconds).
 
 from __future__ import annotations
 
-import io
 import importlib.util
+import io
 import json
 import math
 import os
