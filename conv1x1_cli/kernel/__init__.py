@@ -166,13 +166,17 @@ class _Cut:
     """How every bank of one dtype and filter count is cut: the tile's rows, the panels (how many,
     how wide) and the compiled kind that runs them."""
 
-    __slots__ = ("kind", "n_panels", "rows", "width")
+    __slots__ = ("kind", "n_panels", "rows", "whole_panels", "width", "zero_bias")
 
     def __init__(self, dtype: np.dtype, n_filters: int):
         simd = simd_unit()
         self.rows, self.width = tile_shape(n_filters, dtype.itemsize, simd)  # the rule the Dask planner counts by
         self.n_panels = panel_count(n_filters, dtype.itemsize, simd)
+        self.whole_panels = self.n_panels * self.width == n_filters  # no padding: the bank itself is the panels
         self.kind = _kind(dtype, self.rows, self.width)
+        # The bias of a bank without one, shared by every call: the kernel only reads it. (Not marked
+        # read-only: numba would compile every entry point again for a read-only argument's type.)
+        self.zero_bias = np.zeros((self.n_panels, self.width), dtype=dtype)
 
 
 # Cuts by (dtype char, filters), kept because working one out again cost a tenth of a tiny call.
@@ -197,7 +201,8 @@ class PackedBank:
     ``panels[c, k, j] = bank[c, k * width + j]``: panel k of channel c is one contiguous run. When F
     is already a multiple of width the view is of the caller's bank itself: copying a 2048x512 bank
     into a panel-major layout cost twice the product itself on 7x7 layers.
-    ``panel_bias[k, j]`` is the bias, padded the same way.  Tiles accumulate ``block`` channels
+    ``panel_bias[k, j]`` is the bias, padded the same way (for a bank without a bias, zeros shared by
+    every bank of its dtype and filter count: read, never written).  Tiles accumulate ``block`` channels
     at a time (see _channel_block).
     """
 
@@ -237,16 +242,17 @@ def pack_bank(bank: np.ndarray, bias: np.ndarray | None) -> PackedBank:
             raise TypeError(f"bias dtype {bias.dtype} differs from bank dtype {dtype}")
 
     cut = _cut(dtype, n_filters)
-    padded = cut.n_panels * cut.width
     flags = bank.flags
-    if padded == n_filters and flags.c_contiguous and flags.aligned:
+    if cut.whole_panels and flags.c_contiguous and flags.aligned:
         matrix = bank
     else:
-        matrix = np.zeros((n_channels, padded), dtype=dtype)
+        matrix = np.zeros((n_channels, cut.n_panels * cut.width), dtype=dtype)
         matrix[:, :n_filters] = bank
-    panel_bias = np.zeros((cut.n_panels, cut.width), dtype=dtype)
-    if bias is not None:
-        panel_bias.reshape(padded)[:n_filters] = bias
+    if bias is None:
+        panel_bias = cut.zero_bias
+    else:
+        panel_bias = np.zeros((cut.n_panels, cut.width), dtype=dtype)
+        panel_bias.reshape(-1)[:n_filters] = bias
     return PackedBank(matrix.reshape(n_channels, cut.n_panels, cut.width), panel_bias, n_filters, cut)
 
 
