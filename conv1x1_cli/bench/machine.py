@@ -25,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
-from ..costs.roofline import MachineLimits, default_limits
+from ..costs.roofline import MachineLimits, MemoryLevel, default_limits
 from ..sources.atomic import Replacement
 
 CACHE_FILE = "machine.json"
@@ -156,7 +156,59 @@ def measure_limits(threads: int | None = None, quick: bool = False) -> MachineLi
         bandwidth_gbs=bandwidth_gbs(used, 64 if quick else 256),
         threads=used,
         source=f"measured {date} by conv1x1 bench on {cpu_model()}, {used} threads",
+        levels=measure_levels(used, quick),
     )
+
+
+def measure_levels(threads: int, quick: bool = False) -> tuple[MemoryLevel, ...]:
+    """Read and write bandwidths of all threads in each cache level this system reports (each thread
+    sweeping half of its share of the level, so that it stays there) and in memory (four times the
+    last level, at least 256 MiB)."""
+    from ..kernel.streams import stream_gbs
+
+    seconds = 0.02 if quick else 0.15
+    levels = []
+    for name, capacity in cache_capacities(threads):
+        share = capacity // threads // 2
+        read, write = (stream_gbs(kind, share, threads, seconds) for kind in ("read", "write"))
+        levels.append(MemoryLevel(name, capacity, read, write))
+    largest = max([capacity for _, capacity in cache_capacities(threads)] + [64 << 20])
+    share = (64 << 20 if quick else max(256 << 20, 4 * largest)) // threads
+    read, write = (stream_gbs(kind, share, threads, seconds) for kind in ("read", "write"))
+    return (*levels, MemoryLevel("DRAM", None, read, write))
+
+
+def cache_capacities(threads: int, root: str = "/sys/devices/system/cpu/cpu0/cache") -> list[tuple[str, int]]:
+    """(name, bytes) of the data caches from L2 up, for ``threads`` threads together: a private cache
+    counts once per thread, a shared one once per group of CPUs sharing it (Linux's sysfs; empty
+    elsewhere, where the roofline falls back to one bandwidth for every layer)."""
+    found = []
+    for index in sorted(pathlib.Path(root).glob("index*")):
+        try:
+            level = int((index / "level").read_text())
+            kind = (index / "type").read_text().strip()
+            size = _size_bytes((index / "size").read_text().strip())
+            sharing = len(_cpu_list((index / "shared_cpu_list").read_text().strip()))
+        except (OSError, ValueError):
+            continue
+        if level >= 2 and kind in ("Unified", "Data"):
+            found.append((f"L{level}", size * max(1, -(-threads // max(1, sharing)))))
+    return sorted(found)
+
+
+def _size_bytes(text: str) -> int:
+    """``1024K``, ``32M`` or a plain number of bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+
+
+def _cpu_list(text: str) -> list[int]:
+    """``0-3,8`` as [0, 1, 2, 3, 8]."""
+    cpus = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus += range(int(first), int(last or first) + 1)
+    return cpus
 
 
 def sgemm_gflops(size: int = 2048, repeats: int = 5) -> float:
@@ -240,20 +292,31 @@ def load_limits() -> MachineLimits:
     path = cache_path()
     try:
         limits = _limits_from(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError, KeyError):
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return default_limits()
     return replace(limits, source=f"{limits.source} (saved in {path})")
 
 
 def _limits_from(stored: dict) -> MachineLimits:
+    levels = tuple(
+        MemoryLevel(
+            str(level["name"]),
+            None if level["capacity_bytes"] is None else int(level["capacity_bytes"]),
+            float(level["read_gbs"]),
+            float(level["write_gbs"]),
+        )
+        for level in stored.get("levels", ())  # (limits saved before there were levels have none)
+    )
     limits = MachineLimits(
         peak_gflops=float(stored["peak_gflops"]),
         sgemm_gflops=float(stored["sgemm_gflops"]),
         bandwidth_gbs=float(stored["bandwidth_gbs"]),
         threads=int(stored["threads"]),
         source=str(stored["source"]),
+        levels=levels,
     )
     rates = (limits.peak_gflops, limits.sgemm_gflops, limits.bandwidth_gbs)
+    rates += tuple(rate for level in levels for rate in (level.read_gbs, level.write_gbs))
     if not all(math.isfinite(rate) and rate > 0 for rate in rates) or limits.threads < 1:
         raise ValueError("limits must be positive and finite")
     return limits

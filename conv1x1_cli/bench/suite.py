@@ -93,9 +93,14 @@ class BenchLayer:
         """FLOPs per byte moved (arithmetic intensity)."""
         return self.flops / self.bytes_moved
 
+    @property
+    def output_bytes(self) -> int:
+        return layer_cost(self.volume, self.filters, bias=False, dtype="float32").output_bytes
+
     def roofline(self, limits: MachineLimits) -> Roofline:
-        """Where this layer sits on the roofline of a machine with these limits."""
-        return roofline(self.flops, self.bytes_moved, limits)
+        """Where this layer sits on the roofline of a machine with these limits (cache-aware when they
+        have levels: its working set of input, output and weights, called again and again)."""
+        return roofline(self.flops, self.bytes_moved, limits, written_bytes=self.output_bytes)
 
 
 SUITE: tuple[BenchLayer, ...] = (
@@ -231,6 +236,8 @@ class LayerResult:
             "verified": self.verified,
             "max_error_ratio": self.max_error_ratio,
             **asdict(self.roofline),
+            "ours_microseconds": self.ours_seconds * 1e6,
+            "roof_microseconds": self.layer.flops / self.roofline.attainable_gflops / 1e3,
             "percent_of_attainable": self.percent_of_attainable,
             "percent_of_peak": self.percent_of_peak,
             "other_cpu_percent": self.other_cpu_percent,

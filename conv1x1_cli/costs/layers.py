@@ -49,14 +49,21 @@ class LayerCost:
         row = asdict(self)
         row["input"], row["output"] = list(self.input), list(self.output)
         if limits is not None:
-            row.update(_roofline_entry(self.flops, self.bytes_moved, limits))
+            row.update(roofline_entry(self.flops, self.bytes_moved, self.output_bytes, limits))
         return row
 
 
-def _roofline_entry(flops: int, bytes_moved: int, limits: MachineLimits) -> dict:
-    """The roofline keys of a JSON entry: its intensity and which roof bounds it."""
-    point = roofline(flops, bytes_moved, limits)
-    return {"intensity": point.intensity, "bound": point.bound}
+def roofline_entry(flops: int, bytes_moved: int, written_bytes: int, limits: MachineLimits) -> dict:
+    """The roofline keys of a JSON entry: its intensity, which roof bounds it, the speed it allows, and
+    where its working set was judged to live (``level``: L2, L3 or DRAM)."""
+    point = roofline(flops, bytes_moved, limits, written_bytes)
+    return {
+        "intensity": point.intensity,
+        "bound": point.bound,
+        "attainable_gflops": point.attainable_gflops,
+        "level": point.level,
+        "working_set": point.working_set,
+    }
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,7 @@ class ChainCost:
         totals["conventions"] = self.conventions.as_dict()
         if limits is not None:
             moved = totals["input_bytes"] + totals["output_bytes"] + totals["weight_bytes"]
-            totals.update(_roofline_entry(totals["flops"], moved, limits))
+            totals.update(roofline_entry(totals["flops"], moved, totals["output_bytes"], limits))
             totals["roofline"] = {**limits.as_dict(), "ridge_intensity": limits.ridge_intensity}
         totals["layers"] = [layer.as_dict(limits) for layer in self.layers]
         return totals

@@ -19,7 +19,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 
-from .roofline import MachineLimits, roofline
+from .layers import roofline_entry
+from .roofline import MachineLimits
 
 KINDS = ("pointwise", "depthwise", "grouped", "full", "transposed", "fully connected")
 SORT_KEYS = ("order", "macs", "params", "weights", "name")
@@ -100,8 +101,7 @@ class ModelLayerCost:
         for key in ("input", "output", "kernel", "stride"):
             row[key] = list(row[key])
         if limits is not None:
-            point = roofline(self.flops, self.bytes_moved, limits)
-            row.update(intensity=point.intensity, bound=point.bound)
+            row.update(roofline_entry(self.flops, self.bytes_moved, math.prod(self.output) * self.itemsize, limits))
         return row
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from rich.console import Group
 from rich.text import Text
 
-from .tables import add_columns, new_table, notes, ratio_text
+from .tables import add_columns, levels_note, new_table, notes, ratio_text
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,10 @@ BENCH_COLUMNS = (
     Column("vs_numpy", "×NumPy", _optional_ratio),
     Column("vs_torch", "×torch", _optional_ratio),
     Column("intensity", "FLOP/B", lambda value: f"{value:.1f}"),
+    Column("level", "data in", str),
     Column("bound", "bound", str),
+    Column("ours_microseconds", "µs", lambda value: f"{value:,.1f}"),
+    Column("roof_microseconds", "roof µs", lambda value: f"{value:,.1f}"),
     Column("percent_of_attainable", "%roof", lambda value: f"{value:.0f}"),
     Column("percent_of_peak", "%peak", lambda value: f"{value:.0f}"),
     Column("verified", "ok", lambda value: "yes" if value else Text("NO", style="bold red")),
@@ -84,6 +87,8 @@ def _bench_notes(report: dict) -> list[str]:
         f"limits: FMA peak {limits['peak_gflops']:.1f} GFLOP/s, NumPy sgemm {limits['sgemm_gflops']:.1f} GFLOP/s, "
         f"bandwidth {limits['bandwidth_gbs']:.1f} GB/s"
         + (" (saved for conv1x1 shapes)" if report["limits_saved"] else ""),
+        *([levels_note(limits["levels"])] if limits.get("levels") else []),
+        "µs: our median call; roof µs: the layer's FLOPs at its roof, the least time the machine allows",
         "vs NumPy: "
         + _median_and_min(summary["median_vs_numpy"], summary["min_vs_numpy"])
         + "; vs torch: "

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from rich.console import Group
 
-from .tables import add_columns, bytes_text, count_text, csv_cell, layer_text, new_table, notes, ratio_text, shape_text
+from .tables import (
+    add_columns,
+    bytes_text,
+    count_text,
+    csv_cell,
+    layer_text,
+    levels_note,
+    new_table,
+    notes,
+    ratio_text,
+    shape_text,
+)
 
 TOOL_COLUMNS = ("torchinfo", "fvcore", "ptflops", "ptflops_aten", "thop")
 COST_COLUMNS = (
@@ -110,7 +121,7 @@ def _shapes_cells(entry: dict) -> list[str]:
     cells = [shape_text(entry["input"]), shape_text(entry["output"])]
     cells += [count_text(entry[key]) for key in ("weights", "bias", "params", "macs", "flops")]
     if "intensity" in entry:
-        cells += [f"{entry['intensity']:,.1f}", entry["bound"]]
+        cells += [f"{entry['intensity']:,.1f}", f"{entry['bound']} ({entry['level']})"]
     return cells
 
 
@@ -120,6 +131,11 @@ def _roofline_notes(limits: dict, chain: bool) -> list[str]:
         f"FLOP/B = FLOPs per byte of input, output and params; compute-bound at ≥ {ridge:,.1f} FLOP/B, the ridge",
         f"point: {peak:,.1f} GFLOP/s peak ÷ {bandwidth:,.1f} GB/s bandwidth; limits: {limits['source']}",
     ]
+    if limits.get("levels"):
+        notes[0] = (
+            "FLOP/B = FLOPs per byte of input, output and params; bound: the roof that binds, and where the data are"
+        )
+        notes[1] = f"{levels_note(limits['levels'])}; peak {peak:,.1f} GFLOP/s; limits: {limits['source']}"
     if chain:
         notes.append("Σ: the chain fused, intermediates kept in memory (as apply does)")
     return notes

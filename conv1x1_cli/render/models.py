@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Group
 
-from .tables import add_columns, count_text, new_table, notes, shape_text
+from .tables import add_columns, count_text, levels_note, new_table, notes, shape_text
 
 LAYER_COLUMNS = (
     "name", "kind", "op", "input", "output", "kernel", "stride", "groups",
@@ -38,16 +38,20 @@ def model_table(data: dict, title: str) -> Group:
         cells += [shape_text(layer["kernel"]) or "–", shape_text(layer["stride"]) or "–", str(layer["groups"])]
         cells += [count_text(layer[key]) for key in ("weights", "bias", "params", "macs", "flops")]
         if with_roofline:
-            cells += [f"{layer['intensity']:,.1f}", layer["bound"]]
+            cells += [f"{layer['intensity']:,.1f}", f"{layer['bound']} ({layer['level']})"]
         cells += [_percent(layer["macs_share"]), _percent(layer["weights_share"])]
         table.add_row(*cells)
     lines = list(MODEL_NOTES)
     if with_roofline:
         limits = data["roofline"]
-        lines.append(
-            f"roofline: compute-bound at ≥ {limits['ridge_intensity']:,.1f} FLOP/B "
-            f"({limits['peak_gflops']:,.0f} GFLOP/s, {limits['bandwidth_gbs']:,.0f} GB/s; {limits['source']})"
-        )
+        if limits.get("levels"):
+            lines.append(f"{levels_note(limits['levels'])}; peak {limits['peak_gflops']:,.0f} GFLOP/s")
+            lines.append(f"limits: {limits['source']}")
+        else:
+            lines.append(
+                f"roofline: compute-bound at ≥ {limits['ridge_intensity']:,.1f} FLOP/B "
+                f"({limits['peak_gflops']:,.0f} GFLOP/s, {limits['bandwidth_gbs']:,.0f} GB/s; {limits['source']})"
+            )
     return Group(table, _kinds_table(data, "Summary by kind"), notes(*lines, _uncosted_line(data["uncosted"])))
 
 

@@ -42,6 +42,16 @@ def every_nth(step: int, what: str) -> str:
     return f"every {step}{suffix} {what}"
 
 
+def levels_note(levels: list[dict]) -> str:
+    """The bandwidths of each memory level, and how a layer's level is judged."""
+    parts = [
+        f"{level['name']}{'' if level['capacity_bytes'] is None else ' ' + bytes_text(level['capacity_bytes'])} "
+        f"read {level['read_gbs']:,.0f} / write {level['write_gbs']:,.0f} GB/s"
+        for level in levels
+    ]
+    return "roof: data in the smallest level that holds input, output and weights in half of it; " + "; ".join(parts)
+
+
 def layer_text(layer: dict) -> str:
     """``3×3 96→128`` for a convolution, ``3×3 max-pool`` for a pool."""
     kernel = f"{layer['kernel']}×{layer['kernel']}"

@@ -9,9 +9,10 @@ from dataclasses import replace
 
 import pytest
 
+from conv1x1_cli.bench import machine
 from conv1x1_cli.bench.machine import cache_path, load_limits, save_limits
 from conv1x1_cli.costs import roofline
-from conv1x1_cli.costs.roofline import MachineLimits
+from conv1x1_cli.costs.roofline import MachineLimits, MemoryLevel
 
 MEASURED = MachineLimits(
     peak_gflops=412.5, sgemm_gflops=301.25, bandwidth_gbs=18.5, threads=2, source="measured by a test on a CPU"
@@ -96,6 +97,7 @@ def test_as_dict_has_exactly_the_interface_fields():
         "bandwidth_gbs": 18.5,
         "threads": 2,
         "source": "measured by a test on a CPU",
+        "levels": [],
     }
 
 
@@ -103,3 +105,30 @@ def test_import_loads_neither_numpy_nor_numba():
     code = "import sys, conv1x1_cli.bench.machine; print(sorted({'numpy', 'numba'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def write_cache_index(folder, name, level, kind, size, shared):
+    index = folder / name
+    index.mkdir(parents=True)
+    for field, value in (("level", level), ("type", kind), ("size", size), ("shared_cpu_list", shared)):
+        (index / field).write_text(f"{value}\n")
+
+
+def test_cache_capacities_count_private_caches_per_thread_and_shared_ones_per_group(tmp_path):
+    write_cache_index(tmp_path, "index0", 1, "Data", "48K", "0")
+    write_cache_index(tmp_path, "index1", 1, "Instruction", "32K", "0")
+    write_cache_index(tmp_path, "index2", 2, "Unified", "1024K", "0")
+    write_cache_index(tmp_path, "index3", 3, "Unified", "32M", "0-7")
+    assert machine.cache_capacities(2, root=str(tmp_path)) == [("L2", 2 << 20), ("L3", 32 << 20)]
+    assert machine.cache_capacities(12, root=str(tmp_path)) == [("L2", 12 << 20), ("L3", 64 << 20)]
+    assert machine.cache_capacities(2, root=str(tmp_path / "absent")) == []
+
+
+def test_levels_are_saved_and_loaded(cache_dir):
+    levels = (MemoryLevel("L2", 2 << 20, 400.0, 300.0), MemoryLevel("DRAM", None, 50.0, 40.0))
+    save_limits(replace(MEASURED, levels=levels))
+    assert load_limits().levels == levels
+    stored = json.loads((cache_dir / "machine.json").read_text())
+    stored["levels"][0]["read_gbs"] = -1.0
+    (cache_dir / "machine.json").write_text(json.dumps(stored))
+    assert load_limits() == roofline.default_limits()  # a negative bandwidth is a corrupt cache

@@ -400,6 +400,9 @@ def test_bench_quick_json_runs_the_quick_layers_and_verifies_them(runner, monkey
     )
     assert layer["flops"] == 2 * 2 * 5 * 5 * 40 * 24 and layer["bytes_moved"] == (50 * 40 + 50 * 24 + 40 * 24) * 4
     assert layer["verified"] is True and 0 <= layer["max_error_ratio"] <= 1
+    assert layer["level"] in {level["name"] for level in report["limits"]["levels"]} | {"DRAM"}
+    assert layer["working_set"] == layer["bytes_moved"] and layer["ours_microseconds"] > 0
+    assert math.isclose(layer["roof_microseconds"], layer["flops"] / layer["attainable_gflops"] / 1e3)
     assert layer["torch_seconds"] is None and layer["vs_torch"] is None
     assert layer["ours_seconds"] > 0 and layer["numpy_seconds"] > 0 and layer["repeats"] >= 4
     assert math.isclose(layer["ours_gflops"], layer["flops"] / layer["ours_seconds"] / 1e9)
