@@ -67,6 +67,7 @@ class BenchLayer:
     width: int
     channels: int
     filters: int
+    dtype: str = "float32"  # the input's and bank's; float64 layers run against float64 NumPy and PyTorch
 
     @property
     def volume(self) -> Volume:
@@ -75,7 +76,8 @@ class BenchLayer:
     @property
     def spec(self) -> str:
         batch = f"{self.batch}x" if self.batch > 1 else ""
-        return f"{batch}{self.height}x{self.width}x{self.channels}→{self.filters}"
+        dtype = "" if self.dtype == "float32" else f" {self.dtype}"
+        return f"{batch}{self.height}x{self.width}x{self.channels}→{self.filters}{dtype}"
 
     @property
     def flops(self) -> int:
@@ -84,8 +86,8 @@ class BenchLayer:
 
     @property
     def bytes_moved(self) -> int:
-        """float32 input + output + weights, each read or written once."""
-        cost = layer_cost(self.volume, self.filters, bias=False, dtype="float32")
+        """Input + output + weights in the layer's dtype, each read or written once."""
+        cost = layer_cost(self.volume, self.filters, bias=False, dtype=self.dtype)
         return cost.input_bytes + cost.output_bytes + cost.weight_bytes
 
     @property
@@ -95,12 +97,12 @@ class BenchLayer:
 
     @property
     def output_bytes(self) -> int:
-        return layer_cost(self.volume, self.filters, bias=False, dtype="float32").output_bytes
+        return layer_cost(self.volume, self.filters, bias=False, dtype=self.dtype).output_bytes
 
     def roofline(self, limits: MachineLimits) -> Roofline:
         """Where this layer sits on the roofline of a machine with these limits (cache-aware when they
         have levels: its working set of input, output and weights, called again and again)."""
-        return roofline(self.flops, self.bytes_moved, limits, written_bytes=self.output_bytes)
+        return roofline(self.flops, self.bytes_moved, limits.for_dtype(self.dtype), written_bytes=self.output_bytes)
 
 
 SUITE: tuple[BenchLayer, ...] = (
@@ -120,6 +122,12 @@ SUITE: tuple[BenchLayer, ...] = (
     BenchLayer("ResNet-50 conv2 reduce N=8", 8, 56, 56, 256, 64),
     BenchLayer("GoogLeNet 3a 1x1 N=32", 32, 28, 28, 192, 64),
     BenchLayer("ResNet-50 conv5 reduce N=32", 32, 7, 7, 2048, 512),
+    # float64, against NumPy's dgemm and PyTorch's float64 conv2d: half the float32 peak.
+    BenchLayer("GoogLeNet 3a 1x1", 1, 28, 28, 192, 64, "float64"),
+    BenchLayer("GoogLeNet 4a 1x1", 1, 14, 14, 480, 192, "float64"),
+    BenchLayer("ResNet-50 conv2 reduce", 1, 56, 56, 256, 64, "float64"),
+    BenchLayer("ResNet-50 conv4 reduce", 1, 14, 14, 1024, 256, "float64"),
+    BenchLayer("MobileNet pw 8", 1, 14, 14, 512, 512, "float64"),
 )
 QUICK_NAMES = ("GoogLeNet 3a 1x1", "ResNet-50 conv2 reduce", "ResNet-50 conv5 reduce")
 
@@ -255,6 +263,9 @@ class Summary:
     median_percent_of_peak_compute_bound: float | None
     median_portable_vs_ours: float | None  # numba's threading layer over our pool, where both ran
     mismatches: list[str]
+    # The float64 layers apart (the figures above are the float32 layers'): None when none ran.
+    float64_median_vs_numpy: float | None = None
+    float64_median_percent_of_peak: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -324,7 +335,10 @@ def run_bench(
     second, second_load = _limits_and_load(threads, quick)
     limits = best_limits(first, second)
     disturbed = limits_disturbed(first, second, max(first_load, second_load))
-    rows = [replace(row, roofline=row.layer.roofline(limits), peak_gflops=limits.peak_gflops) for row in rows]
+    rows = [
+        replace(row, roofline=row.layer.roofline(limits), peak_gflops=limits.for_dtype(row.layer.dtype).peak_gflops)
+        for row in rows
+    ]
     report_progress(1, steps, "done")
     machine = replace(machine, threading=kernel_threading())  # (numba names its layer once it has run)
 
@@ -424,33 +438,35 @@ def measure_layer(
         verified=verified,
         max_error_ratio=error_ratio,
         roofline=layer.roofline(limits),
-        peak_gflops=limits.peak_gflops,
+        peak_gflops=limits.for_dtype(layer.dtype).peak_gflops,
         other_cpu_percent=background.percent(),
     )
 
 
 def layer_data(layer: BenchLayer, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """NHWC float32 input in [-1, 1) and a (C, F) bank scaled so outputs stay near 1."""
+    """NHWC input in [-1, 1) and a (C, F) bank scaled so outputs stay near 1, in the layer's dtype."""
     rng = np.random.default_rng(seed)
+    dtype = np.dtype(layer.dtype)
     shape = (layer.batch, layer.height, layer.width, layer.channels)
-    pixels = rng.random(shape, np.float32)
+    pixels = rng.random(shape, dtype)
     pixels *= 2
     pixels -= 1
-    bank = (rng.random((layer.channels, layer.filters), np.float32) - 0.5) * np.float32(2 / math.sqrt(layer.channels))
+    bank = (rng.random((layer.channels, layer.filters), dtype) - 0.5) * dtype.type(2 / math.sqrt(layer.channels))
     return pixels, bank
 
 
 def verify(ours: np.ndarray, reference: np.ndarray, pixels: np.ndarray, bank: np.ndarray) -> tuple[bool, float]:
-    """Whether ours matches the reference within float32 rounding, and the worst error / bound.
+    """Whether ours matches the reference within the rounding of their dtype, and the worst error / bound.
 
     Each output is a C-term dot product; both sides may round it differently, each within
     C·eps·Σ|x_c·w_c| ≤ C·eps·‖x‖·‖w‖ (Cauchy-Schwarz). A wrong term shows up far above that."""
     ours = ours.reshape(reference.shape)
     channels = bank.shape[0]
-    eps = float(np.finfo(np.float32).eps)
-    pixel_norms = np.linalg.norm(pixels.reshape(-1, channels), axis=1).astype(np.float32)
-    filter_norms = np.linalg.norm(bank, axis=0).astype(np.float32)
-    bound = np.float32(2 * channels * eps) * np.outer(pixel_norms, filter_norms) + np.float32(1e-30)
+    dtype = bank.dtype
+    eps = float(np.finfo(dtype).eps)
+    pixel_norms = np.linalg.norm(pixels.reshape(-1, channels), axis=1).astype(dtype)
+    filter_norms = np.linalg.norm(bank, axis=0).astype(dtype)
+    bound = dtype.type(2 * channels * eps) * np.outer(pixel_norms, filter_norms) + dtype.type(1e-30)
     error = np.abs(ours - reference)
     if not np.array_equal(np.isnan(ours), np.isnan(reference)):
         return False, math.inf
@@ -521,10 +537,13 @@ def _import_torch():
 
 
 def summarize(rows: Sequence[LayerResult]) -> Summary:
-    vs_numpy = [row.vs_numpy for row in rows]
-    vs_torch = [row.vs_torch for row in rows if row.vs_torch is not None]
-    worst = min(rows, key=lambda row: row.vs_best)
-    compute_bound = [row.percent_of_peak for row in rows if row.roofline.bound == "compute"]
+    """The headline figures over the float32 layers (all layers when none is), and the float64 ones apart."""
+    doubles = [row for row in rows if row.layer.dtype == "float64"]
+    singles = [row for row in rows if row.layer.dtype != "float64"] or list(rows)
+    vs_numpy = [row.vs_numpy for row in singles]
+    vs_torch = [row.vs_torch for row in singles if row.vs_torch is not None]
+    worst = min(singles, key=lambda row: row.vs_best)
+    compute_bound = [row.percent_of_peak for row in singles if row.roofline.bound == "compute"]
     portable = [row.portable_vs_ours for row in rows if row.portable_vs_ours is not None]
     return Summary(
         median_vs_numpy=statistics.median(vs_numpy),
@@ -535,5 +554,7 @@ def summarize(rows: Sequence[LayerResult]) -> Summary:
         worst_vs_best=worst.vs_best,
         median_percent_of_peak_compute_bound=statistics.median(compute_bound) if compute_bound else None,
         median_portable_vs_ours=statistics.median(portable) if portable else None,
-        mismatches=[row.layer.name for row in rows if not row.verified],
+        mismatches=[row.layer.spec for row in rows if not row.verified],
+        float64_median_vs_numpy=statistics.median(row.vs_numpy for row in doubles) if doubles else None,
+        float64_median_percent_of_peak=statistics.median(row.percent_of_peak for row in doubles) if doubles else None,
     )

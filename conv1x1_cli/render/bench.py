@@ -96,6 +96,12 @@ def _bench_notes(report: dict) -> list[str]:
         f"worst layer: {summary['worst_layer']} at {_optional_ratio(summary['worst_vs_best'])} of the faster other; "
         f"compute-bound layers at a median {'—' if peak is None else f'{peak:.0f}%'} of the FMA peak",
     ]
+    if summary.get("float64_median_vs_numpy") is not None:
+        notes.append(
+            f"float64 layers (against NumPy's dgemm, PyTorch in float64): median "
+            f"{summary['float64_median_vs_numpy']:.2f}× NumPy, {summary['float64_median_percent_of_peak']:.0f}% of "
+            "the float64 FMA peak (half of float32's)"
+        )
     if summary["mismatches"]:
         notes.append(f"RESULTS DIFFERING FROM NUMPY: {', '.join(summary['mismatches'])}")
     notes += [f"warning: {warning}" for warning in machine["warnings"]]

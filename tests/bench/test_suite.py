@@ -244,3 +244,23 @@ def test_fma_peak_is_a_positive_finite_rate():
 def test_background_load_is_a_percentage_or_unknown():
     share = machine.BackgroundLoad().percent()
     assert share is None or share >= 0
+
+
+def test_float64_layers_run_in_float64_against_half_the_peak_and_apart_in_the_summary(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONV1X1_CACHE_DIR", str(tmp_path))
+    layers = [BenchLayer("tiny", 1, 8, 8, 16, 8), BenchLayer("tiny", 1, 8, 8, 16, 8, "float64")]
+    report = suite.run_bench(quick=True, torch=False, layers=layers, save=False)
+    single, double = report.rows
+    assert double.layer.spec == "8x8x16→8 float64" and double.verified
+    assert suite.layer_data(double.layer)[0].dtype == np.float64
+    assert double.layer.bytes_moved == 2 * single.layer.bytes_moved
+    assert double.peak_gflops == report.limits.peak_gflops / 2 and single.peak_gflops == report.limits.peak_gflops
+    assert report.summary.median_vs_numpy == single.vs_numpy  # the headline is the float32 layers'
+    assert report.summary.float64_median_vs_numpy == double.vs_numpy
+
+
+def test_every_float64_layer_of_the_suite_has_a_float32_twin():
+    doubles = [layer for layer in suite.SUITE if layer.dtype == "float64"]
+    assert len(doubles) == 5
+    singles = {(layer.name, layer.spec) for layer in suite.SUITE if layer.dtype == "float32"}
+    assert all((layer.name, layer.spec.removesuffix(" float64")) in singles for layer in doubles)
