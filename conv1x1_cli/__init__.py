@@ -60,7 +60,7 @@ __all__ = [
 _FROM_API = ("conv1x1", "apply", "ApplyOptions", "ApplyReport", "model_cost", "extract_tensor")
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name in _FROM_API:
         from . import api
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -65,8 +66,10 @@ def conv1x1(
     """
     if weights_layout == "cf" and _is_plain_call(x, w, bias, layout):
         relu = checked_choice(activation, ACTIVATIONS, "activation") == "relu"
-        shape = (*x.shape[:-1], w.shape[1])
-        return one_layer(x.reshape(-1, w.shape[0]), w, bias, relu, shape, threads, checked_out(out, shape, x.dtype))
+        bank, plain_bias = cast(np.ndarray, w), cast("np.ndarray | None", bias)  # (as _is_plain_call found them)
+        shape = (*x.shape[:-1], bank.shape[1])
+        pixels = x.reshape(-1, bank.shape[0])
+        return one_layer(pixels, bank, plain_bias, relu, shape, threads, checked_out(out, shape, x.dtype))
     if type(x).__module__.startswith("dask."):
         if out is not None:
             raise ArgumentError("out= is for NumPy arrays; a Dask array's result is lazy (use dask.array.store)")
@@ -76,7 +79,7 @@ def conv1x1(
     return convolve_array(x, w, bias, activation, layout, weights_layout, threads, out=out)
 
 
-def _is_plain_call(x, w, bias, layout: str) -> bool:
+def _is_plain_call(x: object, w: object, bias: object, layout: str) -> bool:
     """Whether the call is the commonest kind, which every check of the general path would pass: a
     C-contiguous channels-last float32 or float64 array, one non-empty 2-D (C, F) bank of its dtype
     and no bias or a (F,) one of that dtype too.

@@ -204,7 +204,7 @@ def _size_bytes(text: str) -> int:
 
 def _cpu_list(text: str) -> list[int]:
     """``0-3,8`` as [0, 1, 2, 3, 8]."""
-    cpus = []
+    cpus: list[int] = []
     for part in text.split(","):
         first, _, last = part.partition("-")
         cpus += range(int(first), int(last or first) + 1)
@@ -315,7 +315,7 @@ def _limits_from(stored: dict) -> MachineLimits:
         source=str(stored["source"]),
         levels=levels,
     )
-    rates = (limits.peak_gflops, limits.sgemm_gflops, limits.bandwidth_gbs)
+    rates: tuple[float, ...] = (limits.peak_gflops, limits.sgemm_gflops, limits.bandwidth_gbs)
     rates += tuple(rate for level in levels for rate in (level.read_gbs, level.write_gbs))
     if not all(math.isfinite(rate) and rate > 0 for rate in rates) or limits.threads < 1:
         raise ValueError("limits must be positive and finite")

@@ -67,7 +67,7 @@ def _run_and_clean_up(main: click.Group):
         remove_leftovers()  # a temporary a signal struck before anything else could remove it
 
 
-def _interruption_status(error: BaseException) -> int | None:
+def _interruption_status(error: BaseException | None) -> int | None:
     while error is not None:
         if isinstance(error, KeyboardInterrupt | click.exceptions.Abort):
             sys.stderr.write("Interrupted\n")

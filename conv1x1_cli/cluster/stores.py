@@ -182,7 +182,7 @@ def stream_to_npy(result, path: str, client, progress: Callable[[int, int], None
     slabs = list(_contiguous_slabs(result.shape, result.chunks))
     threads = max(1, sum(client.nthreads().values()))
     ahead = SLABS_AHEAD_PER_THREAD * threads
-    pending = []
+    pending: list = []  # (futures of the slabs ahead, in order)
     with NpyOutput(path, result.shape, result.dtype) as output:
         try:
             for index in range(len(slabs)):

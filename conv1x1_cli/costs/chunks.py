@@ -59,7 +59,9 @@ def default_chunks(volume: Volume, filters: list[int], itemsize: int = 4) -> tup
     return 1, pixels
 
 
-def block_shape(shape: tuple[int, ...], layout: str, filters: list[int], chunks: tuple[int, int] | None):
+def block_shape(
+    shape: tuple[int, ...], layout: str, filters: list[int], chunks: tuple[int, int] | None
+) -> tuple[int, ...]:
     """The Dask block shape of an array of ``shape``: one image, ``rows x cols`` pixels (``chunks``, or
     ``default_chunks``) and every channel per block, in the array's own axis order.
 

@@ -17,6 +17,7 @@ Concatenation counts 0 in every tool.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 
 
@@ -101,7 +102,7 @@ class ToolCounts:
         return asdict(self)
 
 
-def total_counts(parts) -> ToolCounts:
+def total_counts(parts: Iterable[ToolCounts]) -> ToolCounts:
     """Every tool's count is a sum over modules, so a chain's or a module's count is the sum of its parts'."""
     return sum(parts, ToolCounts())
 

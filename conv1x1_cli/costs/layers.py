@@ -12,6 +12,7 @@ Conventions (the same as the README's):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from ..errors import ArgumentError
 from .conventions import ToolCounts, layer_counts, max_pool_counts, total_counts
@@ -91,7 +92,7 @@ class ChainCost:
         """Totals over the chain with ``layers`` listing each layer's own; given machine ``limits``,
         each entry also gets its roofline ``intensity`` and ``bound``. The chain's bytes are its input,
         output and parameters only: ``apply`` keeps the intermediate results in memory, chunk by chunk."""
-        totals = {
+        totals: dict[str, Any] = {
             "input": list(self.input),
             "output": list(self.output),
             "input_bytes": self.layers[0].input_bytes,

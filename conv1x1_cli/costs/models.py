@@ -203,7 +203,7 @@ def _share(part: int, whole: int) -> float:
     return 100.0 * part / whole if whole else 0.0
 
 
-def _by_kind(items, fields: tuple[str, ...]) -> dict[str, dict[str, int]]:
+def _by_kind(items: Iterable[ModelLayerCost | TensorCost], fields: tuple[str, ...]) -> dict[str, dict[str, int]]:
     """For each kind present (in KINDS order): how many items, and the sum of each field over them."""
     summary: dict[str, dict[str, int]] = {}
     for kind in KINDS:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -183,7 +184,16 @@ def explain_files(
     return _explain(x, display_name(input_path), files, activation, pixel, batch, layout, filters)
 
 
-def _explain(x, name: str, files: BankFiles, activation, pixel, batch, layout, filters) -> PixelExplanation:
+def _explain(
+    x: np.ndarray,
+    name: str,
+    files: BankFiles,
+    activation: str,
+    pixel: tuple[int, int],
+    batch: int,
+    layout: str,
+    filters: Sequence[int] | None,
+) -> PixelExplanation:
     checked_choice(layout, LAYOUTS, "layout")
     checked_choice(activation, ACTIVATIONS, "activation")
     image, row, col = _image_and_pixel(x, name, layout, pixel, batch)
@@ -204,7 +214,9 @@ def _explain(x, name: str, files: BankFiles, activation, pixel, batch, layout, f
     return PixelExplanation(name, tuple(x.shape), layout, (row, col), shown_batch, str(x.dtype), walks, check)
 
 
-def _image_and_pixel(x: np.ndarray, name: str, layout: str, pixel, batch: int) -> tuple[np.ndarray, int, int]:
+def _image_and_pixel(
+    x: np.ndarray, name: str, layout: str, pixel: tuple[int, int], batch: int
+) -> tuple[np.ndarray, int, int]:
     """The image holding the pixel (3-D, in ``layout``; a 2-D input as one channel) and the pixel's row
     and column, each checked against the input's size."""
     volume = volume_of(x.shape, layout, name)
@@ -226,7 +238,7 @@ def _image_and_pixel(x: np.ndarray, name: str, layout: str, pixel, batch: int) -
     return image, row, col
 
 
-def _pixel(pixel) -> tuple[int, int]:
+def _pixel(pixel: Any) -> tuple[int, int]:
     try:
         row, col = (int(index) for index in pixel)
     except (TypeError, ValueError):
@@ -246,14 +258,21 @@ def _chosen_filters(filters: Sequence[int] | None, last_filters: int) -> list[in
     return sorted(set(filters))
 
 
-def _stored_bias(biases, index: int, layer: Layer) -> np.ndarray:
+def _stored_bias(biases: Sequence[np.ndarray | None], index: int, layer: Layer) -> np.ndarray:
     """Layer ``index``'s bias as stored, in float64 (``build_layers`` has checked its length), or zeros."""
     if index < len(biases) and biases[index] is not None:
         return np.asarray(biases[index], dtype=np.float64)
     return np.zeros(layer.filters)
 
 
-def _walk_layers(vector, banks, biases, layers: list[Layer], files: BankFiles, chosen) -> list[LayerWalk]:
+def _walk_layers(
+    vector: np.ndarray,
+    banks: Sequence[np.ndarray],
+    biases: Sequence[np.ndarray],
+    layers: list[Layer],
+    files: BankFiles,
+    chosen: Sequence[int] | None,
+) -> list[LayerWalk]:
     """Each layer in float64 from the stored values, the first fed the pixel, the others the output before."""
     walks = []
     for index, layer in enumerate(layers):
@@ -272,7 +291,16 @@ def _default_filters(count: int) -> list[int]:
     return list(range(count)) if count <= WALK_EVERY_FILTER_UP_TO else [0]
 
 
-def _walk_layer(index, bank_name, bias_name, vector, weights, bias, relu_after: bool, walked) -> LayerWalk:
+def _walk_layer(
+    index: int,
+    bank_name: str,
+    bias_name: str | None,
+    vector: np.ndarray,
+    weights: np.ndarray,
+    bias: np.ndarray,
+    relu_after: bool,
+    walked: Sequence[int],
+) -> LayerWalk:
     with np.errstate(invalid="ignore", over="ignore"):  # inf − inf is NaN here as in the kernel: no warning
         sums = channel_order_sums(vector, weights)
         pre_activation = sums + bias
@@ -320,7 +348,15 @@ def relu(values: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(values) | (values > 0), values, 0.0)
 
 
-def _check(kernel, stored, banks, biases, layers: list[Layer], walks: list[LayerWalk], dtype) -> KernelCheck:
+def _check(
+    kernel: np.ndarray,
+    stored: np.ndarray,
+    banks: Sequence[np.ndarray],
+    biases: Sequence[np.ndarray],
+    layers: list[Layer],
+    walks: list[LayerWalk],
+    dtype: np.dtype,
+) -> KernelCheck:
     """The kernel's values at the pixel against the walk-through's, with the rounding bound of each."""
     unit = UNIT_ROUNDOFF[str(dtype)]
     # How far the kernel's input may be from the walk-through's: at first, only the cast to the compute dtype.
@@ -340,7 +376,9 @@ def _check(kernel, stored, banks, biases, layers: list[Layer], walks: list[Layer
     return KernelCheck(str(dtype), unit, kernel_values, differences, bounds, largest, agrees)
 
 
-def _layer_bound(vector, error, bank, bias, layer: Layer, unit: float) -> np.ndarray:
+def _layer_bound(
+    vector: np.ndarray, error: np.ndarray, bank: np.ndarray, bias: np.ndarray, layer: Layer, unit: float
+) -> np.ndarray:
     """Bound on |kernel − walk-through| after one layer, given the bound ``error`` on its input vector.
 
     The kernel computes with inputs within ``error`` of ``vector`` and with weights and bias rounded to

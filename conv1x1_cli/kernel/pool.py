@@ -37,6 +37,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import numba
 import numpy as np
@@ -465,12 +466,12 @@ class WorkerPool:
         self.control = np.zeros(_CONTROL_WORDS, np.int64)
         self.control[_WORKER_CPUS:] = NO_CPU  # no worker is on any CPU yet (_make_way reads these)
         self.job = np.zeros(JOB_FIELDS, np.int64)
-        self.semaphore = _new_semaphore() if n_workers else None
+        self.semaphore: Any = _new_semaphore() if n_workers else None  # (an array; None without workers)
         # One calling thread at a time; others run alone.  (Also in portable mode: numba's workqueue
         # layer aborts the process when two threads launch parallel code at once.)
         self.busy = threading.Lock()
         self.n_workers = n_workers
-        self.latest_kind = None  # the _Kind of the latest job
+        self.latest_kind: Any = None  # the _Kind of the latest job (kernel/__init__'s; set before any worker runs)
         self.threads: list[threading.Thread] = []  # the workers (read-only outside this class)
         self._running = 0  # workers started and not yet returned
         self._lifecycle = threading.Lock()
@@ -569,7 +570,7 @@ def threading_mode() -> str:
 
 def default_threads() -> int:
     """Numba's thread count (NUMBA_NUM_THREADS, else the CPUs), at most the CPUs this process may use."""
-    return max(1, min(numba.config.NUMBA_NUM_THREADS, usable_cpus()))
+    return max(1, min(int(numba.config.NUMBA_NUM_THREADS), usable_cpus()))  # type: ignore[attr-defined]
 
 
 def worker_pool() -> WorkerPool:
@@ -624,7 +625,7 @@ def _on_gnu_openmp() -> bool:
     """Whether numba's threading layer is GNU OpenMP's (libgomp), which does not survive a fork."""
     if numba.threading_layer() != "omp":
         return False
-    from numba.np.ufunc import omppool
+    from numba.np.ufunc import omppool  # type: ignore[attr-defined]  # (built only with OpenMP)
 
     return getattr(omppool, "openmp_vendor", "GNU") == "GNU"
 

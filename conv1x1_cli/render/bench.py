@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.text import Text
 
 from .tables import add_columns, levels_note, new_table, notes, ratio_text
@@ -18,7 +19,7 @@ class Column:
 
     key: str
     header: str
-    text: Callable[[object], object]
+    text: Callable[[Any], RenderableType]
 
 
 def _gflops_text(value: float | None) -> str:

@@ -190,8 +190,8 @@ def roofline_png(report: dict, output_name: str) -> bytes:
                   xytext=(0, 8), fontsize=8)  # fmt: skip
     axes.axvline(ridge, color="grey", linestyle=":", linewidth=1)
     axes.annotate(f"ridge {ridge:.1f} FLOP/B", (ridge, bottom * 1.2), rotation=90, ha="right", fontsize=8, color="grey")
-    contenders = (("ours_gflops", "conv1x1", "o", "#1f77b4"), ("numpy_gflops", "NumPy", "s", "#ff7f0e"))
-    contenders += (("torch_gflops", "PyTorch", "^", "#2ca02c"),)
+    contenders = [("ours_gflops", "conv1x1", "o", "#1f77b4"), ("numpy_gflops", "NumPy", "s", "#ff7f0e")]
+    contenders.append(("torch_gflops", "PyTorch", "^", "#2ca02c"))
     for key, label, marker, colour in contenders:
         points = [(layer["intensity"], layer[key]) for layer in layers if layer.get(key)]
         if points:
@@ -207,9 +207,9 @@ def roofline_png(report: dict, output_name: str) -> bytes:
     axes.set_title(f"Roofline of {cpu}, float32, {limits['threads']} threads: conv1x1, NumPy and PyTorch per layer")
     axes.grid(True, which="both", linewidth=0.3, alpha=0.5)
     axes.legend(loc="lower right", fontsize=8)
-    key = [f"{number:>2} {layer['name']} ({layer['spec']})" for number, layer in enumerate(layers, start=1)]
-    figure.text(0.01, 0.01, "\n".join(key), fontsize=7, va="bottom", family="DejaVu Sans Mono")
-    key_height = (0.12 * len(key) + 0.75) / (6.0 + 0.12 * len(layers))  # inches of key and x label, as a fraction
+    names = [f"{number:>2} {layer['name']} ({layer['spec']})" for number, layer in enumerate(layers, start=1)]
+    figure.text(0.01, 0.01, "\n".join(names), fontsize=7, va="bottom", family="DejaVu Sans Mono")
+    key_height = (0.12 * len(names) + 0.75) / (6.0 + 0.12 * len(layers))  # inches of key and x label, as a fraction
     figure.subplots_adjust(left=0.08, right=0.98, top=0.94, bottom=key_height)
     return _png(figure)
 

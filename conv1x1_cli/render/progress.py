@@ -28,6 +28,9 @@ def progress_bar(label: str, enabled: bool = True) -> Iterator[Callable[..., Non
         task = bar.add_task(label, total=None)
 
         def advance(done_now: int, total: int, what: str | None = None) -> None:
-            bar.update(task, advance=done_now, total=total, **({"description": what} if what else {}))
+            if what:
+                bar.update(task, advance=done_now, total=total, description=what)
+            else:
+                bar.update(task, advance=done_now, total=total)
 
         yield advance

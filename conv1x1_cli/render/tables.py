@@ -27,10 +27,13 @@ def ratio_text(value: float) -> str:
 
 
 def bytes_text(value: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if value < 1024 or unit == "PiB":
-            return f"{value:,} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
-        value /= 1024
+    if value < 1024:
+        return f"{value:,} B"
+    size = float(value)
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        size /= 1024
+        if size < 1024 or unit == "PiB":
+            return f"{size:,.1f} {unit}"
     raise AssertionError("unreachable")
 
 

@@ -38,6 +38,8 @@ class CommittedOnSuccess:
     """A context manager that ``commit()``s when its block succeeds and ``discard()``s when it raises,
     Ctrl-C included; a commit that fails (a full disk on the last write) is discarded too."""
 
+    file: BinaryIO | None  # where the output is written (the temporary or the special file); None once closed
+
     def commit(self) -> None:
         raise NotImplementedError
 

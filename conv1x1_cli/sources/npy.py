@@ -12,7 +12,7 @@ import io
 import os
 from dataclasses import dataclass
 from math import prod
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import numpy as np
 import numpy.lib.format as npy_format
@@ -78,7 +78,8 @@ def _names_from_utf8(dtype: np.dtype) -> np.dtype:
     """NumPy's public reader decodes a 3.0 header as Latin-1, as 2.0 is: give its field names back
     their UTF-8 text, so that a message about them reads right."""
     with contextlib.suppress(UnicodeError, ValueError, TypeError):
-        return np.dtype([(name.encode("latin-1").decode("utf-8"), dtype.fields[name][0]) for name in dtype.names])
+        fields: dict = dict(dtype.fields or {})
+        return np.dtype([(name.encode("latin-1").decode("utf-8"), fields[name][0]) for name in dtype.names or ()])
     return dtype
 
 
@@ -109,7 +110,7 @@ def raw_bytes(buffer: np.ndarray) -> memoryview:
     contiguous = buffer.T if not buffer.flags.c_contiguous else buffer  # Fortran order is C order transposed
     if not contiguous.flags.c_contiguous:
         raise ValueError("buffer must be contiguous")
-    return memoryview(contiguous.reshape(-1).view(np.uint8))
+    return contiguous.reshape(-1).view(np.uint8).data
 
 
 def read_exact(stream: BinaryIO, buffer: np.ndarray, name: str) -> None:
@@ -117,7 +118,7 @@ def read_exact(stream: BinaryIO, buffer: np.ndarray, name: str) -> None:
     view = raw_bytes(buffer)
     filled = 0
     while filled < len(view):
-        count = stream.readinto(view[filled:])
+        count = cast(io.BufferedIOBase, stream).readinto(view[filled:])  # (every binary stream has it)
         if not count:
             raise InputError(f"{name}: data is truncated ({filled} of {len(view)} bytes present)")
         filled += count
@@ -154,11 +155,17 @@ class NpyInput:
     def seekable(self) -> bool:
         return self.path != STDIO and self._stream.seekable()
 
+    @property
+    def data_offset(self) -> int:
+        """Where the data start in a seekable file."""
+        assert self._data_offset is not None, "only a seekable input has a data offset"
+        return self._data_offset
+
     def _check_size(self) -> None:
         """Compare the header's claim with the file's size before reading a byte of data."""
         if not self.seekable:
             return
-        present = os.fstat(self._stream.fileno()).st_size - self._data_offset
+        present = os.fstat(self._stream.fileno()).st_size - self.data_offset
         if present < self.header.nbytes:
             shape = "x".join(map(str, self.header.shape)) or "scalar"
             raise InputError(
@@ -180,7 +187,7 @@ class NpyInput:
 
     def read_at(self, buffer: np.ndarray, element_offset: int) -> None:
         """Fill ``buffer`` with the elements that start ``element_offset`` items into the data."""
-        byte_offset = self._data_offset + element_offset * self.header.dtype.itemsize
+        byte_offset = self.data_offset + element_offset * self.header.dtype.itemsize
         view = raw_bytes(buffer)
         filled = 0
         while filled < len(view):
@@ -253,10 +260,12 @@ class BinaryOutput(CommittedOnSuccess):
             self._writer = open_output(self.path)
         except OSError as error:
             raise InputError(f"{self.name}: {self._cannot(directory)} ({error.strerror})") from None
-        if self._writer.file.isatty():
+        stream = self._writer.file
+        assert stream is not None  # (a new writer's file is open)
+        if stream.isatty():
             self.discard()
             raise InputError(f"{self.name}: refusing to write {self.what} data to a terminal; redirect it")
-        return self._writer.file
+        return stream
 
     def _cannot(self, directory: str) -> str:
         try:
@@ -270,7 +279,7 @@ class BinaryOutput(CommittedOnSuccess):
 
     def write(self, values: np.ndarray) -> None:
         """Append ``values`` (already in the output dtype) in C order."""
-        self.write_bytes(memoryview(np.ascontiguousarray(values)).cast("B"))
+        self.write_bytes(np.ascontiguousarray(values).data.cast("B"))
 
     def commit(self) -> None:
         with self._reporting_write_errors():

@@ -230,7 +230,8 @@ class OnnxModel:
 
     def layers(self) -> tuple[list[dict], Counter]:
         """(the layers with weights, as LayerSpec fields; the nodes not costed, counted by op type)."""
-        layers, uncosted = [], Counter()
+        layers: list[dict] = []
+        uncosted: Counter[str] = Counter()
         consumers = self._consumers()
         for index, node in enumerate(self.model.graph.node):
             layer = None

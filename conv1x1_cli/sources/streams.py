@@ -35,7 +35,8 @@ _ASCII_STAND_INS = {
 _ERROR_HANDLER = "conv1x1-ascii"
 
 
-def _stand_in(error: UnicodeEncodeError) -> tuple[str, int]:
+def _stand_in(error: UnicodeError) -> tuple[str, int]:
+    assert isinstance(error, UnicodeEncodeError)  # (registered for encoding only)
     text = error.object[error.start : error.end]
     return "".join(_ASCII_STAND_INS.get(character, "?") for character in text), error.end
 
