@@ -4,6 +4,7 @@ command class that turns the package's errors into Click's one-line errors."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import click
 
@@ -101,7 +102,7 @@ def stdout_console():
 PLOT_HELP = 'Draw it as a PNG picture at this path (- for stdout); needs pip install "conv1x1[plot]".'
 
 
-def write_picture(path: str, draw) -> None:
+def write_picture(path: str, draw: Callable[[], bytes]) -> None:
     """Draw a picture (``draw()`` gives PNG bytes) and write it to ``path`` atomically, or to stdout
     with ``-``: drawn first, so that nothing is written when it cannot be drawn."""
     from ..sources.npy import BinaryOutput

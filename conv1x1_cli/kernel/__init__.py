@@ -6,6 +6,7 @@ This package is the only part of conv1x1 that imports numba.  It knows nothing o
 files or screens: callers hand it C-contiguous arrays and a preallocated output.
 ``tiles.py`` holds the micro-kernel, ``target.py`` reads which SIMD unit numba
 compiles for, ``pool.py`` the worker threads, ``probe.py`` the FMA-peak probe,
+``streams.py`` the memory levels' bandwidth sweeps,
 and this module the public functions (``pack_bank``,
 ``apply_packed``, ``apply_to_new_output``, ``prepare``, ``compilations``) and
 compilation.  The tile shape comes from ``costs.packing``, the rule the Dask
