@@ -132,6 +132,11 @@ SUITE: tuple[BenchLayer, ...] = (
 QUICK_NAMES = ("GoogLeNet 3a 1x1", "ResNet-50 conv2 reduce", "ResNet-50 conv5 reduce")
 
 
+def quick_layers() -> list[BenchLayer]:
+    """The layers ``--quick`` runs: those of QUICK_NAMES, in float32 only."""
+    return [layer for layer in SUITE if layer.name in QUICK_NAMES and layer.dtype == "float32"]
+
+
 # Calls per contender whose fastest sizes the blocks.
 ESTIMATE_CALLS = 5
 # Long enough for OpenBLAS's spinning workers (and OpenMP's) to park after the previous contender.
@@ -317,7 +322,7 @@ def run_bench(
     started = time.perf_counter()
     background = BackgroundLoad()
     if layers is None:
-        layers = [layer for layer in SUITE if layer.name in QUICK_NAMES] if quick else list(SUITE)
+        layers = quick_layers() if quick else list(SUITE)
     timing = QUICK_TIMING if quick else FULL_TIMING
     steps = len(layers) + 2
     report_progress = progress or (lambda done_now, total, what: None)

@@ -35,12 +35,13 @@ def test_hand_worked_layer_flops_bytes_and_intensity():
 
 
 def test_suite_layers_count_the_known_googlenet_and_resnet_costs():
-    layers = {layer.name: layer for layer in suite.SUITE}
+    layers = {layer.name: layer for layer in suite.SUITE if layer.dtype == "float32"}
     assert layers["GoogLeNet 3a 1x1"].flops == 2 * 28 * 28 * 192 * 64 == 19_267_584
     resnet5 = layers["ResNet-50 conv5 reduce"]
     assert resnet5.bytes_moved == (7 * 7 * 2048 + 7 * 7 * 512 + 2048 * 512) * 4
     assert layers["ResNet-50 conv5 reduce N=32"].flops == 32 * resnet5.flops
     assert set(suite.QUICK_NAMES) <= set(layers)
+    assert [layer.name for layer in suite.quick_layers()] == list(suite.QUICK_NAMES)  # float32 only
 
 
 def test_roofline_memory_bound_layer_on_hand_numbers():
