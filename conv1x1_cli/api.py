@@ -22,6 +22,7 @@ from .engine.explain import explain_files, explain_pixel  # noqa: F401  (the pub
 from .engine.models import extract_tensor, model_cost  # noqa: F401  (the public API)
 from .engine.report import ApplyReport
 from .engine.stack import one_layer
+from .engine.streaming import check_stdin_read_once
 from .errors import ArgumentError
 
 _FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
@@ -100,12 +101,6 @@ def _is_plain_call(x: object, w: object, bias: object, layout: str) -> bool:
     )
 
 
-def _read_stdin_once(input_path: str, other_inputs: Sequence[str]) -> None:
-    paths = [input_path, *other_inputs]
-    if paths.count("-") > 1:
-        raise ArgumentError(f"'-' (standard input) is named {paths.count('-')} times; it can be read only once")
-
-
 Progress = Callable[[int, int], None]  # (units done since the last call, units in all): pixels or blocks
 
 
@@ -151,7 +146,7 @@ def apply(
     >>> report.output_shape, np.load(folder / "y.npy")[..., 0].tolist()
     ((2, 2, 1), [[3.0, 3.0], [3.0, 3.0]])
     """
-    _read_stdin_once(input_path, [*weight_paths, *options.bias_paths])
+    check_stdin_read_once([input_path, *weight_paths, *options.bias_paths])
     if runs_on_cluster(input_path, output_path, options.scheduler):
         from .cluster.run import apply_on_dask
 

@@ -20,10 +20,11 @@ import numpy as np
 
 from ..costs.volume import ACTIVATIONS, LAYOUTS, checked_choice, volume_of
 from ..errors import ArgumentError, InputError, tuple_text
-from ..sources.npy import STDIO, display_name, load_array
+from ..sources.npy import display_name, load_array
 from .arrays import convolve_array
 from .banks import BankFiles
 from .layers import Layer, banks_and_biases, checked_input_dtype, compute_dtype
+from .streaming import check_stdin_read_once
 
 # Every filter of a layer with at most this many is walked in full; of a wider layer, only filter 0
 # (or, in the last layer, the ones asked for): its output vector still gives every filter's value.
@@ -176,9 +177,7 @@ def explain_files(
     """``explain_pixel`` on files, as ``conv1x1 explain`` runs it: a .npy input (``-``: stdin), banks
     and biases in every form ``apply`` reads (.npy, ``model.safetensors#name``, ``model.onnx#Node``),
     named by their paths in every message."""
-    paths = [input_path, *weight_paths, *bias_paths]
-    if paths.count(STDIO) > 1:
-        raise ArgumentError(f"'-' (standard input) is named {paths.count(STDIO)} times; it can be read only once")
+    check_stdin_read_once([input_path, *weight_paths, *bias_paths])
     x = load_array(input_path)
     files = BankFiles.load(weight_paths, bias_paths, weights_layout)
     return _explain(x, display_name(input_path), files, activation, pixel, batch, layout, filters)

@@ -8,13 +8,20 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..costs.volume import Volume, volume_of
+from ..errors import ArgumentError
 from ..sources.atomic import signals_held
-from ..sources.npy import NpyInput, NpyOutput
+from ..sources.npy import STDIO, NpyInput, NpyOutput
 from .arrays import ArraySource
 from .banks import BankFiles
 from .layers import compute_dtype
 from .report import ApplyReport
 from .stack import Progress, Stack, run
+
+
+def check_stdin_read_once(paths: Sequence[str]) -> None:
+    """Standard input (``-``) may be named once among a command's inputs: it can be read only once."""
+    if paths.count(STDIO) > 1:
+        raise ArgumentError(f"'-' (standard input) is named {paths.count(STDIO)} times; it can be read only once")
 
 
 class FileSource:

@@ -126,16 +126,18 @@ def _shapes_cells(entry: dict) -> list[str]:
 
 
 def _roofline_notes(limits: dict, chain: bool) -> list[str]:
-    ridge, peak, bandwidth = limits["ridge_intensity"], limits["peak_gflops"], limits["bandwidth_gbs"]
-    notes = [
-        f"FLOP/B = FLOPs per byte of input, output and params; compute-bound at ≥ {ridge:,.1f} FLOP/B, the ridge",
-        f"point: {peak:,.1f} GFLOP/s peak ÷ {bandwidth:,.1f} GB/s bandwidth; limits: {limits['source']}",
-    ]
+    peak = limits["peak_gflops"]
     if limits.get("levels"):
-        notes[0] = (
-            "FLOP/B = FLOPs per byte of input, output and params; bound: the roof that binds, and where the data are"
-        )
-        notes[1] = f"{levels_note(limits['levels'])}; peak {peak:,.1f} GFLOP/s; limits: {limits['source']}"
+        notes = [
+            "FLOP/B = FLOPs per byte of input, output and params; bound: the roof that binds, and where the data are",
+            f"{levels_note(limits['levels'])}; peak {peak:,.1f} GFLOP/s; limits: {limits['source']}",
+        ]
+    else:
+        ridge, bandwidth = limits["ridge_intensity"], limits["bandwidth_gbs"]
+        notes = [
+            f"FLOP/B = FLOPs per byte of input, output and params; compute-bound at ≥ {ridge:,.1f} FLOP/B, the ridge",
+            f"point: {peak:,.1f} GFLOP/s peak ÷ {bandwidth:,.1f} GB/s bandwidth; limits: {limits['source']}",
+        ]
     if chain:
         notes.append("Σ: the chain fused, intermediates kept in memory (as apply does)")
     return notes
