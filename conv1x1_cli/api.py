@@ -12,18 +12,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from .costs.volume import ACTIVATIONS, checked_choice
 from .engine.arrays import checked_out, convolve_array
-from .engine.explain import explain_files, explain_pixel  # noqa: F401  (the public API)
-from .engine.models import extract_tensor, model_cost  # noqa: F401  (the public API)
 from .engine.report import ApplyReport
 from .engine.stack import one_layer
 from .engine.streaming import check_stdin_read_once
 from .errors import ArgumentError
+
+if TYPE_CHECKING:  # (what the type checker sees; at run time they load on first use: __getattr__ below)
+    from .engine.explain import explain_files, explain_pixel  # noqa: F401
+    from .engine.models import extract_tensor, model_cost  # noqa: F401
 
 _FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 
@@ -166,3 +168,20 @@ def apply(
         threads=options.threads,
         progress=options.progress,
     )
+
+
+# Loaded on first use: every `apply` imports this module, and these are for other commands.
+_LAZY = {
+    "explain_files": "engine.explain",
+    "explain_pixel": "engine.explain",
+    "extract_tensor": "engine.models",
+    "model_cost": "engine.models",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
