@@ -10,8 +10,8 @@ Numba is imported only when a convolution actually runs, Dask only when a run ne
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -113,6 +113,10 @@ class ApplyOptions:
     ``scheduler`` (a dask.distributed address) or a .zarr input or output runs on Dask; ``chunks``
     (rows, cols) sets the Dask block size and is only for such runs. ``progress(done, total)`` is
     called as the work advances: pixels in this process, blocks or tasks on Dask.
+
+    For stores: ``storage_options`` go to the fsspec file system of every URL (``s3://…``), on this
+    machine and on the workers; ``overwrite`` lets an output store replace what is already there;
+    ``codec`` names the output store's compression (``cluster.codecs``; None: the default).
     """
 
     bias_paths: Sequence[str] = ()
@@ -123,6 +127,9 @@ class ApplyOptions:
     scheduler: str | None = None
     chunks: tuple[int, int] | None = None
     progress: Progress | None = None
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    overwrite: bool = False
+    codec: str | None = None
 
 
 def runs_on_cluster(input_path: str, output_path: str, scheduler: str | None = None) -> bool:
@@ -153,8 +160,14 @@ def apply(
         from .cluster.run import apply_on_dask
 
         return apply_on_dask(input_path, weight_paths, output_path, options)
-    if options.chunks:
-        raise ArgumentError("chunks only apply to zarr stores and Dask scheduler runs")
+    store_only = (
+        ("chunks only apply", "--chunks", options.chunks),
+        ("a codec only applies", "--codec", options.codec),
+        ("storage options only apply", "--storage-option", options.storage_options),
+    )
+    for what, option, given in store_only:
+        if given:
+            raise ArgumentError(f"{what} to zarr stores and Dask scheduler runs", option=option)
     from .engine.streaming import apply_npy
 
     return apply_npy(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..cluster.codecs import CODEC_HELP
 from .options import (
     ACTIVATION_OPTION,
     BIAS_FILES_OPTION,
@@ -11,6 +12,7 @@ from .options import (
     WEIGHTS_LAYOUT_OPTION,
     Command,
     check_bias_count,
+    quiet_libraries,
     usage_error,
 )
 
@@ -31,7 +33,17 @@ from .options import (
     help="Run on this dask.distributed scheduler [.zarr runs: $DASK_SCHEDULER_ADDRESS, else a local cluster].",
 )
 @click.option("--chunks", metavar="ROWSxCOLS", default=None, help="Dask block size in pixels (stores and --scheduler).")
-@click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
+@click.option(
+    "--storage-option",
+    "storage_pairs",
+    metavar="KEY=VALUE",
+    multiple=True,
+    help="Passed to the fsspec file system of s3://, gs://… stores, here and on the workers (repeatable; "
+    "VALUE read as JSON when it parses, e.g. anon=true).",
+)
+@click.option("--codec", metavar="NAME[:LEVEL]", default=None, help=f"Output store compression: {CODEC_HELP}")
+@click.option("--overwrite", is_flag=True, help="Replace what is already at an output store (.npy files always are).")
+@click.option("-q", "--quiet", is_flag=True, help="Nothing on stderr unless it fails: no summary, bar or warning.")
 def apply(
     input_path,
     weight_paths,
@@ -43,6 +55,9 @@ def apply(
     threads,
     scheduler,
     chunks,
+    storage_pairs,
+    codec,
+    overwrite,
     quiet,
 ):
     """Apply a 1×1 convolution (+ bias, + ReLU) to INPUT with each bank in WEIGHTS, in order.
@@ -65,6 +80,8 @@ def apply(
     """
     from ..api import ApplyOptions, runs_on_cluster
     from ..api import apply as apply_files
+    from ..cluster.codecs import check_codec
+    from ..cluster.options import storage_options
     from ..costs.chunks import parse_chunks
     from ..render.progress import progress_bar, stderr_console
 
@@ -73,8 +90,13 @@ def apply(
         raise click.BadParameter("only applies to zarr stores and --scheduler runs", param_hint="'--chunks'")
     with usage_error("'--chunks'"):
         block = parse_chunks(chunks) if chunks else None
-    with progress_bar("convolving", enabled=not quiet) as progress:
-        options = ApplyOptions(bias_paths, layout, weights_layout, activation, threads, scheduler, block, progress)
+    with usage_error("'--storage-option'"):
+        storage = storage_options(storage_pairs)
+    with usage_error("'--codec'"):
+        check_codec(codec)
+    with quiet_libraries(quiet), progress_bar("convolving", enabled=not quiet) as progress:
+        choices = (bias_paths, layout, weights_layout, activation, threads, scheduler, block, progress)
+        options = ApplyOptions(*choices, storage_options=storage, overwrite=overwrite, codec=codec)
         report = apply_files(input_path, weight_paths, output_path, options)
     if not quiet:
         from ..render.apply import apply_summary

@@ -91,6 +91,25 @@ def usage_error(param_hint: str):
         raise click.BadParameter(str(error), param_hint=param_hint) from None
 
 
+@contextlib.contextmanager
+def quiet_libraries(quiet: bool):
+    """With ``-q``: no warning and no log record reaches stderr while the block runs, ours or those of
+    the libraries a run uses (distributed, fsspec, aiohttp). Errors still end the run as one line."""
+    if not quiet:
+        yield
+        return
+    import logging
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.CRITICAL)
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
+
+
 def stdout_console():
     """A rich console on stdout; a closed or failing stdout becomes one error line."""
     from ..render.tables import make_console

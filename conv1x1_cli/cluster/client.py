@@ -3,6 +3,7 @@ a graph on it while reporting progress, and turning its failures into one-line `
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -15,6 +16,10 @@ from ..errors import ClusterError, first_line
 
 SCHEDULER_VARIABLE = "DASK_SCHEDULER_ADDRESS"
 CONNECT_TIMEOUT = "10s"
+# A run on a cluster left with no workers fails after this long (unless Dask's config says otherwise).
+NO_WORKERS_SECONDS = 30.0
+# How often a waiting run checks that the cluster still has workers.
+POLL_SECONDS = 1.0
 Progress = Callable[[int, int], None]  # (tasks done since the last call, tasks in all)
 
 
@@ -50,7 +55,7 @@ def local_cluster(threads: int | None = None, **options) -> Iterator:
         "threads_per_worker": 1,
         "processes": True,
         "memory_limit": "auto",  # the machine's memory shared between the workers
-        "dashboard_address": None,
+        "dashboard_address": ":0",  # a free port: the default, 8787, warns when another cluster has it
         "silence_logs": logging.ERROR,
         # numba starts a thread per core in every process unless told; only kernel_threads work.
         "env": {"NUMBA_NUM_THREADS": str(kernel_threads)},
@@ -61,24 +66,60 @@ def local_cluster(threads: int | None = None, **options) -> Iterator:
 
 def compute(client, graph, progress: Progress | None = None):
     """Compute ``graph`` on ``client``, telling ``progress`` of its tasks; cluster failures -> ClusterError."""
-    from distributed import KilledWorker
-
     future = client.compute(graph)
     try:
         if progress:
-            client.sync(progress_listener_class()([future], progress).listen)
-        return future.result()
-    except KilledWorker as error:
-        raise ClusterError(
-            f"the cluster lost the worker running {error.task!r} too many times (a crash or out of memory?); "
-            "nothing was written"
-        ) from None
+            listener = progress_listener_class()([future], progress)
+            client.loop.add_callback(listener.listen)  # (in the client's event loop: ``result`` waits here)
+        return result(client, future)
     except BaseException:
         future.cancel()
         _wait_for_running_tasks(client, graph)
         raise
     finally:
         future.cancel()
+
+
+def result(client, future):
+    """``future.result()``, with the cluster's failures as one ``ClusterError`` line: a task that
+    killed its workers too often, a scheduler gone, or no worker at all for ``no_workers_timeout()``
+    seconds (every worker lost, and none coming back)."""
+    from distributed import KilledWorker
+
+    timeout = no_workers_timeout()
+    workerless_since: float | None = None
+    while True:
+        try:
+            return future.result(timeout=POLL_SECONDS)
+        except KilledWorker as error:
+            raise ClusterError(
+                f"the cluster lost the worker running {error.task!r} too many times (a crash or out of memory?); "
+                "nothing was written"
+            ) from None
+        except TimeoutError:
+            pass
+        except (OSError, asyncio.CancelledError) as error:
+            if client.status != "running" or future.cancelled():
+                raise ClusterError(f"lost the Dask scheduler ({first_line(error)}); nothing was written") from None
+            raise
+        try:
+            workers = len(client.nthreads())
+        except OSError as error:
+            raise ClusterError(f"lost the Dask scheduler ({first_line(error)}); nothing was written") from None
+        now = time.monotonic()
+        workerless_since = None if workers else (workerless_since or now)
+        if workerless_since is not None and now - workerless_since >= timeout:
+            raise ClusterError(f"the cluster has had no workers for {timeout:g} s; nothing was written")
+
+
+def no_workers_timeout() -> float:
+    """Seconds a run waits on a cluster with no workers: Dask's ``distributed.scheduler.no-workers-timeout``
+    when set, else ``NO_WORKERS_SECONDS``."""
+    import dask.config
+    from dask.utils import parse_timedelta
+
+    configured = dask.config.get("distributed.scheduler.no-workers-timeout", None)
+    return NO_WORKERS_SECONDS if configured is None else float(parse_timedelta(configured, default="s"))
 
 
 def _wait_for_running_tasks(client, graph, timeout: float = 60.0) -> None:

@@ -12,7 +12,7 @@ from ..costs.volume import volume_of
 from ..engine.banks import BankFiles
 from ..engine.layers import compute_dtype
 from ..engine.report import ApplyReport
-from . import blocks, stores
+from . import blocks, codecs, stores
 from .client import compute, dask_client
 from .paths import is_store, require_dask
 
@@ -30,8 +30,10 @@ def apply_on_dask(input_path: str, weight_paths: Sequence[str], output_path: str
         if is_store(path):
             require_dask(path, action)
     layout, threads = options.layout, options.threads
+    storage = dict(options.storage_options)
+    compressors = codecs.compressors(options.codec)
     bank_files = BankFiles.load(weight_paths, options.bias_paths, options.weights_layout)
-    x = _open_input(input_path, layout, bank_files.filters, options.chunks)
+    x = _open_input(input_path, layout, bank_files.filters, options.chunks, storage)
     volume = volume_of(x.shape, layout, input_path)
     layers = bank_files.layers(options.activation, volume.channels, compute_dtype(x.dtype), input_path)
     input_shape = x.shape
@@ -40,20 +42,31 @@ def apply_on_dask(input_path: str, weight_paths: Sequence[str], output_path: str
     with dask_client(options.scheduler, threads) as client:
         result = blocks.convolve_layers(x, layers, layout=layout, threads=threads)
         token = blocks.stack_token(layers, threads)
+        # A long-lived cluster keeps its workers' packed stacks, and their kernel time, between runs.
+        kernel_before = client.run(_kernel_seconds, token)
         if is_store(output_path):
-            stores.write_store(result, output_path, lambda graph: compute(client, graph, options.progress))
+            stores.write_store(
+                result,
+                output_path,
+                lambda graph: compute(client, graph, options.progress),
+                storage_options=storage,
+                overwrite=options.overwrite,
+                compressors=compressors,
+            )
         else:
             stores.stream_to_npy(result, output_path, client, options.progress)
-        kernel_seconds = max(client.run(_kernel_seconds_since, token).values(), default=0.0)
+        kernel_after = client.run(_kernel_seconds, token)
+    kernel_seconds = max((kernel_after[w] - kernel_before.get(w, 0.0) for w in kernel_after), default=0.0)
     return ApplyReport.of(input_shape, volume, layers, time.perf_counter() - started, kernel_seconds)
 
 
-def _open_input(path: str, layout: str, filters: list[int], chunks: tuple[int, int] | None):
+def _open_input(path: str, layout: str, filters: list[int], chunks: tuple[int, int] | None, storage: dict):
     if not is_store(path):
         return stores.open_npy(path, lambda shape: block_shape(shape, layout, filters, chunks))
-    x = stores.open_store(path)
+    x = stores.open_store(path, storage)
     return x if chunks is None else x.rechunk(block_shape(x.shape, layout, filters, chunks))
 
 
-def _kernel_seconds_since(token: str) -> float:
+def _kernel_seconds(token: str) -> float:
+    """This worker's kernel seconds so far for the stack named ``token``."""
     return blocks.kernel_seconds(token)

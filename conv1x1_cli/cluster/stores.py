@@ -3,9 +3,10 @@
 - A zarr (format 3) store, a local path or an fsspec URL (``s3://bucket/x.zarr``), opens as a Dask
   array with the store's own chunks. A .npy file opens as one too, cut into blocks of whole pixels
   that the workers read themselves (so a local .npy file needs a file system the workers share).
-- A store is written beside its destination and renamed into place only when every block is in it;
-  on object storage, where nothing renames atomically, the array's metadata (``zarr.json``) is written
-  last, so until the run succeeds no reader sees an array there. A failed run removes what it wrote.
+- A local store is written beside its destination and renamed into place only when every block is in
+  it (``sources.atomic``: the temporary of a killed run is removed by the next one); on object
+  storage, where nothing renames atomically, ``remote`` writes the array's metadata last. A failed
+  run removes what it wrote; a store already there is replaced only when asked to.
 - A .npy output is streamed in C order through ``sources.npy.NpyOutput`` (atomic too): the blocks of one band
   of rows are computed, written and dropped before the band after next is asked for.
 
@@ -15,17 +16,19 @@ absence into one line naming the extra to install.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable, Iterator
 from math import prod
+from typing import Any
 
 import numpy as np
 
 from ..engine.layers import NUMERIC_KINDS
-from ..errors import InputError, first_line
+from ..errors import ArgumentError, InputError, first_line
 from ..sources.atomic import Replacement, final_target
 from ..sources.npy import STDIO, NpyInput, NpyOutput
+from . import remote
+from .client import result as result_of
 from .paths import is_url
 
 # Slabs of output asked for ahead of the one being written: enough to keep the workers busy.
@@ -36,17 +39,25 @@ SLABS_AHEAD_PER_THREAD = 2
 # Reading
 
 
-def open_store(path: str):
-    """The zarr array at ``path`` as a Dask array with the store's chunks (nothing read yet)."""
+def open_store(path: str, storage_options: dict[str, Any] | None = None):
+    """The zarr array at ``path`` as a Dask array with the store's chunks (nothing read yet).
+    ``storage_options`` go to the fsspec file system of a URL; the workers get them with the array."""
     import dask.array as da
     import zarr
 
-    if os.path.isfile(path):
+    if is_url(path):
+        remote.filesystem(path, storage_options or {})  # a missing package or a bad option: one line
+    elif storage_options:
+        raise ArgumentError(f"{path}: storage options are only for URLs such as s3://bucket/x.zarr")
+    elif os.path.isfile(path):
         raise InputError(f"{path}: is a file; a zarr store is a directory (or a prefix on object storage)")
     try:
-        array = zarr.open_array(store=path, mode="r")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such zarr store") from None
+        with remote.storage_errors(path):
+            array = zarr.open_array(store=path, mode="r", storage_options=storage_options or None)
+    except InputError as error:
+        if "not found" in str(error):
+            raise InputError(f"{path}: no such zarr store") from None
+        raise
     except Exception as error:  # zarr raises many types for a group, v2 metadata or garbage
         raise InputError(f"{path}: not a zarr array ({first_line(error)})") from None
     if array.dtype.kind not in NUMERIC_KINDS:
@@ -102,29 +113,56 @@ def read_npy_block(path: str, shape: tuple[int, ...], fortran_order: bool, block
 # Writing a store
 
 
-def write_store(result, path: str, compute: Callable[[object], None]) -> None:
+def write_store(
+    result,
+    path: str,
+    compute: Callable[[object], None],
+    *,
+    storage_options: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    compressors: Any = "auto",
+) -> None:
     """Write Dask array ``result`` to a zarr v3 store at ``path``, all or nothing.
 
     ``compute(delayed)`` runs the write graph (on a cluster, with progress); whatever it raises, and
-    Ctrl-C, leaves neither a half-written store nor a temporary one behind.
+    Ctrl-C, leaves neither a half-written store nor a temporary one behind. A store already at ``path``
+    is replaced only with ``overwrite``; ``compressors`` are zarr's (``"auto"``: its default).
+    ``storage_options`` go to the fsspec file system of a URL (``remote``).
     """
+
+    def create(store):
+        return zarr_array(store, result, compressors, storage_options if is_url(path) else None)
+
     if is_url(path):
-        _write_remote_store(result, path, compute)
+        fs, root = remote.filesystem(path, storage_options or {})
+        remote.write_remote_store(
+            result, path, lambda array: compute(_store_graph(result, array)), lambda: create(path), fs, root, overwrite
+        )
         return
+    if storage_options:
+        raise ArgumentError(f"{path}: storage options are only for URLs such as s3://bucket/x.zarr")
     target = final_target(path.rstrip("/"))  # a symbolic link stays one; its target is replaced
-    _check_replaceable(target, os.path.dirname(os.path.abspath(target)))
+    _check_replaceable(target, os.path.dirname(os.path.abspath(target)), overwrite)
     try:
         with Replacement(target, directory=True) as store:
-            compute(_store_graph(result, _create_array(store.temp, result)))
+            compute(_store_graph(result, create(store.temp)))
     except OSError as error:
         raise InputError(f"{path}: cannot write the store ({error.strerror or error})") from None
 
 
-def _create_array(store, result):
+def zarr_array(store, result, compressors: Any = "auto", storage_options: dict[str, Any] | None = None):
+    """A new zarr v3 array at ``store`` with ``result``'s shape, dtype and chunks (its ``zarr.json`` written)."""
     import zarr
 
     return zarr.create_array(
-        store=store, shape=result.shape, chunks=result.chunksize, dtype=result.dtype, zarr_format=3, overwrite=True
+        store=store,
+        shape=result.shape,
+        chunks=result.chunksize,
+        dtype=result.dtype,
+        compressors=compressors,
+        zarr_format=3,
+        overwrite=False,  # (True would clear the whole prefix, ``remote``'s marker included)
+        storage_options=storage_options,
     )
 
 
@@ -139,33 +177,16 @@ def _store_graph(result, target):
     return da.store(result, target, lock=False, compute=False)
 
 
-def _check_replaceable(path: str, directory: str) -> None:
+def _check_replaceable(path: str, directory: str, overwrite: bool) -> None:
     if not os.path.isdir(directory):
         raise InputError(f"{path}: directory {directory} does not exist")
     if not os.access(directory, os.W_OK):
         raise InputError(f"{path}: cannot write in {directory}")
-    if os.path.lexists(path) and not os.path.isfile(os.path.join(path, "zarr.json")):
-        raise InputError(f"{path}: exists and is not a zarr store; refusing to replace it")
-
-
-def _write_remote_store(result, url: str, compute: Callable[[object], None]) -> None:
-    """Object storage has no atomic rename: write the chunks first and ``zarr.json`` last."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(url)
-    if fs.exists(root):
-        raise InputError(f"{url}: already exists; remove it first (stores on object storage are not replaced)")
-    target = _create_array(url, result)
-    metadata_key = f"{root.rstrip('/')}/zarr.json"
-    metadata = fs.cat_file(metadata_key)
-    try:
-        fs.rm_file(metadata_key)  # the array object keeps its metadata in memory, workers included
-        compute(_store_graph(result, target))
-        fs.pipe_file(metadata_key, metadata)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            fs.rm(root, recursive=True)
-        raise
+    if not os.path.lexists(path) or overwrite:
+        return
+    if os.path.isfile(os.path.join(path, "zarr.json")):
+        raise InputError(f"{path}: a zarr store is already there; pass --overwrite to replace it")
+    raise InputError(f"{path}: exists and is not a zarr store; pass --overwrite to replace it")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -188,7 +209,7 @@ def stream_to_npy(result, path: str, client, progress: Callable[[int, int], None
             for index in range(len(slabs)):
                 while len(pending) < ahead and index + len(pending) < len(slabs):
                     pending.append(client.compute(result[slabs[index + len(pending)]]))
-                output.write(pending.pop(0).result())
+                output.write(result_of(client, pending.pop(0)))
                 if progress:
                     progress(_blocks_in(result, slabs[index]), result.npartitions)
         finally:

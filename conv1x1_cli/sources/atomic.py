@@ -163,9 +163,14 @@ class Replacement(CommittedOnSuccess):
         folder = os.path.dirname(self.path) or "."
         prefix = f".{os.path.basename(self.path)[: _NAME_MAX - _TEMP_EXTRA - 2]}."
         self.file: BinaryIO | None = None
-        self.temp: str | None = _create_beside(folder, prefix, directory)
-        if not directory:
-            self.file = open(self.temp, "wb")  # noqa: SIM115 (closed by commit or discard)
+        remove_stale_temporaries(folder, prefix, self.path)
+        self.temp: str | None
+        self.temp, descriptor = _create_beside(folder, prefix, directory)
+        if directory:
+            self._lock: int | None = descriptor  # (held open: the lock lasts as long as the descriptor)
+        else:
+            self._lock = None
+            self.file = os.fdopen(descriptor, "wb")  # (closed by commit or discard)
 
     def commit(self) -> None:
         """Put the new version in place of the old (or where nothing was). No fsync: the rename is
@@ -182,6 +187,7 @@ class Replacement(CommittedOnSuccess):
             os.replace(self.temp, self.path)
         _live.discard(self.temp)
         self.temp = None
+        self._unlock()
 
     def discard(self) -> None:
         """Remove the temporary; the old version, if any, stays as it was."""
@@ -192,6 +198,13 @@ class Replacement(CommittedOnSuccess):
                 self.file.close()
         _remove(self.temp)
         self.temp = None
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock)
+            self._lock = None
 
 
 # Temporaries created and neither renamed into place nor removed yet. A signal's exception can strike
@@ -217,24 +230,108 @@ def _remove(temp: str) -> None:
     _live.discard(temp)
 
 
-def _create_beside(folder: str, prefix: str, directory: bool) -> str:
+def _create_beside(folder: str, prefix: str, directory: bool) -> tuple[str, int]:
     """A new, empty file (mode 0600) or directory (0700) named ``prefix`` + 8 random characters + ``.tmp``
-    in ``folder``, by a path relative to it: tempfile would make it absolute, which fails in a current
-    directory deeper than PATH_MAX. Created and recorded as live with signals held, so that no signal
-    falls between the two."""
+    in ``folder``, by a path relative to it (tempfile would make it absolute, which fails in a current
+    directory deeper than PATH_MAX), and a descriptor of it holding its lock (see
+    ``remove_stale_temporaries``). Created, locked and recorded as live with signals held, so that no
+    signal falls between the steps."""
     for _ in range(100):
         temp = os.path.join(folder, f"{prefix}{os.urandom(4).hex()}.tmp")  # (secrets costs 4 ms to import)
         try:
             with signals_held():
                 if directory:
                     os.mkdir(temp, 0o700)
+                    descriptor = os.open(temp, os.O_RDONLY)
                 else:
-                    os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                    descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                _lock(descriptor)
                 _live.add(temp)
-            return temp
+            return temp, descriptor
         except FileExistsError:
             continue
     raise FileExistsError(f"no free temporary name in {folder}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Temporaries of killed runs
+#
+# A run killed with SIGKILL (or by the out-of-memory killer, or a power cut) cannot remove its
+# temporary: a store's can be hundreds of MiB. Every temporary is locked (flock) for as long as its run
+# lives, and the kernel drops the lock when the process dies however it dies; so the next run on the
+# same destination finds the temporaries whose lock is free and removes them, and never one that a run
+# still holds. Where locks do not work (some network file systems) nothing is removed.
+
+# A temporary younger than this is left alone even unlocked: it may be one being created (its lock is
+# taken a few microseconds after it appears).
+_STALE_AFTER_SECONDS = 1.0
+
+
+class LeftoverRemoved(UserWarning):
+    """A temporary left by an earlier run that was killed, found and removed (one line on the CLI)."""
+
+
+def remove_stale_temporaries(folder: str, prefix: str, path: str) -> list[str]:
+    """Remove the temporaries of ``path`` (named ``prefix`` + 8 hex digits + ``.tmp``) that no living
+    run holds, with a ``LeftoverRemoved`` warning for each, and the ``.old`` copy a killed directory
+    rename left beside a ``path`` that exists again. Returns the names removed."""
+    import re
+    import time
+    import warnings
+
+    pattern = re.compile(re.escape(prefix) + r"[0-9a-f]{8}\.(tmp|old)")
+    try:
+        names = [name for name in os.listdir(folder) if pattern.fullmatch(name)]
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        leftover = os.path.join(folder, name)
+        if name.endswith(".old") and not os.path.lexists(path):
+            continue  # the killed rename had moved the old version aside: it is all there is
+        try:
+            if time.time() - os.lstat(leftover).st_mtime < _STALE_AFTER_SECONDS or not _unlocked(leftover):
+                continue
+            size = _tree_bytes(leftover)
+        except OSError:
+            continue
+        _remove(leftover)
+        removed.append(name)
+        message = f"{path}: removed {name} ({size / 2**20:.1f} MiB), left by an earlier run that was killed"
+        warnings.warn(LeftoverRemoved(message), stacklevel=3)
+    return removed
+
+
+def _lock(descriptor: int) -> None:
+    """Take the exclusive lock of a temporary (nothing where the OS has no flock)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return
+    with contextlib.suppress(OSError):  # a file system without locks: its leftovers are never removed
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _unlocked(leftover: str) -> bool:
+    """Whether no process holds ``leftover``'s lock (False when that cannot be known)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    descriptor = os.open(leftover, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held (BlockingIOError), or no locks on this file system
+        return False
+    finally:
+        os.close(descriptor)
+    return True
+
+
+def _tree_bytes(path: str) -> int:
+    if not os.path.isdir(path):
+        return os.lstat(path).st_size
+    return sum(os.lstat(os.path.join(folder, name)).st_size for folder, _, names in os.walk(path) for name in names)
 
 
 # Signals held: how deep the held blocks nest, and the handlers waiting for the outermost to end.

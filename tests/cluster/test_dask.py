@@ -286,8 +286,23 @@ def test_a_failing_run_leaves_the_old_store_and_no_temporary(client, tmp_path, r
     destination = write_store(tmp_path / "out.zarr", np.full((3, 3), 7.0), (3, 3))
     lazy = conv1x1_dask(source.map_blocks(fail_on_third_row_band, dtype=np.float32), np.ones((8, 2), np.float32))
     with pytest.raises(ValueError, match="disk on fire"):
-        stores.write_store(lazy, destination, lambda graph: runner.compute(client, graph))
+        stores.write_store(lazy, destination, lambda graph: runner.compute(client, graph), overwrite=True)
     np.testing.assert_array_equal(zarr.open_array(destination)[...], np.full((3, 3), 7.0))
+    assert leftovers(tmp_path) == []
+
+
+def test_a_complete_store_is_replaced_only_with_overwrite(cluster, tmp_path, rng):
+    import zarr
+
+    destination = write_store(tmp_path / "out.zarr", np.full((3, 3), 7.0), (3, 3))
+    np.save(tmp_path / "x.npy", np.ones((4, 4, 2), np.float32))
+    np.save(tmp_path / "w.npy", np.full((2, 1), 2.0, np.float32))
+    arguments = (str(tmp_path / "x.npy"), [str(tmp_path / "w.npy")], destination)
+    with pytest.raises(InputError, match=r"out\.zarr: a zarr store is already there; pass --overwrite to replace it"):
+        apply_stores(*arguments, scheduler=cluster.scheduler_address)
+    np.testing.assert_array_equal(zarr.open_array(destination)[...], np.full((3, 3), 7.0))
+    apply_stores(*arguments, scheduler=cluster.scheduler_address, overwrite=True)
+    np.testing.assert_array_equal(zarr.open_array(destination)[...], np.full((4, 4, 1), 4.0))
     assert leftovers(tmp_path) == []
 
 
@@ -302,6 +317,120 @@ def test_losing_workers_for_good_is_a_clear_error_and_no_store(client, tmp_path,
     assert not (tmp_path / "out.zarr").exists()
     assert leftovers(tmp_path) == []
     client.wait_for_workers(2, timeout=60)
+
+
+@pytest.fixture
+def lone_worker_cluster(tmp_path_factory):
+    """A scheduler and one worker without a nanny, each a process of its own (``dask scheduler`` and
+    ``dask worker --no-nanny``): killing the worker loses it for good. Yields (address, worker process)."""
+    pytest.importorskip("distributed")
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # (the scheduler cannot import this module)
+    scheduler_file = tmp_path_factory.mktemp("cluster") / "scheduler.json"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": {**os.environ, "PYTHONPATH": str(ROOT)}}
+    scheduler = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--dashboard-address",
+            ":0",
+            "--scheduler-file",
+            str(scheduler_file),
+        ],
+        **quiet,
+    )
+    worker = None
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        import json
+
+        address = json.loads(scheduler_file.read_text())["address"]
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_worker",
+                address,
+                "--no-nanny",
+                "--nthreads",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--dashboard-address",
+                ":0",
+            ],
+            **quiet,
+        )
+        from distributed import Client
+
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(1, timeout=60)
+        yield address, worker
+    finally:
+        for process in (worker, scheduler):
+            if process is not None:
+                process.kill()
+                process.wait()
+
+
+def test_a_cluster_whose_every_worker_is_gone_fails_in_bounded_time(lone_worker_cluster, tmp_path, rng):
+    """The worker is killed mid-run and nothing replaces it: after Dask's no-workers-timeout (3 s here),
+    one ClusterError line, and nothing at the destination."""
+    import dask
+
+    from conv1x1_cli.cluster import client as runner
+    from conv1x1_cli.cluster import stores
+    from conv1x1_cli.errors import ClusterError
+
+    address, worker = lone_worker_cluster
+    _, source = store_input(tmp_path, rng)  # 40 blocks of 0.15 s on 1 worker: about 6 s
+    lazy = conv1x1_dask(source.map_blocks(slow_copy), np.ones((8, 2), np.float32))
+    destination = tmp_path / "out.zarr"
+    with (
+        dask.config.set({"distributed.scheduler.no-workers-timeout": "3s"}),
+        runner.dask_client(address) as client,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        run = pool.submit(stores.write_store, lazy, str(destination), lambda graph: runner.compute(client, graph))
+        deadline = time.monotonic() + 30
+        while not glob.glob(str(tmp_path / ".out.zarr.*.tmp/c/*")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        worker.kill()
+        killed = time.monotonic()
+        with pytest.raises(ClusterError, match=r"^the cluster has had no workers for 3 s; nothing was written$"):
+            run.result(timeout=60)
+        assert time.monotonic() - killed < 3 + 2 * runner.POLL_SECONDS + 5
+    assert not destination.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_a_cli_run_on_a_cluster_without_workers_is_one_line(lone_worker_cluster, tmp_path):
+    address, worker = lone_worker_cluster
+    worker.kill()
+    worker.wait()
+    np.save(tmp_path / "x.npy", np.ones((16, 16, 4), np.float32))
+    np.save(tmp_path / "w.npy", np.ones((4, 2), np.float32))
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "conv1x1_cli", "apply", "x.npy", "w.npy", "-o", "out.zarr", "--scheduler", address],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT": "2s"},
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["Error: the cluster has had no workers for 2 s; nothing was written"]
+    assert time.monotonic() - started < 60
+    assert sorted(os.listdir(tmp_path)) == ["w.npy", "x.npy"]
 
 
 def test_an_unreachable_scheduler_is_one_line(monkeypatch):

@@ -123,20 +123,24 @@ def test_a_regular_file_named_like_a_store_says_so(tmp_path, samples_dir):
     assert "fake.zarr: is a file; a zarr store is a directory" in result.output
 
 
-def test_a_store_chunked_across_channels_warns_in_one_line(tmp_path):
+def test_a_store_chunked_across_channels_warns_in_one_line_and_quiet_is_silent(tmp_path):
     zarr = pytest.importorskip("zarr")
     store = zarr.create_array(store=str(tmp_path / "x.zarr"), shape=(8, 8, 6), chunks=(8, 8, 3), dtype="f4")
     store[...] = 1.0
     np.save(tmp_path / "w.npy", np.ones((6, 2), np.float32))
-    result = subprocess.run(
-        [sys.executable, "-m", "conv1x1_cli", "apply", "x.zarr", "w.npy", "-o", "o.npy", "-q"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    warnings = [line for line in result.stderr.splitlines() if "channel axis" in line]
-    assert len(warnings) == 1 and warnings[0].startswith("warning: the channel axis (axis 2, 6 channels) is split")
-    assert "UserWarning" not in result.stderr and "warnings.warn" not in result.stderr
-    np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), np.full((8, 8, 2), 6.0, np.float32))
+    for quiet in ([], ["-q"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "conv1x1_cli", "apply", "x.zarr", "w.npy", "-o", "o.npy", *quiet],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), np.full((8, 8, 2), 6.0, np.float32))
+        if quiet:
+            assert result.stderr == ""  # quiet means quiet, warnings included
+            continue
+        warnings = [line for line in result.stderr.splitlines() if "channel axis" in line]
+        assert len(warnings) == 1 and warnings[0].startswith("warning: the channel axis (axis 2, 6 channels) is split")
+        assert "UserWarning" not in result.stderr and "warnings.warn" not in result.stderr

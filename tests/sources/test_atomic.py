@@ -123,3 +123,100 @@ def test_a_directory_of_the_longest_name_is_replaced(tmp_path):
         with Replacement(str(tmp_path / name), directory=True) as new:
             (tmp_path / new.temp / "zarr.json").write_text("{}")
     assert names(tmp_path) == [name]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Temporaries of runs killed with SIGKILL
+
+# A child that starts replacing PATH (a file, or a directory with DIRECTORY), writes into its
+# temporary, says so on stdout, then waits to be killed.
+HOLDER = """
+import os, sys
+from conv1x1_cli.sources.atomic import Replacement
+path, directory = sys.argv[1], sys.argv[2] == "directory"
+new = Replacement(path, directory=directory)
+if directory:
+    with open(os.path.join(new.temp, "chunk"), "wb") as chunk:
+        chunk.write(bytes(3 * 2**20))
+else:
+    new.file.write(bytes(3 * 2**20))
+    new.file.flush()
+print(new.temp, flush=True)
+sys.stdin.read()
+"""
+
+
+def start_holder(path, directory=False):
+    """A live run replacing ``path`` and the absolute path of its temporary."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path), "directory" if directory else "file"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=path.parent,
+    )
+    temp = path.parent / os.path.basename(child.stdout.readline().strip())
+    return child, temp
+
+
+def killed_run_leftover(path, directory=False):
+    """The temporary of a run on ``path`` killed with SIGKILL, made older than a run being created."""
+    child, temp = start_holder(path, directory)
+    child.kill()
+    child.wait()
+    old = os.stat(temp).st_mtime - 5
+    os.utime(temp, (old, old))
+    return temp
+
+
+@pytest.mark.parametrize("directory", [False, True], ids=["file", "store"])
+def test_the_next_run_removes_what_a_killed_run_left_and_says_so(tmp_path, directory):
+    from conv1x1_cli.sources.atomic import LeftoverRemoved
+
+    target = tmp_path / ("out.zarr" if directory else "out.npy")
+    leftover = killed_run_leftover(target, directory)
+    assert leftover.exists()
+    message = rf"out\.\w+: removed {leftover.name} \(3\.0 MiB\), left by an earlier run that was killed"
+    with pytest.warns(LeftoverRemoved, match=message):
+        new = Replacement(str(target), directory=directory)
+    new.discard()
+    assert names(tmp_path) == []
+
+
+@pytest.mark.parametrize("directory", [False, True], ids=["file", "store"])
+def test_a_temporary_of_a_run_still_alive_is_left_alone(tmp_path, directory):
+    import warnings
+
+    target = tmp_path / ("out.zarr" if directory else "out.npy")
+    child, temp = start_holder(target, directory)
+    try:
+        old = os.stat(temp).st_mtime - 5
+        os.utime(temp, (old, old))  # old enough: only its lock keeps it
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with Replacement(str(target), directory=directory) as new:
+                if not directory:
+                    new.file.write(b"mine")
+        assert temp.exists()
+    finally:
+        child.kill()
+        child.wait()
+    assert sorted(names(tmp_path)) == sorted([target.name, temp.name])
+
+
+def test_other_destinations_temporaries_and_a_moved_aside_old_version_stay(tmp_path):
+    """Only the temporaries of the same destination go; and a directory's ``.old`` (the old version,
+    moved aside by a rename that was killed) stays while the destination does not exist."""
+    other = killed_run_leftover(tmp_path / "other.npy")
+    aside = tmp_path / ".out.zarr.0123abcd.old"
+    aside.mkdir()
+    os.utime(aside, (1, 1))
+    Replacement(str(tmp_path / "out.zarr"), directory=True).discard()
+    assert names(tmp_path) == sorted([other.name, aside.name])
+    (tmp_path / "out.zarr").mkdir()  # the destination is back: the old copy is a leftover now
+    with pytest.warns(UserWarning, match="removed .out.zarr.0123abcd.old"):
+        Replacement(str(tmp_path / "out.zarr"), directory=True).discard()
+    assert names(tmp_path) == sorted([other.name, "out.zarr"])
