@@ -125,6 +125,7 @@ def stack_for(spec: StackSpec) -> Stack:
         stack = _stacks.get(spec.token)
         if stack is None:
             stack = _stacks[spec.token] = Stack(list(spec.layers), spec.threads)
+            stack.warm_up()  # (loading the kernel is not kernel time)
             while len(_stacks) > _CACHED_STACKS:
                 _stacks.popitem(last=False)
         _stacks.move_to_end(spec.token)

@@ -448,6 +448,23 @@ def test_an_unreachable_scheduler_is_one_line(monkeypatch):
         pass
 
 
+def test_kernel_time_is_the_runs_own_on_a_long_lived_cluster(cluster, tmp_path, rng):
+    """The workers keep their packed stacks (and their kernel clocks) between runs: each report must
+    count its own run only. A run of 8x the pixels, then a small one with the same bank: the small one
+    must report less kernel time (a clock kept across runs would report more: both runs)."""
+    bank = rng.standard_normal((64, 32)).astype(np.float32)
+    np.save(tmp_path / "w.npy", bank)
+    seconds = {}
+    for name, rows in (("big", 1024), ("small", 128)):
+        x = rng.standard_normal((rows, 256, 64)).astype(np.float32)
+        source = write_store(tmp_path / f"{name}.zarr", x, (64, 256, 64))
+        output = str(tmp_path / f"out-{name}.zarr")
+        seconds[name] = apply_stores(
+            source, [str(tmp_path / "w.npy")], output, scheduler=cluster.scheduler_address
+        ).kernel_seconds
+    assert 0 < seconds["small"] < seconds["big"], seconds
+
+
 def test_an_existing_non_store_destination_is_not_replaced(cluster, tmp_path, rng):
     (tmp_path / "out.zarr").mkdir()
     (tmp_path / "out.zarr" / "notes.txt").write_text("mine")
