@@ -24,10 +24,9 @@ Progress = Callable[[int, int], None]  # (tasks done since the last call, tasks 
 
 
 @contextlib.contextmanager
-def dask_client(scheduler: str | None = None, threads: int | None = None) -> Iterator:
+def dask_client(scheduler: str | None = None, threads: int | None = None, in_process: bool = False) -> Iterator:
     """A ``distributed.Client`` on ``scheduler`` (or ``$DASK_SCHEDULER_ADDRESS``), or on a local
-    cluster of this machine's cores: one single-threaded worker process per ``threads`` cores, so
-    worker threads x kernel threads never exceed the cores."""
+    cluster of this machine's cores (``local_cluster``; ``in_process``: threads of this process)."""
     from distributed import Client
 
     address = scheduler or os.environ.get(SCHEDULER_VARIABLE)
@@ -39,27 +38,31 @@ def dask_client(scheduler: str | None = None, threads: int | None = None) -> Ite
         with client:
             yield client
         return
-    with local_cluster(threads) as cluster, Client(cluster) as client:
+    with local_cluster(threads, in_process=in_process) as cluster, Client(cluster) as client:
         yield client
 
 
 @contextlib.contextmanager
-def local_cluster(threads: int | None = None, **options) -> Iterator:
-    """A ``LocalCluster`` sized to this machine; ``options`` override its arguments (tests use them)."""
+def local_cluster(threads: int | None = None, *, in_process: bool = False, **options) -> Iterator:
+    """A ``LocalCluster`` sized to this machine, so that worker threads x kernel threads never exceed
+    the cores: one single-threaded worker process per ``threads`` cores, or with ``in_process`` one
+    worker in this process with a thread per ``threads`` cores (it starts in milliseconds where
+    processes take about a second). ``options`` override its arguments (tests use them)."""
     from distributed import LocalCluster
 
     cores = usable_cpus()
     kernel_threads = max(1, min(threads or 1, cores))
+    workers = max(1, cores // kernel_threads)
     settings = {
-        "n_workers": max(1, cores // kernel_threads),
-        "threads_per_worker": 1,
-        "processes": True,
+        "n_workers": 1 if in_process else workers,
+        "threads_per_worker": workers if in_process else 1,
+        "processes": not in_process,
         "memory_limit": "auto",  # the machine's memory shared between the workers
         "dashboard_address": ":0",  # a free port: the default, 8787, warns when another cluster has it
         "silence_logs": logging.ERROR,
-        # numba starts a thread per core in every process unless told; only kernel_threads work.
-        "env": {"NUMBA_NUM_THREADS": str(kernel_threads)},
     }
+    if not in_process:  # numba starts a thread per core in every process unless told; only kernel_threads work
+        settings["env"] = {"NUMBA_NUM_THREADS": str(kernel_threads)}
     with LocalCluster(**{**settings, **options}) as cluster:
         yield cluster
 

@@ -628,3 +628,29 @@ def test_cli_without_the_extra_is_one_error_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         'Error: in.zarr: reading .zarr stores needs the dask extra: pip install "conv1x1[dask]"'
     ]
+
+
+def test_a_small_job_runs_on_threads_of_this_process_and_a_big_one_on_processes(monkeypatch, tmp_path, rng):
+    """No scheduler given: up to IN_PROCESS_BYTES of input and output, a cluster of threads in this
+    process (no second of process start-up); above it, worker processes."""
+    import distributed
+
+    from conv1x1_cli.cluster import run
+
+    started = []
+
+    class RecordingCluster(distributed.LocalCluster):
+        def __init__(self, **settings):
+            started.append(settings["processes"])
+            super().__init__(**settings)
+
+    monkeypatch.setattr(distributed, "LocalCluster", RecordingCluster)
+    x = rng.standard_normal((64, 32, 6)).astype(np.float32)  # 48 KiB in, 16 KiB out
+    source = write_store(tmp_path / "in.zarr", x, (16, 32, 6))
+    bank = rng.standard_normal((6, 2)).astype(np.float32)
+    np.save(tmp_path / "w.npy", bank)
+    for limit in (x.nbytes + x.nbytes // 3, x.nbytes + x.nbytes // 3 - 1):
+        monkeypatch.setattr(run, "IN_PROCESS_BYTES", limit)
+        apply_stores(source, [str(tmp_path / "w.npy")], str(tmp_path / "out.npy"))
+        assert_close_to_float64(np.load(tmp_path / "out.npy"), naive.pointwise(x, bank), x, bank)
+    assert started == [False, True]
