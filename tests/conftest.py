@@ -22,10 +22,11 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 if signal.getsignal(signal.SIGQUIT) is signal.SIG_IGN:
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
-# tests/ holds naive.py, the references, and models/builders.py; make them importable as plain modules.
+# tests/ holds naive.py, the references, seaweed.py, the S3 server, and models/builders.py; make them
+# importable as plain modules.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # builders.py is a helper, not a test module: collecting it (for doctests) would import torch in every run.
-collect_ignore = ["models/builders.py"]
+collect_ignore = ["models/builders.py", "seaweed.py"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"

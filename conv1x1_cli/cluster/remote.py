@@ -30,8 +30,15 @@ from ..sources.atomic import LeftoverRemoved
 
 MARKER = ".conv1x1-incomplete.json"
 METADATA = "zarr.json"
-# fsspec's protocols whose file system comes from a package of its own, and that package.
-_PROTOCOL_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
+# fsspec's protocols whose file system comes from a package of its own: how to install it.
+_PROTOCOL_INSTALLS = {
+    "s3": 'pip install "conv1x1[s3]"',
+    "s3a": 'pip install "conv1x1[s3]"',
+    "gs": 'pip install "conv1x1[gcs]"',
+    "gcs": 'pip install "conv1x1[gcs]"',
+    "az": "pip install adlfs",
+    "abfs": "pip install adlfs",
+}
 
 
 def filesystem(url: str, storage_options: dict[str, Any]):
@@ -42,8 +49,8 @@ def filesystem(url: str, storage_options: dict[str, Any]):
         return fsspec.core.url_to_fs(url, **storage_options)
     except ImportError:
         protocol = url.split("://", 1)[0]
-        package = _PROTOCOL_PACKAGES.get(protocol, f"the fsspec package for {protocol}://")
-        raise InputError(f"{url}: {protocol}:// needs {package}: pip install {package}") from None
+        install = _PROTOCOL_INSTALLS.get(protocol, f"the fsspec implementation of {protocol}://")
+        raise InputError(f"{url}: {protocol}:// needs a package: {install}") from None
     except (TypeError, ValueError) as error:  # an option the file system does not take
         raise InputError(f"{url}: bad storage option ({first_line(error)})") from None
 
@@ -121,13 +128,27 @@ def _clear_destination(fs, root: str, url: str, overwrite: bool) -> None:
 
 
 def remove_prefix(fs, root: str) -> None:
-    """Delete every object under ``root``; then ``root`` no longer exists, as far as listing can tell."""
-    objects = fs.find(root)
+    """Delete every object under ``root``, and the folders an S3 server may keep for them."""
+    fs.invalidate_cache()
+    listing = fs.find(root, withdirs=True, detail=True)
+    objects = [path for path, info in listing.items() if info["type"] != "directory"]
     if objects:
         fs.rm(objects)
-    with contextlib.suppress(Exception):  # the "directory" some stores keep for an emptied prefix
-        fs.rmdir(root)
+    if hasattr(fs, "call_s3"):
+        _remove_s3_folders(fs, root, [path for path, info in listing.items() if info["type"] == "directory"])
     fs.invalidate_cache()
+
+
+def _remove_s3_folders(fs, root: str, folders: list[str]) -> None:
+    """SeaweedFS keeps a real directory behind every prefix: emptied, it is still listed (and the
+    store looks present) until its ``folder/`` key is deleted, deepest first. On AWS S3 and most
+    other servers these keys do not exist, and deleting them is a no-op."""
+    bucket, _, _ = root.partition("/")
+    keys = {f"{path.partition('/')[2].rstrip('/')}/" for path in [*folders, root]}
+    ordered = sorted(keys, key=lambda key: key.count("/"), reverse=True)
+    for start in range(0, len(ordered), 1000):  # (at most 1000 keys per request)
+        batch = [{"Key": key} for key in ordered[start : start + 1000]]
+        fs.call_s3("delete_objects", Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
 
 
 def _marker_text() -> bytes:

@@ -26,7 +26,7 @@ import numpy as np
 from ..engine.layers import NUMERIC_KINDS
 from ..errors import ArgumentError, InputError, first_line
 from ..sources.atomic import Replacement, final_target
-from ..sources.npy import STDIO, NpyInput, NpyOutput
+from ..sources.npy import HEADER_PARSING, STDIO, NpyInput, NpyOutput
 from . import remote
 from .client import result as result_of
 from .paths import is_url
@@ -95,7 +95,9 @@ def read_npy_block(path: str, shape: tuple[int, ...], fortran_order: bool, block
     location = block_info[None]["array-location"]
     box = tuple(slice(start, stop) for start, stop in location)
     if fortran_order:
-        return np.array(np.load(path, mmap_mode="r", allow_pickle=False)[box])
+        with HEADER_PARSING:
+            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+        return np.array(mapped[box])
     with NpyInput(path) as npy:
         if npy.header.shape != shape:
             raise InputError(f"{path}: changed while being read (shape {npy.header.shape}, was {shape})")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import threading
 from dataclasses import dataclass
 from math import prod
 from typing import BinaryIO, cast
@@ -44,6 +45,12 @@ class NpyHeader:
         return prod(self.shape) * self.dtype.itemsize
 
 
+# NumPy parses a header with ast.literal_eval, which CPython 3.11 fails to run in two threads at once
+# (python/cpython#106905: "AST constructor recursion depth mismatch"); Dask's threads read headers
+# side by side.
+HEADER_PARSING = threading.Lock()
+
+
 def read_header(stream: BinaryIO, name: str) -> NpyHeader:
     """Read and validate the magic string and header, leaving ``stream`` at the first data byte."""
     start = stream.read(len(ZIP_MAGIC))
@@ -57,7 +64,8 @@ def read_header(stream: BinaryIO, name: str) -> NpyHeader:
             known = ", ".join(f"{major}.{minor}" for major, minor in _VERSIONS)
             raise InputError(f"{name}: unsupported .npy format version {version[0]}.{version[1]} (known: {known})")
         reader = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
-        shape, fortran_order, dtype = reader(stream, max_header_size=MAX_HEADER_BYTES)
+        with HEADER_PARSING:
+            shape, fortran_order, dtype = reader(stream, max_header_size=MAX_HEADER_BYTES)
     except (OSError, InputError):
         raise
     except Exception as error:  # NumPy's parser raises many types for garbage; all mean "not .npy"

@@ -138,5 +138,5 @@ def test_a_protocol_whose_package_is_missing_names_it(monkeypatch):
         raise ImportError("Install s3fs to access S3")
 
     monkeypatch.setattr(fsspec.core, "url_to_fs", missing)
-    with pytest.raises(InputError, match=r"^s3://b/x\.zarr: s3:// needs s3fs: pip install s3fs$"):
+    with pytest.raises(InputError, match=r'^s3://b/x\.zarr: s3:// needs a package: pip install "conv1x1\[s3\]"$'):
         remote.filesystem("s3://b/x.zarr", {})
