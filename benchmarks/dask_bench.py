@@ -1,13 +1,21 @@
-"""The Dask path's overhead: GFLOP/s of ``apply`` store -> store on a local cluster, against the
-in-memory kernel on the same data, across block sizes.
+"""The Dask path against its floor: `apply` store -> store beside a hand-written Dask pipeline and a
+plain copy of the same store, on the same data, in the same process, medians of alternating runs.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/dask_bench.py [--quick] [--dir DIR]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/dask_bench.py [--reps 3] [--quick] [--dir DIR]
 
-Each case writes its input as an uncompressed zarr store chunked in bands of whole rows (the block
-size), then times ``conv1x1_cli.apply`` into a new store (zarr's default zstd codec) on a
-``LocalCluster`` sized to the machine, started beforehand; the in-memory figure is ``conv1x1`` on the
-NumPy array, best of three. Store reads come from the page cache: this measures the engine and the
-codecs, not a disk or a network.
+Each case's input is a zarr v3 store with zarr's default codec (zstd), chunked in bands of whole rows
+(the issue's cases: 4096x4096x64 -> 32 in 256 chunks of 16 MiB, 1000x1000x200 -> 8 in 16 chunks).
+Per repetition, in turn:
+
+- ours: ``conv1x1_cli.apply`` with its defaults, cold: it starts (and stops) its own cluster, threads in
+  this process or worker processes, as it chooses, and writes with its default codec;
+- hand-written: ``da.store(da.maximum(da.from_zarr(in) @ w, 0), out)`` on a warm LocalCluster of
+  one single-threaded worker process per core, once with zarr's default codec (``to_zarr``'s) and
+  once with ours;
+- copy: ``da.store(da.from_zarr(in), copy)`` on the same warm cluster with our codec: reading,
+  decompressing, compressing and writing the input, no arithmetic.
+
+Store reads come from the page cache: this measures the engine and the codecs, not a disk or a network.
 """
 
 from __future__ import annotations
@@ -15,77 +23,100 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import tempfile
 import time
 
 import numpy as np
 
-from conv1x1_cli import ApplyOptions, apply, conv1x1
+from conv1x1_cli import ApplyOptions, apply
 from conv1x1_cli.cluster.client import local_cluster
+from conv1x1_cli.cluster.codecs import compressors
 
-CASES = {  # name: (height, width, channels, filters)
-    "feature maps 4096x4096x64->32": (4096, 4096, 64, 32),
-    "hyperspectral 1000x1000x200->8": (1000, 1000, 200, 8),
+CASES = {  # name: (height, width, channels, filters, rows per chunk)
+    "4096x4096x64->32": (4096, 4096, 64, 32, 16),
+    "1000x1000x200->8": (1000, 1000, 200, 8, 63),
 }
-BLOCK_PIXELS = (2**16, 2**18, 2**20, 2**22)
 
 
-def in_memory_gflops(x: np.ndarray, bank: np.ndarray, flops: int) -> float:
-    conv1x1(x[:8], bank)  # load the kernel
-    best = min(_timed(lambda: conv1x1(x, bank)) for _ in range(3))
-    return flops / best / 1e9
-
-
-def dask_gflops(x: np.ndarray, directory: str, block_pixels: int, flops: int, scheduler: str) -> tuple[float, int]:
+def write_input(directory: str, case: tuple[int, ...], rng) -> tuple[str, str]:
     import zarr
 
-    rows = max(1, min(x.shape[0], block_pixels // x.shape[1]))
-    source, target = os.path.join(directory, "in.zarr"), os.path.join(directory, "out.zarr")
+    height, width, channels, filters, rows = case
+    source, weights = os.path.join(directory, "in.zarr"), os.path.join(directory, "w.npy")
     shutil.rmtree(source, ignore_errors=True)
-    store = zarr.create_array(store=source, shape=x.shape, chunks=(rows, *x.shape[1:]), dtype=x.dtype, compressors=None)
-    store[...] = x
-    weights = os.path.join(directory, "w.npy")
-    best = float("inf")
-    for _ in range(2):
-        shutil.rmtree(target, ignore_errors=True)
-        best = min(best, _timed(lambda: apply(source, [weights], target, ApplyOptions(scheduler=scheduler))))
-    return flops / best / 1e9, rows * x.shape[1]
+    array = zarr.create_array(store=source, shape=(height, width, channels), chunks=(rows, width, channels), dtype="f4")
+    band = max(rows, rows * (2**28 // (rows * width * channels * 4)))
+    for start in range(0, height, band):
+        stop = min(height, start + band)
+        array[start:stop] = rng.standard_normal((stop - start, width, channels), dtype=np.float32)
+    np.save(weights, rng.standard_normal((channels, filters), dtype=np.float32))
+    return source, weights
 
 
-def _timed(run) -> float:
+def store_on(client, result, path: str, codec) -> None:
+    import dask.array as da
+    import zarr
+
+    target = zarr.create_array(
+        store=path, shape=result.shape, chunks=result.chunksize, dtype=result.dtype, compressors=codec
+    )
+    client.compute(da.store(result, target, lock=False, compute=False)).result()
+
+
+def timed(run, output: str) -> float:
+    shutil.rmtree(output, ignore_errors=True)
+    os.sync()
     started = time.perf_counter()
     run()
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    shutil.rmtree(output, ignore_errors=True)
+    return seconds
+
+
+def measure(client, directory: str, case: tuple[int, ...], reps: int) -> dict[str, list[float]]:
+    """Seconds of each run of one case, ``reps`` times in turn after one warm-up of each."""
+    import dask.array as da
+
+    source, weights = write_input(directory, case, np.random.default_rng(0))
+    output = os.path.join(directory, "out.zarr")
+    bank, x, ours = np.load(weights), da.from_zarr(source), compressors(None)
+    runs = {
+        "ours": lambda: apply(source, [weights], output, ApplyOptions()),
+        "by hand": lambda: store_on(client, da.maximum(x @ bank, 0), output, ours),
+        "by hand, zarr codec": lambda: store_on(client, da.maximum(x @ bank, 0), output, "auto"),
+        "copy": lambda: store_on(client, x, output, ours),
+    }
+    for run in runs.values():  # warm up: imports, the kernel, the page cache
+        timed(run, output)
+    seconds: dict[str, list[float]] = {key: [] for key in runs}
+    for _ in range(reps):
+        for key, run in runs.items():
+            seconds[key].append(timed(run, output))
+    return seconds
 
 
 def main() -> None:
+    from distributed import Client
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="quarter-size feature maps, two block sizes")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="the small case only")
     parser.add_argument("--dir", default=None, help="where the stores go [default: a temporary directory]")
     args = parser.parse_args()
     directory = tempfile.mkdtemp(prefix="conv1x1-dask-bench-", dir=args.dir)
-    rng = np.random.default_rng(0)
     try:
-        with local_cluster() as cluster:
-            workers = len(cluster.workers)
-            print(f"LocalCluster: {workers} worker processes x 1 thread, kernel 1 thread per task")
-            print(f"{'case':34} {'block pixels':>12} {'block MiB':>9} {'in-memory':>10} {'dask':>8} {'dask/mem':>8}")
-            for name, (height, width, channels, filters) in CASES.items():
-                if args.quick and height == 4096:
-                    height = width = 2048
-                x = rng.standard_normal((height, width, channels), dtype=np.float32)
-                bank = rng.standard_normal((channels, filters), dtype=np.float32)
-                np.save(os.path.join(directory, "w.npy"), bank)
-                flops = 2 * height * width * channels * filters
-                memory = in_memory_gflops(x, bank, flops)
-                for block_pixels in BLOCK_PIXELS[1:3] if args.quick else BLOCK_PIXELS:
-                    rate, pixels = dask_gflops(x, directory, block_pixels, flops, cluster.scheduler_address)
-                    block_mib = pixels * (channels + filters) * 4 / 2**20
-                    print(
-                        f"{name:34} {pixels:>12,} {block_mib:>9.0f} {memory:>10.1f} {rate:>8.1f} {rate / memory:>8.0%}",
-                        flush=True,
-                    )
-                del x
+        with local_cluster() as cluster, Client(cluster) as client:
+            print(f"warm LocalCluster: {len(cluster.workers)} worker processes x 1 thread; ours: {compressors(None)}")
+            for name, case in CASES.items():
+                if args.quick and case[0] > 1000:
+                    continue
+                seconds = measure(client, directory, case, args.reps)
+                median = {key: statistics.median(values) for key, values in seconds.items()}
+                by_hand, copy = median["ours"] / median["by hand"], median["ours"] / median["copy"]
+                print(f"{name}: medians of {args.reps}; ours/by hand {by_hand:.2f}, ours/copy {copy:.2f}", flush=True)
+                for key, values in seconds.items():
+                    print(f"    {key:20} {median[key]:6.2f} s   ({', '.join(f'{value:.2f}' for value in values)})")
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
