@@ -20,6 +20,8 @@ CONNECT_TIMEOUT = "10s"
 NO_WORKERS_SECONDS = 30.0
 # How often a waiting run checks that the cluster still has workers.
 POLL_SECONDS = 1.0
+# How long a finished run waits for the progress of its last tasks to arrive.
+PROGRESS_DRAIN_SECONDS = 10.0
 Progress = Callable[[int, int], None]  # (tasks done since the last call, tasks in all)
 
 
@@ -71,10 +73,15 @@ def compute(client, graph, progress: Progress | None = None):
     """Compute ``graph`` on ``client``, telling ``progress`` of its tasks; cluster failures -> ClusterError."""
     future = client.compute(graph)
     try:
-        if progress:
+        listening = None
+        if progress:  # listened to in the client's event loop, while ``result`` watches the cluster here
             listener = progress_listener_class()([future], progress)
-            client.loop.add_callback(listener.listen)  # (in the client's event loop: ``result`` waits here)
-        return result(client, future)
+            listening = asyncio.run_coroutine_threadsafe(listener.listen(), client.loop.asyncio_loop)
+        value = result(client, future)
+        if listening is not None:  # the last tasks' progress, already on its way (a bar short of 100 % is no failure)
+            with contextlib.suppress(TimeoutError):
+                listening.result(timeout=PROGRESS_DRAIN_SECONDS)
+        return value
     except BaseException:
         future.cancel()
         _wait_for_running_tasks(client, graph)

@@ -60,14 +60,16 @@ def storage_errors(url: str):
     """Turn what object storage raises (denied, no such bucket, unreachable) into one line naming ``url``."""
     try:
         yield
-    except InputError:
-        raise
-    except PermissionError as error:
-        raise InputError(f"{url}: access denied ({first_line(error)})") from None
-    except FileNotFoundError as error:
-        raise InputError(f"{url}: not found ({first_line(error)})") from None
     except OSError as error:
-        raise InputError(f"{url}: {first_line(error)}") from None
+        raise InputError(storage_message(url, error)) from None
+
+
+def storage_message(url: str, error: OSError) -> str:
+    if isinstance(error, PermissionError):
+        return f"{url}: access denied ({first_line(error)})"
+    if isinstance(error, FileNotFoundError):
+        return f"{url}: not found ({first_line(error)})"
+    return f"{url}: {first_line(error)}"
 
 
 def write_remote_store(

@@ -52,12 +52,11 @@ def open_store(path: str, storage_options: dict[str, Any] | None = None):
     elif os.path.isfile(path):
         raise InputError(f"{path}: is a file; a zarr store is a directory (or a prefix on object storage)")
     try:
-        with remote.storage_errors(path):
-            array = zarr.open_array(store=path, mode="r", storage_options=storage_options or None)
-    except InputError as error:
-        if "not found" in str(error):
-            raise InputError(f"{path}: no such zarr store") from None
-        raise
+        array = zarr.open_array(store=path, mode="r", storage_options=storage_options or None)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such zarr store") from None
+    except OSError as error:  # denied, unreachable
+        raise InputError(remote.storage_message(path, error)) from None
     except Exception as error:  # zarr raises many types for a group, v2 metadata or garbage
         raise InputError(f"{path}: not a zarr array ({first_line(error)})") from None
     if array.dtype.kind not in NUMERIC_KINDS:

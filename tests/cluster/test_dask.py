@@ -701,3 +701,21 @@ def test_without_a_scheduler_the_run_is_threads_of_this_process(monkeypatch, tmp
     apply_stores(source, [str(tmp_path / "w.npy")], str(tmp_path / "out.npy"))
     assert_close_to_float64(np.load(tmp_path / "out.npy"), naive.pointwise(x, bank), x, bank)
     assert started == [False]
+
+
+def test_progress_follows_the_tasks_to_the_end(tmp_path, rng):
+    """``compute`` tells ``progress`` (done now, total) from Dask's progress plugin while it waits for
+    the result (with its watch for a cluster without workers); every task is counted once."""
+    from conv1x1_cli.cluster import client as runner
+    from conv1x1_cli.cluster import stores
+
+    _, source = store_input(tmp_path, rng, rows=64)  # 8 blocks
+    lazy = conv1x1_dask(source.map_blocks(slow_copy), np.ones((8, 2), np.float32))
+    calls = []
+    with runner.dask_client(in_process=True) as client:
+        stores.write_store(
+            lazy, str(tmp_path / "out.zarr"), lambda graph: runner.compute(client, graph, lambda *a: calls.append(a))
+        )
+    totals = {total for _, total in calls}
+    assert len(totals) == 1 and sum(done for done, _ in calls) == totals.pop() >= 8
+    assert len(calls) >= 2  # (the blocks take 0.15 s each: the bar moved while they ran)

@@ -9,6 +9,7 @@ is the documented name).
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 
@@ -144,3 +145,43 @@ def test_a_store_chunked_across_channels_warns_in_one_line_and_quiet_is_silent(t
         warnings = [line for line in result.stderr.splitlines() if "channel axis" in line]
         assert len(warnings) == 1 and warnings[0].startswith("warning: the channel axis (axis 2, 6 channels) is split")
         assert "UserWarning" not in result.stderr and "warnings.warn" not in result.stderr
+
+
+def test_quiet_is_silent_when_another_cluster_holds_the_dashboard_port(tmp_path):
+    """distributed's default dashboard port, 8787, taken (by a socket here, by another cluster in
+    life): no "Port 8787 is already in use" warning, with or without -q."""
+    import socket
+
+    zarr = pytest.importorskip("zarr")
+    store = zarr.create_array(store=str(tmp_path / "x.zarr"), shape=(8, 8, 2), chunks=(4, 8, 2), dtype="f4")
+    store[...] = 1.0
+    np.save(tmp_path / "w.npy", np.ones((2, 1), np.float32))
+    holder = socket.socket()
+    try:
+        with contextlib.suppress(OSError):  # (already taken: all the better)
+            holder.bind(("", 8787))
+            holder.listen()
+        for quiet in ([], ["-q"]):
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "conv1x1_cli",
+                    "apply",
+                    "x.zarr",
+                    "w.npy",
+                    "-o",
+                    "o.zarr",
+                    "--overwrite",
+                    *quiet,
+                ],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert result.returncode == 0, result.stderr
+            assert "8787" not in result.stderr and "already in use" not in result.stderr
+            assert (result.stderr == "") == bool(quiet), result.stderr
+    finally:
+        holder.close()

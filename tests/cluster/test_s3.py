@@ -175,3 +175,24 @@ def test_a_complete_store_is_replaced_only_with_overwrite_and_nothing_of_it_stay
         "/c/0/0/0",
         "/zarr.json",
     ]
+
+
+def test_storage_options_reach_the_workers_of_a_cluster(server, prefix, tmp_path, rng, monkeypatch):
+    """On worker processes that have no credentials of their own (no AWS variables anywhere): the
+    options travel with the arrays they read and write."""
+    pytest.importorskip("distributed")
+    import conv1x1_cli
+    from conv1x1_cli.cluster.client import local_cluster
+
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)  # (the workers, started below, inherit this environment)
+    x = rng.standard_normal((32, 16, 4)).astype(np.float32)
+    write_input(server, f"{prefix}/in.zarr", x, (8, 16, 4))
+    bank = rng.standard_normal((4, 3)).astype(np.float32)
+    np.save(tmp_path / "w.npy", bank)
+    with local_cluster(n_workers=2, threads_per_worker=1, host="127.0.0.1") as cluster:
+        options = conv1x1_cli.ApplyOptions(
+            scheduler=cluster.scheduler_address, storage_options=server.storage_options()
+        )
+        conv1x1_cli.apply(f"{prefix}/in.zarr", [str(tmp_path / "w.npy")], f"{prefix}/out.zarr", options)
+    naive.assert_chain_close_to_reference(read_store(server, f"{prefix}/out.zarr"), x, [bank])
