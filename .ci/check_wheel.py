@@ -14,7 +14,7 @@ REQUIRED = (
     "conv1x1_cli/sources/onnx_model.py",
     "conv1x1_cli/render/pictures.py",
 )
-EXTRAS = {"dask", "models", "plot"}
+EXTRAS = {"dask", "s3", "gcs", "models", "plot"}
 
 
 def main(wheel: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from ..cluster.codecs import CODEC_HELP
 from .options import (
     ACTIVATION_OPTION,
     BIAS_FILES_OPTION,
@@ -13,6 +12,7 @@ from .options import (
     Command,
     check_bias_count,
     quiet_libraries,
+    storage_options,
     usage_error,
 )
 
@@ -20,7 +20,7 @@ from .options import (
 @click.command(cls=Command)
 @click.argument("input_path", metavar="INPUT")
 @click.argument("weight_paths", metavar="WEIGHTS...", nargs=-1, required=True)
-@click.option("-o", "--output", "output_path", required=True, help="Output .npy path, or - for stdout.")
+@click.option("-o", "--output", "output_path", required=True, help="Output .npy path, .zarr store, or - for stdout.")
 @BIAS_FILES_OPTION
 @LAYOUT_OPTION
 @WEIGHTS_LAYOUT_OPTION
@@ -30,7 +30,7 @@ from .options import (
     "--scheduler",
     metavar="ADDRESS",
     default=None,
-    help="Run on this dask.distributed scheduler [.zarr runs: $DASK_SCHEDULER_ADDRESS, else a local cluster].",
+    help="Run on this dask.distributed scheduler [.zarr runs: $DASK_SCHEDULER_ADDRESS, else threads of this process].",
 )
 @click.option("--chunks", metavar="ROWSxCOLS", default=None, help="Dask block size in pixels (stores and --scheduler).")
 @click.option(
@@ -41,7 +41,12 @@ from .options import (
     help="Passed to the fsspec file system of s3://, gs://… stores, here and on the workers (repeatable; "
     "VALUE read as JSON when it parses, e.g. anon=true).",
 )
-@click.option("--codec", metavar="NAME[:LEVEL]", default=None, help=f"Output store compression: {CODEC_HELP}")
+@click.option(
+    "--codec",
+    metavar="NAME[:LEVEL]",
+    default=None,
+    help="Output store compression: zstd (level 1), lz4 (Blosc, level 5) or none [default: zstd:1].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace what is already at an output store (.npy files always are).")
 @click.option("-q", "--quiet", is_flag=True, help="Nothing on stderr unless it fails: no summary, bar or warning.")
 def apply(
@@ -69,8 +74,9 @@ def apply(
 
     \b
     INPUT or OUTPUT may also be a zarr store (path ending in .zarr, local or an fsspec URL such as
-    s3://bucket/x.zarr; needs `pip install "conv1x1[dask]"`): the run then goes through Dask, on
-    --scheduler or $DASK_SCHEDULER_ADDRESS when given, else on a local cluster of this machine.
+    s3://bucket/x.zarr; needs `pip install "conv1x1[dask]"`, and "conv1x1[s3]" for S3): the run then
+    goes through Dask, on --scheduler or $DASK_SCHEDULER_ADDRESS when given, else on threads of this
+    process. An output store already there is replaced only with --overwrite.
 
     \b
     Examples:
@@ -80,8 +86,6 @@ def apply(
     """
     from ..api import ApplyOptions, runs_on_cluster
     from ..api import apply as apply_files
-    from ..cluster.codecs import check_codec
-    from ..cluster.options import storage_options
     from ..costs.chunks import parse_chunks
     from ..render.progress import progress_bar, stderr_console
 
@@ -92,8 +96,6 @@ def apply(
         block = parse_chunks(chunks) if chunks else None
     with usage_error("'--storage-option'"):
         storage = storage_options(storage_pairs)
-    with usage_error("'--codec'"):
-        check_codec(codec)
     with quiet_libraries(quiet), progress_bar("convolving", enabled=not quiet) as progress:
         choices = (bias_paths, layout, weights_layout, activation, threads, scheduler, block, progress)
         options = ApplyOptions(*choices, storage_options=storage, overwrite=overwrite, codec=codec)

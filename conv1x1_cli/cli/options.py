@@ -4,7 +4,8 @@ command class that turns the package's errors into Click's one-line errors."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import click
 
@@ -129,3 +130,43 @@ def write_picture(path: str, draw: Callable[[], bytes]) -> None:
     picture = draw()
     with BinaryOutput(path, "PNG") as output:
         output.write_bytes(picture)
+
+
+# ---------------------------------------------------------------------------------------------------
+# --storage-option KEY=VALUE
+
+
+def storage_options(pairs: Iterable[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs as the keyword arguments of an fsspec file system.
+
+    A VALUE that reads as JSON is that value (``true``, ``3``, ``null``, ``{"a": 1}``), anything else
+    a string; a dotted KEY (``client_kwargs.region_name``) fills a nested dictionary, as s3fs's
+    ``client_kwargs`` and ``config_kwargs`` want.
+
+    >>> storage_options(["endpoint_url=http://127.0.0.1:8333", "anon=true", "client_kwargs.region_name=eu-west-1"])
+    {'endpoint_url': 'http://127.0.0.1:8333', 'anon': True, 'client_kwargs': {'region_name': 'eu-west-1'}}
+    """
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, separator, text = pair.partition("=")
+        if not separator or not key.strip():
+            raise ArgumentError(f"{pair!r} is not KEY=VALUE")
+        *parents, name = key.strip().split(".")
+        level = options
+        for parent in parents:
+            level = level.setdefault(parent, {})
+            if not isinstance(level, dict):
+                raise ArgumentError(f"{key}: {parent} is given both a value and keys")
+        if isinstance(level.get(name), dict):
+            raise ArgumentError(f"{key}: is given both a value and keys")
+        level[name] = _json_or_text(text)
+    return options
+
+
+def _json_or_text(text: str) -> Any:
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

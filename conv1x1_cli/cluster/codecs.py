@@ -7,7 +7,7 @@ ReLU(x·w) for normal x and w, one core of a Zen 4 (benchmarks/README.md has the
     zstd:0 (zarr's default)  245 MB/s  ratio 1.83     zstd:1 (ours)   455 MB/s  ratio 1.77
     lz4 (Blosc, no shuffle)  800 MB/s  ratio 1.35     none          11000 MB/s  ratio 1.00
 
-Cheap to import (zarr is imported only to build the codec), so the CLI checks a name before Dask starts.
+Cheap to import: zarr is imported only to build the codec, after the name is checked.
 
 >>> check_codec("zstd"), check_codec("zstd:3"), check_codec("none")
 (('zstd', 1), ('zstd', 3), ('none', None))
@@ -26,7 +26,6 @@ CODECS: dict[str, tuple[str, int | None]] = {
     "lz4": ("Blosc with LZ4, no shuffle", 5),
     "none": ("no compression", None),
 }
-CODEC_HELP = "zstd (level 1), lz4 (Blosc, level 5) or none [default: zstd:1]."
 
 
 def check_codec(spec: str | None) -> tuple[str, int | None]:
@@ -48,7 +47,7 @@ def check_codec(spec: str | None) -> tuple[str, int | None]:
 def compressors(spec: str | None) -> Any:
     """The ``compressors`` argument of ``zarr.create_array`` for ``spec``."""
     name, level = check_codec(spec)
-    if name == "none":
+    if level is None:  # (only "none" has no level)
         return None
     from zarr.codecs import BloscCodec, ZstdCodec
 

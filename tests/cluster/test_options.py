@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from conv1x1_cli.cli import main
+from conv1x1_cli.cli.options import storage_options
 from conv1x1_cli.cluster.codecs import check_codec
-from conv1x1_cli.cluster.options import storage_options
 from conv1x1_cli.errors import ArgumentError
 
 
