@@ -159,21 +159,28 @@ def grid_caption(shape: tuple[int, int, int], step: int, low: float, high: float
 # --- the roofline ------------------------------------------------------------------------------------------------
 
 
+# Each level's roof, from the nearest cache out to memory (memory's in black, as the classic roofline).
+LEVEL_STYLES = {"L2": ("#9467bd", (0, (5, 2))), "L3": ("#8c564b", (0, (2, 2))), "DRAM": ("black", "solid")}
+
+
 def roofline_png(report: dict, output_name: str) -> bytes:
-    """The machine's roofline (log-log: FLOPs per byte against GFLOP/s): the FMA peak, the memory roof
-    of the measured bandwidth, their ridge point, and NumPy's sgemm rate; every layer of a bench report
-    as three points, ours, NumPy and PyTorch, numbered beside ours (the key under the plot names them)."""
+    """The machine's roofline (log-log: FLOPs per byte against GFLOP/s): the FMA peak, a memory roof
+    per level a layer's data can stream from (L2, L3, memory: its read bandwidth), the ridge point of
+    memory, and NumPy's sgemm rate; every layer of a bench report as three points, ours, NumPy and
+    PyTorch, numbered beside ours (the key under the plot names them), and a tick at the layer's own
+    roof, in the colour of its level: the roof its points are judged against."""
     matplotlib, Figure = _matplotlib(output_name)
     limits, layers = report["limits"], report["layers"]
     peak, bandwidth = limits["peak_gflops"], limits["bandwidth_gbs"]
-    ridge = peak / bandwidth
+    levels = [(level["name"], level["read_gbs"]) for level in limits.get("levels") or ()] or [("DRAM", bandwidth)]
+    ridge = peak / levels[-1][1]
     intensities = [layer["intensity"] for layer in layers] + [ridge]
     left, right = min(intensities) / 3, max(intensities) * 3
     speeds = [
         layer[key] for layer in layers for key in ("ours_gflops", "numpy_gflops", "torch_gflops") if layer.get(key)
     ]
-    bottom = min([left * bandwidth, *speeds]) / 1.5
-    figure = Figure(figsize=(10, 6.0 + 0.12 * len(layers)))
+    bottom = min([left * levels[-1][1], *speeds]) / 1.5
+    figure = Figure(figsize=(10, 6.0 + 0.12 * (len(layers) + 1)))
     axes = figure.add_subplot()
     axes.set_xscale("log")
     axes.set_yscale("log")
@@ -181,15 +188,24 @@ def roofline_png(report: dict, output_name: str) -> bytes:
         axis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
         axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
         axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    axes.plot([left, ridge, right], [left * bandwidth, peak, peak], color="black", linewidth=2)
+    for name, read_gbs in levels:
+        colour, dashes = LEVEL_STYLES.get(name, ("grey", "solid"))
+        knee = peak / read_gbs
+        axes.plot([left, knee, right], [left * read_gbs, peak, peak], color=colour, linestyle=dashes, linewidth=1.5)
+        where = max(left * 1.3, min(knee / 8, right / 10))  # on the slope, left of its knee
+        axes.annotate(f"{'memory' if name == 'DRAM' else name} reads {read_gbs:,.0f} GB/s", (where, where * read_gbs),
+                      textcoords="offset points", xytext=(-4, 6), fontsize=8, color=colour, rotation=0)  # fmt: skip
     axes.axhline(limits["sgemm_gflops"], color="#ff7f0e", linestyle="--", linewidth=0.8)
     axes.annotate(f"FMA peak {peak:,.0f} GFLOP/s", (right, peak), ha="right", va="bottom", fontsize=8)
     axes.annotate(f"NumPy sgemm {limits['sgemm_gflops']:,.0f}", (right, limits["sgemm_gflops"]), ha="right",
                   va="top", fontsize=8, color="#ff7f0e")  # fmt: skip
-    axes.annotate(f"memory {bandwidth:,.0f} GB/s", (left * 1.3, left * 1.3 * bandwidth), textcoords="offset points",
-                  xytext=(0, 8), fontsize=8)  # fmt: skip
     axes.axvline(ridge, color="grey", linestyle=":", linewidth=1)
     axes.annotate(f"ridge {ridge:.1f} FLOP/B", (ridge, bottom * 1.2), rotation=90, ha="right", fontsize=8, color="grey")
+    for layer in layers:  # each layer's own roof: min(peak, what its level allows it)
+        if layer.get("attainable_gflops"):
+            colour = LEVEL_STYLES.get(layer.get("level", "DRAM"), ("grey", ""))[0]
+            axes.plot([layer["intensity"] / 1.12, layer["intensity"] * 1.12], [layer["attainable_gflops"]] * 2,
+                      color=colour, linewidth=2.5, solid_capstyle="butt", zorder=2)  # fmt: skip
     contenders = [("ours_gflops", "conv1x1", "o", "#1f77b4"), ("numpy_gflops", "NumPy", "s", "#ff7f0e")]
     contenders.append(("torch_gflops", "PyTorch", "^", "#2ca02c"))
     for key, label, marker, colour in contenders:
@@ -207,9 +223,11 @@ def roofline_png(report: dict, output_name: str) -> bytes:
     axes.set_title(f"Roofline of {cpu}, float32, {limits['threads']} threads: conv1x1, NumPy and PyTorch per layer")
     axes.grid(True, which="both", linewidth=0.3, alpha=0.5)
     axes.legend(loc="lower right", fontsize=8)
-    names = [f"{number:>2} {layer['name']} ({layer['spec']})" for number, layer in enumerate(layers, start=1)]
+    names = ["A bar at a layer's intensity is its own roof, in the colour of the level its working set fits."]
+    names += [f"{number:>2} {layer['name']} ({layer['spec']}, roof: {layer.get('level', 'DRAM')})"
+              for number, layer in enumerate(layers, start=1)]  # fmt: skip
     figure.text(0.01, 0.01, "\n".join(names), fontsize=7, va="bottom", family="DejaVu Sans Mono")
-    key_height = (0.12 * len(names) + 0.75) / (6.0 + 0.12 * len(layers))  # inches of key and x label, as a fraction
+    key_height = (0.12 * len(names) + 0.75) / (6.0 + 0.12 * len(names))  # inches of key and x label, as a fraction
     figure.subplots_adjust(left=0.08, right=0.98, top=0.94, bottom=key_height)
     return _png(figure)
 

@@ -89,6 +89,29 @@ def test_pictures_are_deterministic_and_carry_no_metadata():
     assert first == second and text_chunks(first) == []
 
 
+def test_the_roofline_draws_a_roof_per_level_and_each_layers_own():
+    """L2 and L3 roofs in their colours (the memory roof in black), and each layer's own roof as a bar
+    in the colour of its level: the L2 colour fills more of the picture once a layer is judged by L2."""
+    layer = {"name": "a", "spec": "1×1×8→8", "intensity": 4.0, "ours_gflops": 80.0, "attainable_gflops": 150.0}
+    levels = [
+        {"name": "L2", "capacity_bytes": 2**21, "read_gbs": 400.0, "write_gbs": 300.0},
+        {"name": "L3", "capacity_bytes": 2**25, "read_gbs": 200.0, "write_gbs": 200.0},
+        {"name": "DRAM", "capacity_bytes": None, "read_gbs": 60.0, "write_gbs": 45.0},
+    ]
+    limits = {"peak_gflops": 500.0, "bandwidth_gbs": 40.0, "sgemm_gflops": 450.0, "threads": 2, "levels": levels}
+    colour_of = {
+        name: tuple(int(pictures.LEVEL_STYLES[name][0][i : i + 2], 16) for i in (1, 3, 5)) for name in ("L2", "L3")
+    }
+    counts = {}
+    for level in ("DRAM", "L2"):
+        report = {"limits": limits, "machine": {}, "layers": [{**layer, "level": level}]}
+        image = rgb(pictures.roofline_png(report, "x.png"))
+        counts[level] = {name: len(pixels_of(image, colour, tolerance=8)) for name, colour in colour_of.items()}
+    assert all(count > 200 for count in counts["DRAM"].values())  # both cache roofs are drawn
+    assert counts["L2"]["L2"] > counts["DRAM"]["L2"] + 50  # and the layer's bar, in L2's colour
+    assert counts["L2"]["L3"] == counts["DRAM"]["L3"]
+
+
 def test_roofline_and_model_bars_are_drawn():
     layer = {"name": "a", "spec": "1×1×8→8", "intensity": 4.0, "ours_gflops": 80.0, "numpy_gflops": 60.0}
     report = {
