@@ -103,7 +103,7 @@ def test_apply_runs_on_the_scheduler_named_by_the_environment(monkeypatch, tmp_p
 
     x, bank, args = apply_args(tmp_path, rng)
     with distributed.LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None, protocol="tcp://", host="127.0.0.1"
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0", protocol="tcp://", host="127.0.0.1"
     ) as cluster:
         monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)
         result = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "out.zarr"), "--chunks", "4x10"])
