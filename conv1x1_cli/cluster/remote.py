@@ -60,11 +60,13 @@ def storage_errors(url: str):
     """Turn what object storage raises (denied, no such bucket, unreachable) into one line naming ``url``."""
     try:
         yield
-    except OSError as error:
+    except (OSError, TypeError) as error:
         raise InputError(storage_message(url, error)) from None
 
 
-def storage_message(url: str, error: OSError) -> str:
+def storage_message(url: str, error: OSError | TypeError) -> str:
+    if isinstance(error, TypeError):  # s3fs takes any keyword, and its session refuses it on first use
+        return f"{url}: bad storage option ({first_line(error)})"
     if isinstance(error, PermissionError):
         return f"{url}: access denied ({first_line(error)})"
     if isinstance(error, FileNotFoundError):

@@ -55,7 +55,7 @@ def open_store(path: str, storage_options: dict[str, Any] | None = None):
         array = zarr.open_array(store=path, mode="r", storage_options=storage_options or None)
     except FileNotFoundError:
         raise InputError(f"{path}: no such zarr store") from None
-    except OSError as error:  # denied, unreachable
+    except (OSError, TypeError) as error:  # denied, unreachable; an option the file system refuses
         raise InputError(remote.storage_message(path, error)) from None
     except Exception as error:  # zarr raises many types for a group, v2 metadata or garbage
         raise InputError(f"{path}: not a zarr array ({first_line(error)})") from None

@@ -140,3 +140,15 @@ def test_a_protocol_whose_package_is_missing_names_it(monkeypatch):
     monkeypatch.setattr(fsspec.core, "url_to_fs", missing)
     with pytest.raises(InputError, match=r'^s3://b/x\.zarr: s3:// needs a package: pip install "conv1x1\[s3\]"$'):
         remote.filesystem("s3://b/x.zarr", {})
+
+
+@pytest.mark.parametrize("side", ["input", "output"])
+def test_an_option_the_file_system_refuses_is_one_line(side):
+    """s3fs takes any keyword and hands it to its session, which refuses it on first use (no network)."""
+    pytest.importorskip("s3fs")
+    options = {"endpoint_url": "http://127.0.0.1:9", "no_such_option": 1}
+    with pytest.raises(InputError, match=r"^s3://b/x\.zarr: bad storage option \(.*no_such_option"):
+        if side == "input":
+            stores.open_store("s3://b/x.zarr", options)
+        else:
+            stores.write_store(lazy_ones(), "s3://b/x.zarr", in_process, storage_options=options)
