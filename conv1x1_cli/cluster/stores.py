@@ -48,7 +48,7 @@ def open_store(path: str, storage_options: dict[str, Any] | None = None):
     if is_url(path):
         remote.filesystem(path, storage_options or {})  # a missing package or a bad option: one line
     elif storage_options:
-        raise ArgumentError(f"{path}: storage options are only for URLs such as s3://bucket/x.zarr")
+        raise ArgumentError(f"{path}: storage options are only for URLs such as s3://bucket/x.zarr", "--storage-option")
     elif os.path.isfile(path):
         raise InputError(f"{path}: is a file; a zarr store is a directory (or a prefix on object storage)")
     try:
@@ -141,7 +141,7 @@ def write_store(
         )
         return
     if storage_options:
-        raise ArgumentError(f"{path}: storage options are only for URLs such as s3://bucket/x.zarr")
+        raise ArgumentError(f"{path}: storage options are only for URLs such as s3://bucket/x.zarr", "--storage-option")
     target = final_target(path.rstrip("/"))  # a symbolic link stays one; its target is replaced
     _check_replaceable(target, os.path.dirname(os.path.abspath(target)), overwrite)
     try:

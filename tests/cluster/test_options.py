@@ -67,6 +67,7 @@ def run(arguments, folder):
         (["-o", "out.zarr", "--codec", "brotli"], "Invalid value for '--codec': unknown codec 'brotli'"),
         (["-o", "out.npy", "--storage-option", "anon=true"], "Invalid value for '--storage-option': storage options"),
         (["-o", "out.zarr", "--storage-option", "anon"], "Invalid value for '--storage-option': 'anon' is not"),
+        (["-o", "out.zarr", "--storage-option", "anon=true"], "storage options are only for URLs"),
     ],
 )
 def test_the_cli_refuses_them_as_usage_errors_before_any_work(tmp_path, arguments, message):
