@@ -132,7 +132,7 @@ def write_store(
     """
 
     def create(store):
-        return zarr_array(store, result, compressors, storage_options if is_url(path) else None)
+        return zarr_array(store, result, compressors, storage_options or None)
 
     if is_url(path):
         fs, root = remote.filesystem(path, storage_options or {})
