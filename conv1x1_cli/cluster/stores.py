@@ -164,6 +164,10 @@ def zarr_array(store, result, compressors: Any = "auto", storage_options: dict[s
         zarr_format=3,
         overwrite=False,  # (True would clear the whole prefix, ``remote``'s marker included)
         storage_options=storage_options,
+        # zarr's default skips chunks that are all fill value, at the price of comparing every chunk
+        # with it before writing: 10.7 ms per 8 MiB chunk of ReLU output, which capped writes at about
+        # 750 MB/s whatever the codec. An all-zero chunk costs a few bytes once compressed.
+        config={"write_empty_chunks": True},
     )
 
 

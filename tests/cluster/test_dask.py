@@ -108,6 +108,24 @@ def test_store_of_many_chunks_equals_the_float64_reference(cluster, tmp_path, rn
     assert leftovers(tmp_path) == []
 
 
+def test_output_chunks_that_are_all_zero_are_written_too(tmp_path, rng):
+    """zarr skips a chunk that is all fill value unless told not to, at the price of comparing every
+    chunk with it before writing (a third of a big run's time). We write them all: a reader sees the
+    same values either way, and every chunk of the output is stored."""
+    import zarr
+
+    x = np.abs(rng.standard_normal((32, 16, 8))).astype(np.float32)
+    x[:16] *= -1  # with a positive bank, the ReLU of the first half is exactly zero
+    bank = np.abs(rng.standard_normal((8, 4))).astype(np.float32)
+    source = write_store(tmp_path / "in.zarr", x, (8, 16, 8))
+    np.save(tmp_path / "w.npy", bank)
+    apply_stores(source, [str(tmp_path / "w.npy")], str(tmp_path / "out.zarr"))
+    out = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")
+    assert out.nchunks == 4 and out.nchunks_initialized == 4
+    assert not out[:16].any()
+    assert_close_to_float64(out[...], naive.pointwise(x, bank), x, bank)
+
+
 def test_chain_with_biases_from_store_to_npy(cluster, tmp_path, rng):
     x = rng.standard_normal((70, 50, 12)).astype(np.float32)
     banks = [rng.standard_normal((12, 20)).astype(np.float32), rng.standard_normal((20, 6)).astype(np.float32)]
