@@ -25,7 +25,12 @@ from .options import (
 @LAYOUT_OPTION
 @WEIGHTS_LAYOUT_OPTION
 @ACTIVATION_OPTION
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Kernel threads [default: all cores].")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Kernel threads [default: all cores; one for a run of under 2^28 multiply-adds].",
+)
 @click.option(
     "--scheduler",
     metavar="ADDRESS",

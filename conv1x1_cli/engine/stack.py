@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +78,19 @@ def _check_thread_setting() -> None:
         raise ArgumentError(f"NUMBA_NUM_THREADS={value!r}: must be a whole number of threads, at least 1 (or unset)")
 
 
+# A whole run (a file, not an API call) with fewer multiply-adds than this runs on one thread. Sharing
+# it could save at most 1 ms (2^28 multiply-adds take 2 ms on one Zen 5 core), while the pool's code
+# takes 10 ms to load from numba's disk cache, and 3 s to compile into a cold one.
+SMALL_RUN_WORK = 1 << 28
+
+
+def run_threads(threads: int | None, layers: Sequence[Layer], pixels: int) -> int | None:
+    """The threads a whole run of ``layers`` over ``pixels`` pixels is given: 1 for a small one, unless
+    the caller chose; else the caller's choice (None: all cores)."""
+    work = pixels * sum(layer.channels * layer.filters for layer in layers)
+    return 1 if threads is None and work < SMALL_RUN_WORK else threads
+
+
 class Stack:
     """Layers packed for the kernel once, then run over any number of pixel chunks."""
 
@@ -90,13 +103,14 @@ class Stack:
         self.kernel_seconds = 0.0
         self._compilations_before_warm_up: int | None = None
 
-    def warm_up(self) -> None:
-        """Load (or compile) the kernel code every layer may run and start the pool's workers, so that
-        neither is timed as work.  Only worth it where the kernel time is reported."""
+    def warm_up(self, pixels: int | None = None) -> None:
+        """Load (or compile) the kernel code every layer may run on calls of up to ``pixels`` pixels
+        (None: any number) and start the pool's workers, so that neither is timed as work.  Only worth
+        it where the kernel time is reported."""
         # (counted here, not when the stack is made: counting costs 4 us, and most stacks are the API's)
         self._compilations_before_warm_up = self._kernel.compilations()
         for packed in self._packed:
-            self._kernel.prepare(packed, self.threads)
+            self._kernel.prepare(packed, self.threads, pixels)
 
     @property
     def compiled(self) -> bool:

@@ -15,7 +15,7 @@ from .arrays import ArraySource
 from .banks import BankFiles
 from .layers import compute_dtype
 from .report import ApplyReport
-from .stack import Progress, Stack, run
+from .stack import Progress, Stack, run, run_threads
 
 
 def check_stdin_read_once(paths: Sequence[str]) -> None:
@@ -97,11 +97,12 @@ def apply_npy(
         )
         source = _source_for(npy, volume)
         setup_started = time.perf_counter()
-        stack = Stack(layers, threads)
+        pixels = source.images * source.pixels_per_image
+        stack = Stack(layers, run_threads(threads, layers, pixels))
         # Numba's compiler calls back into Python; a signal's exception raised in a callback is dropped
         # (the signal lost) or leaves LLVM half-done (a crash). Held, it acts when the compile is over.
         with signals_held():
-            stack.warm_up()
+            stack.warm_up(pixels)  # (no call gets more: on a small input, only the one-thread code)
         setup_seconds = time.perf_counter() - setup_started
         output_volume = volume.with_channels(stack.filters)
         with NpyOutput(output_path, output_volume.shape(), dtype) as output:

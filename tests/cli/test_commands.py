@@ -234,8 +234,9 @@ print(sorted(t.name for t in threading.enumerate() if t.name.startswith("conv1x1
 def test_apply_threads_1_runs_the_kernel_on_the_calling_thread_alone(rng, tmp_path):
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("one CPU: every run uses one thread")
-    x = rng.standard_normal((64, 64, 32)).astype(np.float32)
-    bank = rng.standard_normal((32, 16)).astype(np.float32)
+    # 512·512·32·32 = 2^28 multiply-adds: the least work a whole run is shared out for (engine.stack)
+    x = rng.standard_normal((512, 512, 32), dtype=np.float32)
+    bank = rng.standard_normal((32, 32), dtype=np.float32)
     args = ["apply", str(save(tmp_path, "x.npy", x)), str(save(tmp_path, "w.npy", bank)), "-q"]
     env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
     runs = {}

@@ -43,3 +43,19 @@ def test_apply_report_counts_a_bias_only_for_the_layers_that_have_one(tmp_path, 
     assert report.input_shape == (3, 4, 5, 6) and report.output_shape == (3, 4, 5, 2)
     assert report.bank_shapes == [(6, 4), (4, 2)]
     naive.assert_chain_close_to_reference(np.load(tmp_path / "y.npy"), x, banks, biases)
+
+
+def test_a_whole_run_with_little_work_runs_on_one_thread_unless_told_otherwise():
+    """A run of under 2^28 multiply-adds in all is given one thread (the pool's code costs more to load
+    than it could save), counted over every layer; a thread count the caller chose is kept."""
+    from conv1x1_cli.engine.layers import Layer
+    from conv1x1_cli.engine.stack import run_threads
+
+    def layer(channels, filters):
+        return Layer(np.zeros((channels, filters), np.float32), None, True)
+
+    chain = [layer(192, 64), layer(64, 32)]  # 192·64 + 64·32 = 14,336 multiply-adds a pixel
+    under, over = 18724, 18725  # 2^28 / 14,336 = 18,724.6
+    assert run_threads(None, chain, under) == 1 and run_threads(None, chain, over) is None
+    assert run_threads(None, chain[:1], over) == 1  # 12,288 a pixel: 230 M in all
+    assert run_threads(2, chain, under) == 2 and run_threads(1, chain, over) == 1
