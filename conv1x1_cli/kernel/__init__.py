@@ -341,7 +341,7 @@ def prepare(packed: PackedBank, threads: int | None = None, pixels: int | None =
     will have more than ``pixels`` pixels and so little work that it runs alone, the pool's (and
     start its workers) or the portable one's.  Returns whether anything had to be compiled.
 
-    (The pool's code is most of a cold start's compiling: 3.1 of 4.4 s here. A first run on a small
+    (The pool's code is most of a cold start's compiling: 1.4 of 2.4 s here. A first run on a small
     input, ``conv1x1 apply`` on the samples say, need not wait for it.)"""
     before = compilations()
     kind = packed.kind if pixels is None or pixels >= packed.rows else _kind(packed.dtype, 1, packed.width)
