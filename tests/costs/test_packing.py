@@ -14,12 +14,12 @@ from conv1x1_cli.costs.packing import AVX2, AVX512, GENERIC, NEON, packed_bank_b
     [
         (1, 4, (8, 8), 8),  # half a zmm register of float32
         (8, 4, (8, 8), 8),
-        (9, 4, (6, 16), 16),
+        (9, 4, (8, 16), 16),  # one register: 8 rows
         (32, 4, (6, 32), 32),
         (40, 4, (6, 64), 64),  # one panel of four registers
         (130, 4, (6, 64), 192),  # three panels
         (3, 8, (8, 4), 4),  # float64: 8 lanes, half a register is 4
-        (5, 8, (6, 8), 8),
+        (5, 8, (8, 8), 8),
     ],
 )
 def test_tile_shape_and_padding(filters, itemsize, shape, padded):
@@ -32,13 +32,13 @@ def test_tile_shape_and_padding(filters, itemsize, shape, padded):
     [
         # AVX2: 8 float32 a ymm register, 16 registers: panels of up to two vectors (12 accumulators).
         (AVX2, 1, 4, (8, 4)),  # half a register
-        (AVX2, 5, 4, (6, 8)),
+        (AVX2, 5, 4, (8, 8)),  # one register
         (AVX2, 9, 4, (6, 16)),
         (AVX2, 64, 4, (6, 16)),
-        (AVX2, 3, 8, (6, 4)),  # float64: 4 a register, and no panel narrower than 4
+        (AVX2, 3, 8, (8, 4)),  # float64: 4 a register, and no panel narrower than 4
         (AVX2, 5, 8, (6, 8)),
         # NEON: 4 float32 a register, 32 registers: up to four vectors (24 accumulators).
-        (NEON, 1, 4, (6, 4)),
+        (NEON, 1, 4, (8, 4)),  # one register
         (NEON, 9, 4, (6, 16)),
         (NEON, 64, 4, (6, 16)),
         (NEON, 9, 8, (6, 8)),
