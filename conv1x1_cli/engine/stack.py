@@ -80,7 +80,7 @@ def _check_thread_setting() -> None:
 
 # A whole run (a file, not an API call) with fewer multiply-adds than this runs on one thread. Sharing
 # it could save at most 1 ms (2^28 multiply-adds take 2 ms on one Zen 5 core), while the pool's code
-# takes 10 ms to load from numba's disk cache, and 3 s to compile into a cold one.
+# takes 10 ms to load from numba's disk cache, and 1.4 s to compile into a cold one.
 SMALL_RUN_WORK = 1 << 28
 
 
@@ -151,8 +151,8 @@ def one_layer(
     (28x28x192 -> 16 takes 30 us). The caller vouches for the arrays."""
     kernel = kernel_module()
     packed = kernel.pack_bank(bank, bias)
-    if out is not None:  # the caller's: apply_packed goes through a temporary if it overlaps the input
-        kernel.apply_packed(pixels, packed, out.reshape(-1, bank.shape[1]), relu, threads)
+    if out is not None:  # the caller's, checked: it goes through a temporary if it overlaps the input
+        kernel.apply_to_output(pixels, packed, out.reshape(-1, bank.shape[1]), relu, threads)
         return out
     out = np.empty(shape, pixels.dtype)
     # (the caller has checked the pixels, and out is new: nothing left for apply_packed to check)

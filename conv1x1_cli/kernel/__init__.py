@@ -8,7 +8,7 @@ files or screens: callers hand it C-contiguous arrays and a preallocated output.
 compiles for, ``pool.py`` the worker threads, ``probe.py`` the FMA-peak probe,
 ``streams.py`` the memory levels' bandwidth sweeps,
 and this module the public functions (``pack_bank``,
-``apply_packed``, ``apply_to_new_output``, ``prepare``, ``compilations``) and
+``apply_packed``, ``apply_to_output``, ``apply_to_new_output``, ``prepare``, ``compilations``) and
 compilation.  The tile shape comes from ``costs.packing``, the rule the Dask
 planner counts memory by.
 
@@ -76,6 +76,7 @@ __all__ = [
     "PackedBank",
     "apply_packed",
     "apply_to_new_output",
+    "apply_to_output",
     "compilations",
     "default_threads",
     "pack_bank",
@@ -283,6 +284,16 @@ def apply_packed(
         raise ValueError(f"out must have shape {(n_pixels, packed.n_filters)}, got {out.shape}")
     if not out.flags.writeable:
         raise ValueError("out must be writeable")
+    apply_to_output(pixels, packed, out, relu, threads)
+
+
+def apply_to_output(
+    pixels: np.ndarray, packed: PackedBank, out: np.ndarray, relu: bool, threads: int | None = None
+) -> None:
+    """apply_packed without its checks of the arrays' types, shapes and layout, for callers that vouch
+    for them (as conv1x1's ``out=`` has): ``out`` may still share memory with the pixels or the bank,
+    or be unaligned.  (The checks cost a fifth of a tiny call, and made ``out=`` slower than a new
+    array.)"""
     if not out.flags.aligned or _overlaps(out, pixels, packed):
         # The kernel writes out while it still reads pixels and the bank: go through a temporary.
         result = np.empty_like(out)
@@ -307,7 +318,7 @@ def apply_to_new_output(
         return
     if not pixels.flags.aligned:
         pixels = pixels.copy()  # the kernel reads through typed pointers
-    kind = packed.kind if n_pixels >= packed.rows else _kind(packed.dtype, 1, packed.width)  # one-row tiles
+    kind = _kind_for(packed, n_pixels)
     relu = bool(relu)
     # The order of the pairs, the blocks and the chunks are worked out in the compiled code (tiles.plan),
     # and the dispatchers are called directly (numba compiles any argument types it has not seen): run
@@ -329,6 +340,12 @@ def apply_to_new_output(
         run_alone(pixels, packed.panels, packed.panel_bias, out, relu, packed.block, *kind.markers)
 
 
+def _kind_for(packed: PackedBank, n_pixels: int) -> _Kind:
+    """The compiled kind that runs a call of n_pixels pixels: the bank's, or one-row tiles for fewer
+    pixels than its tile has rows."""
+    return packed.kind if n_pixels >= packed.rows else _kind(packed.dtype, 1, packed.width)
+
+
 def _run_portable(pool: WorkerPool, arrays: tuple, kind: _Kind) -> None:
     """run_portable on arrays' thread count (at most: numba's own thread count is left as it is)."""
     pool.portable_launched = True
@@ -344,7 +361,7 @@ def prepare(packed: PackedBank, threads: int | None = None, pixels: int | None =
     (The pool's code is most of a cold start's compiling: 1.4 of 2.4 s here. A first run on a small
     input, ``conv1x1 apply`` on the samples say, need not wait for it.)"""
     before = compilations()
-    kind = packed.kind if pixels is None or pixels >= packed.rows else _kind(packed.dtype, 1, packed.width)
+    kind = packed.kind if pixels is None else _kind_for(packed, pixels)
     arrays = (
         np.zeros((kind.rows, packed.n_channels), packed.dtype),
         packed.panels,
