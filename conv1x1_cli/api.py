@@ -110,9 +110,11 @@ Progress = Callable[[int, int], None]  # (units done since the last call, units 
 class ApplyOptions:
     """How ``apply`` runs: the same choices as ``conv1x1 apply``'s options.
 
-    ``scheduler`` (a dask.distributed address) or a .zarr input or output runs on Dask; ``chunks``
-    (rows, cols) sets the Dask block size and is only for such runs. ``progress(done, total)`` is
-    called as the work advances: pixels in this process, blocks or tasks on Dask.
+    ``threads``: the kernel's threads (None: all cores, except for a .npy run of under 2^28
+    multiply-adds in all, which runs on one). ``scheduler`` (a dask.distributed address) or a .zarr
+    input or output runs on Dask; ``chunks`` (rows, cols) sets the Dask block size and is only for
+    such runs. ``progress(done, total)`` is called as the work advances: pixels in this process,
+    blocks or tasks on Dask.
 
     For stores: ``storage_options`` go to the fsspec file system of every URL (``s3://…``), on this
     machine and on the workers; ``overwrite`` lets an output store replace what is already there;

@@ -292,8 +292,7 @@ def apply_to_output(
 ) -> None:
     """apply_packed without its checks of the arrays' types, shapes and layout, for callers that vouch
     for them (as conv1x1's ``out=`` has): ``out`` may still share memory with the pixels or the bank,
-    or be unaligned.  (The checks cost a fifth of a tiny call, and made ``out=`` slower than a new
-    array.)"""
+    or be unaligned.  (Checking them again cost 0.3 us, a fifteenth of a tiny call.)"""
     if not out.flags.aligned or _overlaps(out, pixels, packed):
         # The kernel writes out while it still reads pixels and the bank: go through a temporary.
         result = np.empty_like(out)
