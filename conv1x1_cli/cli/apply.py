@@ -89,14 +89,12 @@ def apply(
       cat in.npy | conv1x1 apply - w.npy -o - | conv1x1 apply - w2.npy -o out.npy
       conv1x1 apply scene.zarr w.npy -o reduced.zarr --scheduler tcp://10.0.0.5:8786
     """
-    from ..api import ApplyOptions, runs_on_cluster
+    from ..api import ApplyOptions
     from ..api import apply as apply_files
     from ..costs.chunks import parse_chunks
     from ..render.progress import progress_bar, stderr_console
 
     check_bias_count(bias_paths, weight_paths)
-    if chunks and not runs_on_cluster(input_path, output_path, scheduler):
-        raise click.BadParameter("only applies to zarr stores and --scheduler runs", param_hint="'--chunks'")
     with usage_error("'--chunks'"):
         block = parse_chunks(chunks) if chunks else None
     with usage_error("'--storage-option'"):

@@ -398,4 +398,4 @@ def test_chunks_needs_a_store_or_a_scheduler(runner, samples_dir, tmp_path):
             "4x4",
         ],
     )
-    assert result.exit_code == 2 and "only applies to zarr stores" in result.output
+    assert result.exit_code == 2 and "--chunks': chunks only apply to zarr stores" in result.output

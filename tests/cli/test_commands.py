@@ -135,7 +135,7 @@ def test_float64_chain_with_two_biases_keeps_float64_precision(runner, rng, tmp_
         (["shapes", "28x28", "--filters", "3"], "must be HxWxC"),
         (["inception", "28x28x192", "64", "96", "128"], "six columns"),
         (["apply", "x.npy", "w.npy", "-o", "y.npy", "--layout", "hwc"], "'hwc' is not one of"),
-        (["apply", "x.npy", "w.npy", "-o", "y.npy", "--chunks", "4x4"], "only applies to zarr stores"),
+        (["apply", "x.npy", "w.npy", "-o", "y.npy", "--chunks", "4x4"], "chunks only apply to zarr stores"),
         (["shapes", "28x28x3", "--filters", "3", "--no-such-option"], "No such option"),
     ],
 )
