@@ -26,9 +26,11 @@ Progress = Callable[[int, int], None]  # (tasks done since the last call, tasks 
 
 
 @contextlib.contextmanager
-def dask_client(scheduler: str | None = None, threads: int | None = None, in_process: bool = False) -> Iterator:
+def dask_client(scheduler: str | None = None, threads: int | None = None) -> Iterator:
     """A ``distributed.Client`` on ``scheduler`` (or ``$DASK_SCHEDULER_ADDRESS``), or on a local
-    cluster of this machine's cores (``local_cluster``; ``in_process``: threads of this process)."""
+    cluster of threads of this process, one per core (``local_cluster``): they start in milliseconds
+    where worker processes take a second and load the kernel each, and nothing is pickled between
+    them (on 2 cores, the 4096x4096x64 store ran in 12.5 s on threads, 19.3 s on two processes)."""
     from distributed import Client
 
     address = scheduler or os.environ.get(SCHEDULER_VARIABLE)
@@ -40,7 +42,7 @@ def dask_client(scheduler: str | None = None, threads: int | None = None, in_pro
         with client:
             yield client
         return
-    with local_cluster(threads, in_process=in_process) as cluster, Client(cluster) as client:
+    with local_cluster(threads, in_process=True) as cluster, Client(cluster) as client:
         yield client
 
 

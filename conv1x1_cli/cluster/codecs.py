@@ -2,7 +2,7 @@
 
 A ReLU output is about half zeros among incompressible floats, which zstd at zarr's default level
 (0, zstd's 3) compresses at a quarter of the speed it reads the input. Measured on 8 MiB chunks of
-ReLU(x·w) for normal x and w, one core of a Zen 4 (benchmarks/README.md has the table):
+ReLU(x·w) for normal x and w, one core of a Zen 5 (benchmarks/README.md has the table):
 
     zstd:0 (zarr's default)  245 MB/s  ratio 1.83     zstd:1 (ours)   455 MB/s  ratio 1.77
     lz4 (Blosc, no shuffle)  800 MB/s  ratio 1.35     none          11000 MB/s  ratio 1.00

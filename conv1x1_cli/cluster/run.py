@@ -39,10 +39,7 @@ def apply_on_dask(input_path: str, weight_paths: Sequence[str], output_path: str
     input_shape = x.shape
     if x.ndim == 2:  # one channel: (H, W) becomes (H, W, 1), or (1, H, W) channels-first
         x = x[..., None] if layout == "nhwc" else x[None]
-    # Without a scheduler, threads of this process: they start in milliseconds where worker processes
-    # take a second and load the kernel each, and nothing is pickled between them (on 2 cores, the
-    # 4096x4096x64 store ran in 12.5 s on threads, 19.3 s on two processes).
-    with dask_client(options.scheduler, threads, in_process=True) as client:
+    with dask_client(options.scheduler, threads) as client:  # (without a scheduler: threads of this process)
         result = blocks.convolve_layers(x, layers, layout=layout, threads=threads)
         token = blocks.stack_token(layers, threads)
         # A long-lived cluster keeps its workers' packed stacks, and their kernel time, between runs.

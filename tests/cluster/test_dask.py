@@ -730,7 +730,7 @@ def test_progress_follows_the_tasks_to_the_end(tmp_path, rng):
     _, source = store_input(tmp_path, rng, rows=64)  # 8 blocks
     lazy = conv1x1_dask(source.map_blocks(slow_copy), np.ones((8, 2), np.float32))
     calls = []
-    with runner.dask_client(in_process=True) as client:
+    with runner.dask_client() as client:
         stores.write_store(
             lazy, str(tmp_path / "out.zarr"), lambda graph: runner.compute(client, graph, lambda *a: calls.append(a))
         )
