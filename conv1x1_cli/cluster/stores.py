@@ -48,7 +48,7 @@ def open_store(path: str, storage_options: dict[str, Any] | None = None):
     if is_url(path):
         remote.filesystem(path, storage_options or {})  # a missing package or a bad option: one line
     elif storage_options:
-        raise ArgumentError(f"{path}: storage options are only for URLs such as s3://bucket/x.zarr", "--storage-option")
+        raise _options_for_a_local_path(path)
     elif os.path.isfile(path):
         raise InputError(f"{path}: is a file; a zarr store is a directory (or a prefix on object storage)")
     try:
@@ -141,7 +141,7 @@ def write_store(
         )
         return
     if storage_options:
-        raise ArgumentError(f"{path}: storage options are only for URLs such as s3://bucket/x.zarr", "--storage-option")
+        raise _options_for_a_local_path(path)
     target = final_target(path.rstrip("/"))  # a symbolic link stays one; its target is replaced
     _check_replaceable(target, os.path.dirname(os.path.abspath(target)), overwrite)
     try:
@@ -149,6 +149,11 @@ def write_store(
             compute(_store_graph(result, create(store.temp)))
     except OSError as error:
         raise InputError(f"{path}: cannot write the store ({error.strerror or error})") from None
+
+
+def _options_for_a_local_path(path: str) -> ArgumentError:
+    """The usage error for storage options given with a local path (reading or writing)."""
+    return ArgumentError(f"{path}: storage options are only for URLs such as s3://bucket/x.zarr", "--storage-option")
 
 
 def zarr_array(store, result, compressors: Any = "auto", storage_options: dict[str, Any] | None = None):
