@@ -115,8 +115,7 @@ def _clear_destination(fs, root: str, url: str, overwrite: bool) -> None:
         marker = _read_marker(fs, root)
         if not overwrite and _still_running(marker):
             raise InputError(f"{url}: process {marker['pid']} on this host is writing it (since {marker['started']})")
-        objects = len(fs.find(root))
-        remove_prefix(fs, root)
+        objects = remove_prefix(fs, root)
         warnings.warn(
             LeftoverRemoved(
                 f"{url}: removed the incomplete output of an earlier run ({objects} objects, "
@@ -131,8 +130,9 @@ def _clear_destination(fs, root: str, url: str, overwrite: bool) -> None:
         remove_prefix(fs, root)
 
 
-def remove_prefix(fs, root: str) -> None:
-    """Delete every object under ``root``, and the folders an S3 server may keep for them."""
+def remove_prefix(fs, root: str) -> int:
+    """Delete every object under ``root``, and the folders an S3 server may keep for them; returns
+    how many objects there were."""
     fs.invalidate_cache()
     listing = fs.find(root, withdirs=True, detail=True)
     objects = [path for path, info in listing.items() if info["type"] != "directory"]
@@ -141,6 +141,7 @@ def remove_prefix(fs, root: str) -> None:
     if hasattr(fs, "call_s3"):
         _remove_s3_folders(fs, root, [path for path, info in listing.items() if info["type"] == "directory"])
     fs.invalidate_cache()
+    return len(objects)
 
 
 def _remove_s3_folders(fs, root: str, folders: list[str]) -> None:
