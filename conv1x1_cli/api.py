@@ -141,6 +141,23 @@ def runs_on_cluster(input_path: str, output_path: str, scheduler: str | None = N
     return bool(scheduler) or is_store(input_path) or is_store(output_path)
 
 
+def check_apply_options(input_path: str, weight_paths: Sequence[str], output_path: str, options: ApplyOptions) -> None:
+    """What ``apply`` refuses before it reads anything (ArgumentError): standard input named twice,
+    and options for stores (chunks, codec, storage options) on a run of .npy files. The CLI checks
+    them before its progress bar starts."""
+    check_stdin_read_once([input_path, *weight_paths, *options.bias_paths])
+    if runs_on_cluster(input_path, output_path, options.scheduler):
+        return
+    store_only = (
+        ("chunks only apply", "--chunks", options.chunks),
+        ("a codec only applies", "--codec", options.codec),
+        ("storage options only apply", "--storage-option", options.storage_options),
+    )
+    for what, option, given in store_only:
+        if given:
+            raise ArgumentError(f"{what} to zarr stores and Dask scheduler runs", option=option)
+
+
 def apply(
     input_path: str, weight_paths: Sequence[str], output_path: str, options: ApplyOptions = ApplyOptions()
 ) -> ApplyReport:
@@ -157,19 +174,11 @@ def apply(
     >>> report.output_shape, np.load(folder / "y.npy")[..., 0].tolist()
     ((2, 2, 1), [[3.0, 3.0], [3.0, 3.0]])
     """
-    check_stdin_read_once([input_path, *weight_paths, *options.bias_paths])
+    check_apply_options(input_path, weight_paths, output_path, options)
     if runs_on_cluster(input_path, output_path, options.scheduler):
         from .cluster.run import apply_on_dask
 
         return apply_on_dask(input_path, weight_paths, output_path, options)
-    store_only = (
-        ("chunks only apply", "--chunks", options.chunks),
-        ("a codec only applies", "--codec", options.codec),
-        ("storage options only apply", "--storage-option", options.storage_options),
-    )
-    for what, option, given in store_only:
-        if given:
-            raise ArgumentError(f"{what} to zarr stores and Dask scheduler runs", option=option)
     from .engine.streaming import apply_npy
 
     return apply_npy(

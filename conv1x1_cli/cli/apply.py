@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import click
 
 from .options import (
@@ -89,7 +91,7 @@ def apply(
       cat in.npy | conv1x1 apply - w.npy -o - | conv1x1 apply - w2.npy -o out.npy
       conv1x1 apply scene.zarr w.npy -o reduced.zarr --scheduler tcp://10.0.0.5:8786
     """
-    from ..api import ApplyOptions
+    from ..api import ApplyOptions, check_apply_options
     from ..api import apply as apply_files
     from ..costs.chunks import parse_chunks
     from ..render.progress import progress_bar, stderr_console
@@ -99,10 +101,11 @@ def apply(
         block = parse_chunks(chunks) if chunks else None
     with usage_error("'--storage-option'"):
         storage = storage_options(storage_pairs)
+    choices = (bias_paths, layout, weights_layout, activation, threads, scheduler, block)
+    options = ApplyOptions(*choices, storage_options=storage, overwrite=overwrite, codec=codec)
+    check_apply_options(input_path, weight_paths, output_path, options)  # (before the bar shows)
     with quiet_libraries(quiet), progress_bar("convolving", enabled=not quiet) as progress:
-        choices = (bias_paths, layout, weights_layout, activation, threads, scheduler, block, progress)
-        options = ApplyOptions(*choices, storage_options=storage, overwrite=overwrite, codec=codec)
-        report = apply_files(input_path, weight_paths, output_path, options)
+        report = apply_files(input_path, weight_paths, output_path, replace(options, progress=progress))
     if not quiet:
         from ..render.apply import apply_summary
 

@@ -105,6 +105,36 @@ def test_stdin_can_be_read_only_once(samples_dir, tmp_path):
     one_error_line(result, "'-' (standard input) is named 2 times; it can be read only once")
 
 
+@pytest.mark.parametrize("option", [["--codec", "lz4"], ["--chunks", "4x4"], ["--storage-option", "anon=true"]])
+def test_a_store_option_on_a_npy_run_is_refused_before_the_progress_bar_shows(samples_dir, tmp_path, option):
+    """On a terminal the bar would flash, then the usage error: the check comes before the bar."""
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        process = subprocess.run(
+            [*COMMAND, "apply", *map(str, lecture(samples_dir)), "-o", str(tmp_path / "o.npy"), *option],
+            stdout=subprocess.DEVNULL, stderr=follower, timeout=120,
+        )  # fmt: skip
+        os.close(follower)
+        shown = b""
+        while chunk := _read_or_nothing(leader):
+            shown += chunk
+    finally:
+        os.close(leader)
+    text = shown.decode()
+    assert process.returncode == 2, text
+    assert f"Invalid value for '{option[0]}'" in text and "only appl" in text, text
+    assert "convolving" not in text  # the bar's label
+
+
+def _read_or_nothing(descriptor: int) -> bytes:
+    try:
+        return os.read(descriptor, 4096)
+    except OSError:  # EIO: the other end of the terminal is closed and everything was read
+        return b""
+
+
 def test_more_biases_than_banks_is_a_usage_error_naming_the_option(samples_dir, tmp_path):
     bias = tmp_path / "b.npy"
     np.save(bias, np.zeros(1, np.float32))
