@@ -3,7 +3,8 @@ Dask planner counts memory by. Plain integer arithmetic.
 
 The kernel accumulates a tile of ``rows`` pixels x one panel of ``width`` filters in SIMD registers;
 a bank's F filters are padded with zero columns to whole panels, and its bias likewise, so a packed
-bank holds (C + 1) rows of ``padded_filters`` elements.  The tile's shape follows the SIMD unit the
+bank holds C rows (rounded up to whole ``channel_group``s for a panel narrower than a vector) and a
+bias row, of ``padded_filters`` elements.  The tile's shape follows the SIMD unit the
 kernel is compiled for (``SimdUnit``: ``kernel.target`` tells which one that is).
 
 >>> tile_shape(filters=8, itemsize=4), packed_bank_bytes(channels=192, filters=8, itemsize=4)
@@ -44,8 +45,8 @@ NEON = SimdUnit("neon", vector_bytes=16, registers=32, fused=True)
 # Anything else: x86-64's baseline SSE2 (16 registers, no FMA), or an architecture we have no rule for.
 GENERIC = SimdUnit("generic", vector_bytes=16, registers=16, fused=False)
 
-# The narrowest panel (a power of two, as the kernel's width markers need); below a whole vector, the
-# tile is half a vector wide.
+# The narrowest panel (a power of two, as the kernel's width markers need). A panel narrower than a
+# vector takes several channels per step (channel_group), so its vectors are full either way.
 _MIN_WIDTH = 4
 # Accumulator rows: six rows of up to four vectors (AVX-512, NEON: 24 of 32 registers) or two
 # (AVX2, SSE: 12 of 16) cover the FMA latency and leave registers for the panel row's vectors and one
@@ -60,7 +61,7 @@ _ROWS, _NARROW_ROWS = 6, 8
 def tile_shape(filters: int, itemsize: int, simd: SimdUnit = AVX512) -> tuple[int, int]:
     """(pixel rows, panel width) of the accumulator tile for a bank of this many filters.
 
-    The panel is the narrowest power of two (from half a vector) that holds the filters, up to four
+    The panel is the narrowest power of two (from 4) that holds the filters, up to four
     vectors with 32 registers or two with 16: narrower panels for narrow banks waste less padding.
     The default, AVX-512's rule, pads at least as much as any other (its widths are the widest and
     every narrower one divides them): the Dask planner counts by it, an upper bound for workers of
@@ -68,10 +69,22 @@ def tile_shape(filters: int, itemsize: int, simd: SimdUnit = AVX512) -> tuple[in
     """
     lanes = max(1, simd.vector_bytes // itemsize)  # e.g. 16 float32 or 8 float64 per zmm register
     widest = lanes * (4 if simd.registers >= 32 else 2)
-    width = max(_MIN_WIDTH, lanes // 2)
+    width = _MIN_WIDTH
     while width < filters and width < widest:
         width *= 2
     return (_NARROW_ROWS if width <= lanes else _ROWS), width
+
+
+def channel_group(width: int, lanes: int) -> int:
+    """How many channels a tile of panel ``width`` takes per step, with vectors of ``lanes`` elements.
+
+    A panel narrower than a vector (8 float32 filters in a 16-lane zmm register) would use half of
+    each multiply-add and need one broadcast load per input element. Such a panel is packed with
+    ``lanes // width`` consecutive channels side by side (``w[c, f], w[c + 1, f]`` at lanes 2f, 2f + 1),
+    and the tile broadcasts that many adjacent input values at once: whole-vector multiply-adds and
+    half the loads, its lanes added together at the end.
+    """
+    return lanes // width if width < lanes else 1
 
 
 def panel_count(filters: int, itemsize: int, simd: SimdUnit = AVX512) -> int:
@@ -86,5 +99,9 @@ def padded_filters(filters: int, itemsize: int, simd: SimdUnit = AVX512) -> int:
 
 
 def packed_bank_bytes(channels: int, filters: int, itemsize: int, simd: SimdUnit = AVX512) -> int:
-    """Bytes of a packed bank and bias: (C + 1) rows of the padded width."""
-    return (channels + 1) * padded_filters(filters, itemsize, simd) * itemsize
+    """Bytes of a packed bank and bias: C rows (rounded up to whole channel groups) and a bias row, of
+    the padded width."""
+    lanes = max(1, simd.vector_bytes // itemsize)
+    group = channel_group(tile_shape(filters, itemsize, simd)[1], lanes)
+    grouped_channels = -(-channels // group) * group
+    return (grouped_channels + 1) * padded_filters(filters, itemsize, simd) * itemsize

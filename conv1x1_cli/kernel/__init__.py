@@ -24,7 +24,9 @@ how pixels are covered by tiles.
   unit): ``panels[c, k, :]`` is a view of row c, columns k*width
   onwards, one contiguous run that the micro-kernel loads as whole vectors.
   Only a bank whose F is not a multiple of width is copied (zero-padded to a
-  whole panel); the bias is padded the same way.  The bank is not copied into
+  whole panel); the bias is padded the same way.  A panel narrower than a
+  vector is copied with ``group`` channels side by side in each row
+  (``_grouped_panels``: a few KiB, as such banks are narrow).  The bank is not copied into
   a panel-major layout (``panels[k, c, :]``): the public API packs on every
   call, and on few-pixel, big-bank layers (7x7x2048->512) such a copy costs as
   much as the product itself.
@@ -57,7 +59,7 @@ import threading
 import numba
 import numpy as np
 
-from ..costs.packing import panel_count, tile_shape
+from ..costs.packing import channel_group, panel_count, tile_shape
 from .pool import (
     CPU_SET_WORDS,
     IDLE_TURNS,
@@ -168,13 +170,15 @@ class _Cut:
     """How every bank of one dtype and filter count is cut: the tile's rows, the panels (how many,
     how wide) and the compiled kind that runs them."""
 
-    __slots__ = ("kind", "n_panels", "rows", "whole_panels", "width", "zero_bias")
+    __slots__ = ("group", "kind", "n_panels", "rows", "whole_panels", "width", "zero_bias")
 
     def __init__(self, dtype: np.dtype, n_filters: int):
         simd = simd_unit()
         self.rows, self.width = tile_shape(n_filters, dtype.itemsize, simd)  # the rule the Dask planner counts by
         self.n_panels = panel_count(n_filters, dtype.itemsize, simd)
-        self.whole_panels = self.n_panels * self.width == n_filters  # no padding: the bank itself is the panels
+        self.group = channel_group(self.width, max(1, simd.vector_bytes // dtype.itemsize))
+        # No padding and no interleaving: the bank itself is the panels.
+        self.whole_panels = self.n_panels * self.width == n_filters and self.group == 1
         self.kind = _kind(dtype, self.rows, self.width)
         # The bias of a bank without one, shared by every call: the kernel only reads it. (Not marked
         # read-only: numba would compile every entry point again for a read-only argument's type.)
@@ -202,7 +206,9 @@ class PackedBank:
     The bank, padded with zero columns to a multiple of width, is viewed (never copied) as
     ``panels[c, k, j] = bank[c, k * width + j]``: panel k of channel c is one contiguous run. When F
     is already a multiple of width the view is of the caller's bank itself: copying a 2048x512 bank
-    into a panel-major layout cost twice the product itself on 7x7 layers.
+    into a panel-major layout cost twice the product itself on 7x7 layers.  A panel narrower than a
+    vector holds ``group`` channels to a row instead: ``panels[q, k, j * group + g] = bank[q * group
+    + g, k * width + j]`` (costs.packing.channel_group).
     ``panel_bias[k, j]`` is the bias, padded the same way (for a bank without a bias, zeros shared by
     every bank of its dtype and filter count: read, never written).  Tiles accumulate ``block`` channels
     at a time (see _channel_block).
@@ -210,12 +216,14 @@ class PackedBank:
 
     __slots__ = ("block", "dtype", "kind", "n_channels", "n_filters", "panel_bias", "panels", "rows", "width")
 
-    def __init__(self, panels: np.ndarray, panel_bias: np.ndarray, n_filters: int, cut: _Cut):
+    def __init__(self, panels: np.ndarray, panel_bias: np.ndarray, n_channels: int, n_filters: int, cut: _Cut):
         self.panels, self.panel_bias = panels, panel_bias
-        self.n_channels, self.n_filters = panels.shape[0], n_filters
+        self.n_channels, self.n_filters = n_channels, n_filters
         self.dtype = panels.dtype
         self.rows, self.width, self.kind = cut.rows, cut.width, cut.kind
-        self.block = _channel_block(self.n_channels)
+        # A narrow panel's lanes hold sums of every group-th channel, which a block's partial sums
+        # (one per filter) cannot carry on; and such a panel is small enough not to need blocks.
+        self.block = _channel_block(n_channels) if cut.group == 1 else max(n_channels, 1)
 
     def __repr__(self) -> str:
         return (
@@ -245,17 +253,40 @@ def pack_bank(bank: np.ndarray, bias: np.ndarray | None) -> PackedBank:
 
     cut = _cut(dtype, n_filters)
     flags = bank.flags
-    if cut.whole_panels and flags.c_contiguous and flags.aligned:
-        matrix = bank
+    if cut.group > 1:
+        panels = _grouped_panels(bank, cut)
+    elif cut.whole_panels and flags.c_contiguous and flags.aligned:
+        panels = bank.reshape(n_channels, cut.n_panels, cut.width)
     else:
         matrix = np.zeros((n_channels, cut.n_panels * cut.width), dtype=dtype)
         matrix[:, :n_filters] = bank
+        panels = matrix.reshape(n_channels, cut.n_panels, cut.width)
     if bias is None:
         panel_bias = cut.zero_bias
     else:
         panel_bias = np.zeros((cut.n_panels, cut.width), dtype=dtype)
         panel_bias.reshape(-1)[:n_filters] = bias
-    return PackedBank(matrix.reshape(n_channels, cut.n_panels, cut.width), panel_bias, n_filters, cut)
+    return PackedBank(panels, panel_bias, n_channels, n_filters, cut)
+
+
+def _grouped_panels(bank: np.ndarray, cut: _Cut) -> np.ndarray:
+    """A narrow bank's panels, ``cut.group`` channels to a row (``costs.packing.channel_group``):
+    panels[q, 0, j * group + g] = bank[q * group + g, j], zero beyond the bank.  (A panel narrower
+    than a vector holds every filter: there is one.)  Written through a view: a transposed copy took
+    0.35 us more, a tenth of a tiny call."""
+    n_channels, n_filters = bank.shape
+    group, width = cut.group, cut.width
+    n_rows = -(-n_channels // group)
+    panels = np.zeros((n_rows, 1, width * group), dtype=bank.dtype)
+    by_channel = panels.reshape(n_rows, width, group).transpose(0, 2, 1)  # [q, g, j], a view
+    whole = n_channels // group
+    if whole == n_rows and n_filters == width:  # (slicing cost as much again)
+        by_channel[...] = bank.reshape(n_rows, group, width)
+        return panels
+    by_channel[:whole, :, :n_filters] = bank[: whole * group].reshape(whole, group, n_filters)
+    if whole < n_rows:  # the last group is short of channels
+        by_channel[whole, : n_channels - whole * group, :n_filters] = bank[whole * group :]
+    return panels
 
 
 def apply_packed(

@@ -16,6 +16,17 @@
   hashes closure cells, and a cell holding a dispatcher hashes differently in
   every process).  Bias (or the block before's partial sums) initialises the
   accumulators; ReLU is applied on the way out of the last block.
+* Narrow panels.  A panel narrower than a vector (8 or 4 float32 filters
+  with AVX-512) takes 2 or 4 channels per step (``costs.packing.channel_group``):
+  the bank is packed with those channels side by side, the tile broadcasts
+  that many adjacent pixel values at once, and each filter's lanes are added
+  together at the end.  Every multiply-add is a whole vector, and there is one
+  broadcast load per group instead of per value (in cache, 8 filters from 93
+  to 156 GFLOP/s on one thread).
+* Prefetching.  Each step of the channel loop asks for its share of the pixel
+  rows a few tiles on, about a cache line a step (``_TileCode.prefetch_share``):
+  the hyperspectral 512x512x200->8 reduction, which streams its input from
+  memory, went from 24 to about 80 GB/s of input.
 * Remainders.  Pixels are covered by tiles of ``rows`` and then of ``rows - 1``
   pixels (``tile_counts``): 49 = 4x6 + 5x5, so no row is computed twice.  A
   tile one row shorter runs at almost the same speed per row, while
@@ -28,9 +39,11 @@
   addresses and shapes, ``describe_job``), so that any thread can run a chunk
   of it (``compute_chunk``): a contiguous run of its (pixel tile, panel) pairs.
 * Floating point.  Each output is one chain of fused multiply-adds in channel
-  order, so the thread count never changes a bit of the result; no fast-math
-  flag is used.  A tile over a later block of channels picks the chain up from
-  the partial sum that the tile over the block before stored in the output.
+  order (a narrow panel's: one chain per lane of its group, channels g, g +
+  group, ..., the chains then added in order), so the thread count never
+  changes a bit of the result; no fast-math flag is used.  A tile over a later
+  block of channels picks the chain up from the partial sum that the tile over
+  the block before stored in the output (narrow panels never run in blocks).
   ReLU is ``0 if v < 0 else v``, which keeps NaN (like ``np.maximum(v, 0)``
   and PyTorch), and Inf/NaN propagate through FMA.
 
@@ -45,6 +58,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ..costs.packing import channel_group
 from .target import simd_unit
 
 # A width marker has log2(width) - 1 elements (widths are powers of two from 4 to 64): numba types
@@ -79,9 +93,10 @@ def lanes_marker_for(lanes: int) -> tuple:
     return tuple(range(lanes.bit_length() - 1))
 
 
-# How far beyond the next pixel tile the pixel rows are prefetched (see _compute_pairs). Distances
-# from one tile to 32 KiB ahead measured alike.
+# How far beyond the next pixel tile the pixel rows are prefetched (see _compute_pairs). On the
+# hyperspectral 512x512x200->8 reduction, 8 KiB ran as fast as 16 KiB and faster than 32 KiB.
 _PREFETCH_AHEAD_BYTES = 8192
+_CACHE_LINE = 64
 
 
 class _TileCode:
@@ -92,18 +107,29 @@ class _TileCode:
     function the tile is inlined into.  (Written as numba loops over a stack array, the tile's
     edges, bias and ReLU/store, compiled well or through memory depending on the inlining context,
     so its speed changed with unrelated code elsewhere.)
+
+    A panel narrower than a vector takes ``group`` channels per step (``costs.packing.channel_group``):
+    each accumulator lane f * group + g sums the products of channels g, g + group, g + 2 group, ...
+    for filter f, and the tile adds a filter's lanes together before it activates and stores.  Bias,
+    partial sums and outputs are ``out_vector`` values of the panel's width.
     """
 
     def __init__(self, context, builder, dtype, rows, width, lanes):
         self.context, self.builder = context, builder
         self.element = context.get_value_type(dtype)
         self.itemsize = context.get_abi_sizeof(self.element)
-        self.lanes = min(width, lanes)  # every panel width is a multiple (a narrow one is one vector)
-        self.n_vectors = width // self.lanes
+        self.group = channel_group(width, lanes)
+        self.lanes = min(width * self.group, lanes)  # every panel width is a multiple (a narrow one is one vector)
+        self.n_vectors = width * self.group // self.lanes
         self.rows, self.width = rows, width
         self.vector = ir.VectorType(self.element, self.lanes)
+        self.out_vector = ir.VectorType(self.element, min(width, lanes))
+        self.n_out_vectors = width // self.out_vector.count
         self.intp = context.get_value_type(types.intp)
         self.i32 = ir.IntType(32)
+        # x + (-0.0) is x for every x (and -0.0 + -0.0 is -0.0): the lanes of the channels after the first
+        # of a group start from it, and a missing channel of the last group adds it.
+        self.negative_zero = ir.Constant(self.element, -0.0)
 
     # Addresses are byte offsets from an array's data pointer, with the array's own strides.
 
@@ -120,14 +146,15 @@ class _TileCode:
             offset = self.builder.add(offset, self.builder.mul(index, stride))
         return self.builder.gep(base, [offset], inbounds=True)
 
-    def vector_pointer(self, base, v):
-        """Pointer to the v-th vector from base (a panel row, a bias row or an output row)."""
-        pointer = self.builder.gep(base, [ir.Constant(self.intp, v * self.lanes * self.itemsize)], inbounds=True)
-        return self.builder.bitcast(pointer, self.vector.as_pointer())
+    def vector_pointer(self, base, v, vector_type):
+        """Pointer to the v-th vector_type from base (a panel row, a bias row or an output row)."""
+        offset = ir.Constant(self.intp, v * vector_type.count * self.itemsize)
+        pointer = self.builder.gep(base, [offset], inbounds=True)
+        return self.builder.bitcast(pointer, vector_type.as_pointer())
 
-    def load_vectors(self, base):
-        """The width elements from base, as n_vectors vectors (unaligned loads: a bank may be a view)."""
-        return [self.builder.load(self.vector_pointer(base, v), align=self.itemsize) for v in range(self.n_vectors)]
+    def load_vectors(self, base, vector_type, count):
+        """count vectors from base (unaligned loads: a bank may be a view)."""
+        return [self.builder.load(self.vector_pointer(base, v, vector_type), align=self.itemsize) for v in range(count)]
 
     def splat(self, scalar, vector_type):
         """A vector_type with scalar in every lane."""
@@ -136,46 +163,52 @@ class _TileCode:
         zeros = ir.Constant(ir.VectorType(self.i32, vector_type.count), [0] * vector_type.count)
         return self.builder.shuffle_vector(lane0, undefined, zeros)
 
-    def intrinsic(self, name, return_type, argument_types, name_suffix=""):
-        """The LLVM intrinsic llvm.<name> overloaded for this tile's vector type."""
-        full_name = f"llvm.{name}.v{self.lanes}{self.element.intrinsic_name}{name_suffix}"
+    def shuffle(self, first, second, lanes):
+        """A vector of first's and second's lanes (second's numbered on from first's)."""
+        mask = ir.Constant(ir.VectorType(self.i32, len(lanes)), list(lanes))
+        return self.builder.shuffle_vector(first, second, mask)
+
+    def intrinsic(self, name, vector_type, return_type, argument_types, name_suffix=""):
+        """The LLVM intrinsic llvm.<name> overloaded for vector_type."""
+        full_name = f"llvm.{name}.v{vector_type.count}{self.element.intrinsic_name}{name_suffix}"
         function_type = ir.FunctionType(return_type, argument_types)
         return cgutils.get_or_insert_function(self.builder.module, function_type, full_name)
 
     # The tile: accumulate, activate, store.
 
-    def accumulate(self, initial, pixel_rows, pixel_step, panel, panel_step, first_channel, n_channels):
+    def accumulate(self, initial, pixel_rows, pixel_step, panel, group_step, first_channel, n_channels, ahead):
         """The accumulators after channels first_channel .. first_channel + n_channels - 1:
         initial[r][v] + sum over those c of pixel[r, c] * panel[c, v].
 
         pixel_rows[r] points at pixel r's channel 0 and panel at channel 0's panel row; channel c is
-        c * pixel_step and c * panel_step bytes on.  Each product is one fused multiply-add, added in
-        channel order.  (The loop counts from first_channel rather than moving the pointers there: with
-        pointers moved, LLVM kept one register per pixel row and spilled two accumulators to the stack,
-        at half the speed.)
+        c * pixel_step bytes on, and its group's panel row (c // group) * group_step.  Each product is
+        one fused multiply-add, added in channel order to its lane.  (The loop counts from first_channel
+        rather than moving the pointers there: with pointers moved, LLVM kept one register per pixel
+        row and spilled two accumulators to the stack, at half the speed.)  first_channel is a whole
+        number of groups; when n_channels is not, the last group's missing channels are left out.
+        Each step prefetches its share of a tile's bytes from ahead (prefetch_share).
         """
-        builder, intp = self.builder, self.intp
-        # Without FMA instructions llvm.fma is a C library call per lane; llvm.fmuladd is then a
-        # multiply and an add (rounded in between), and on every unit with FMA the same as llvm.fma.
-        fma = self.intrinsic("fma" if simd_unit().fused else "fmuladd", self.vector, [self.vector] * 3)
+        builder, intp, group = self.builder, self.intp, self.group
+        end = builder.add(first_channel, n_channels)
+        if group == 1:
+            panel_step, whole_end = group_step, end
+        else:
+            panel_step = builder.udiv(group_step, intp(group))  # per channel: channels start whole groups
+            whole_end = builder.sub(end, builder.srem(n_channels, intp(group)))
         entry = builder.basic_block
         loop = builder.append_basic_block("tile.channel")
         done = builder.append_basic_block("tile.done")
-        builder.cbranch(builder.icmp_signed(">", n_channels, intp(0)), loop, done)
+        # (Tested as n_channels >= group rather than first_channel < whole_end: with the latter LLVM
+        # unrolled the loop and chained every pixel address through one register, at 0.8x the speed.)
+        builder.cbranch(builder.icmp_signed(">=", n_channels, intp(group)), loop, done)
 
         builder.position_at_end(loop)
         channel = builder.phi(intp)
         acc = [[builder.phi(self.vector) for _ in range(self.n_vectors)] for _ in range(self.rows)]
-        panel_row = self.load_vectors(self.address(panel, (channel, panel_step)))
-        updated = []
-        for pixel_row, acc_row in zip(pixel_rows, acc, strict=True):
-            pointer = builder.bitcast(self.address(pixel_row, (channel, pixel_step)), self.element.as_pointer())
-            pixel = self.splat(builder.load(pointer, align=self.itemsize), self.vector)
-            updated.append(
-                [builder.call(fma, [pixel, weights, a]) for weights, a in zip(panel_row, acc_row, strict=True)]
-            )
-        next_channel = builder.add(channel, intp(1))
-        builder.cbranch(builder.icmp_signed("<", next_channel, builder.add(first_channel, n_channels)), loop, done)
+        updated = self.step(acc, pixel_rows, pixel_step, panel, panel_step, channel, None)
+        self.prefetch_share(ahead, builder.sub(channel, first_channel))
+        next_channel = builder.add(channel, intp(group))
+        builder.cbranch(builder.icmp_signed("<", next_channel, whole_end), loop, done)
 
         channel.add_incoming(first_channel, entry)
         channel.add_incoming(next_channel, loop)
@@ -186,23 +219,119 @@ class _TileCode:
                 for phi in (acc[r][v], final[r][v]):
                     phi.add_incoming(initial[r][v], entry)
                     phi.add_incoming(updated[r][v], loop)
-        return final
+        if group == 1:
+            return final
+        return self.last_group(final, pixel_rows, pixel_step, panel, panel_step, whole_end, end)
+
+    def prefetch_share(self, ahead, done):
+        """Ask for this step's share of a tile's worth of bytes from ahead into L2 (prefetcht1; a hint,
+        never a fault): after ``done`` channels, the bytes from done * rows * itemsize on, a cache line
+        at a time.  Spread over the channel loop, one line per step or so, the requests keep memory
+        busy all along: the hardware prefetchers stop at every 4 KiB page, and a tile's rows are short
+        streams (800 bytes each on the hyperspectral reduction) that they barely learn.  (Asked for all
+        at once at each tile's start, the same lines came 3x slower there.)"""
+        builder = self.builder
+        byte_pointer = ir.IntType(8).as_pointer()
+        signature_type = ir.FunctionType(ir.VoidType(), [byte_pointer, self.i32, self.i32, self.i32])
+        prefetch = builder.module.declare_intrinsic("llvm.prefetch", [byte_pointer], signature_type)
+        offset = builder.mul(done, self.intp(self.rows * self.itemsize))
+        for line in range(0, self.rows * self.group * self.itemsize, _CACHE_LINE):
+            address = builder.gep(ahead, [builder.add(offset, self.intp(line))])  # (may lie past the pixels)
+            # (address, 0 = read, 2 = moderate locality: L2, 1 = data cache)
+            builder.call(prefetch, [address, self.i32(0), self.i32(2), self.i32(1)])
+
+    def step(self, acc, pixel_rows, pixel_step, panel, panel_step, channel, n_present):
+        """acc after the group of channels from channel (its panel row channel * panel_step bytes on):
+        every channel of it, or the first n_present."""
+        builder = self.builder
+        # Without FMA instructions llvm.fma is a C library call per lane; llvm.fmuladd is then a
+        # multiply and an add (rounded in between), and on every unit with FMA the same as llvm.fma.
+        fma_name = "fma" if simd_unit().fused else "fmuladd"
+        fma = self.intrinsic(fma_name, self.vector, self.vector, [self.vector] * 3)
+        panel_row = self.load_vectors(self.address(panel, (channel, panel_step)), self.vector, self.n_vectors)
+        updated = []
+        for pixel_row, acc_row in zip(pixel_rows, acc, strict=True):
+            pixel = self.broadcast_pixels(self.address(pixel_row, (channel, pixel_step)), n_present)
+            updated.append(
+                [builder.call(fma, [pixel, weights, a]) for weights, a in zip(panel_row, acc_row, strict=True)]
+            )
+        return updated
+
+    def broadcast_pixels(self, address, n_present):
+        """The group's pixel values at address, repeated across a vector (lane l: value l % group); with
+        n_present, only the first n_present are read and the others are -0.0."""
+        builder, group = self.builder, self.group
+        if group == 1:
+            value = builder.load(builder.bitcast(address, self.element.as_pointer()), align=self.itemsize)
+            return self.splat(value, self.vector)
+        group_vector = ir.VectorType(self.element, group)
+        pointer = builder.bitcast(address, group_vector.as_pointer())
+        if n_present is None:
+            values = builder.load(pointer, align=self.itemsize)
+        else:
+            argument_types = [group_vector.as_pointer(), self.i32, ir.VectorType(ir.IntType(1), group), group_vector]
+            masked_load = self.intrinsic("masked.load", group_vector, group_vector, argument_types, name_suffix=".p0")
+            present = self.lane_mask(0, n_present, group)
+            missing = ir.Constant(group_vector, [-0.0] * group)
+            values = builder.call(masked_load, [pointer, self.i32(self.itemsize), present, missing])
+        return self.shuffle(values, values, [lane % group for lane in range(self.lanes)])
+
+    def last_group(self, acc, pixel_rows, pixel_step, panel, panel_step, channel, end):
+        """acc after the channels from channel to end, fewer than a group (none, often)."""
+        builder = self.builder
+        n_present = builder.sub(end, channel)
+        before = builder.basic_block
+        with builder.if_then(builder.icmp_signed(">", n_present, self.intp(0)), likely=False):
+            updated = self.step(acc, pixel_rows, pixel_step, panel, panel_step, channel, n_present)
+            partial_block = builder.basic_block
+        result = []
+        for acc_row, updated_row in zip(acc, updated, strict=True):
+            row = []
+            for a, u in zip(acc_row, updated_row, strict=True):
+                phi = builder.phi(self.vector)
+                phi.add_incoming(a, before)
+                phi.add_incoming(u, partial_block)
+                row.append(phi)
+            result.append(row)
+        return result
+
+    def spread(self, out_values):
+        """A row's accumulators from its out_vector values (bias or partial sums): a filter's value in
+        its group's first lane, -0.0 in the others."""
+        if self.group == 1:
+            return out_values
+        (values,) = out_values
+        zeros = ir.Constant(self.out_vector, [-0.0] * self.width)
+        lanes = [lane // self.group if lane % self.group == 0 else self.width for lane in range(self.lanes)]
+        return [self.shuffle(values, zeros, lanes)]
+
+    def gather(self, acc_row):
+        """A row's out_vector values from its accumulators: each filter's group lanes added in order."""
+        if self.group == 1:
+            return acc_row
+        (acc,) = acc_row
+        total = None
+        for g in range(self.group):
+            part = self.shuffle(acc, acc, [f * self.group + g for f in range(self.width)])
+            total = part if total is None else self.builder.fadd(total, part)
+        return [total]
 
     def initial(self, bias, out_rows, n_valid, first_channel):
         """Where each row's accumulators start: the bias when the channels start at 0, else the partial
         sums that the tiles over the channels before left in the output rows (only the first n_valid
         elements are read: masked loads for a partial last panel)."""
         builder = self.builder
+        spread_bias = self.spread(bias)
         with builder.if_else(builder.icmp_signed("==", first_channel, self.intp(0)), likely=True) as (first, later):
             with first:
                 first_block = builder.basic_block
             with later:
-                loaded = [self.load_valid(out_row, n_valid) for out_row in out_rows]
+                loaded = [self.spread(self.load_valid(out_row, n_valid)) for out_row in out_rows]
                 later_block = builder.basic_block
         rows = []
         for loaded_row in loaded:
             row = []
-            for bias_vector, loaded_vector in zip(bias, loaded_row, strict=True):
+            for bias_vector, loaded_vector in zip(spread_bias, loaded_row, strict=True):
                 phi = builder.phi(self.vector)
                 phi.add_incoming(bias_vector, first_block)
                 phi.add_incoming(loaded_vector, later_block)
@@ -211,24 +340,27 @@ class _TileCode:
         return rows
 
     def load_valid(self, base, n_valid):
-        """The width elements from base as n_vectors vectors, reading only the first n_valid of them
+        """The width elements from base as out_vector values, reading only the first n_valid of them
         (masked loads, zeros in the other lanes): a partial last panel's row ends before width."""
-        builder = self.builder
-        mask_type = ir.VectorType(ir.IntType(1), self.lanes)
-        argument_types = [self.vector.as_pointer(), self.i32, mask_type, self.vector]
-        masked_load = self.intrinsic("masked.load", self.vector, argument_types, name_suffix=".p0")
-        zeros = ir.Constant(self.vector, [0.0] * self.lanes)
+        builder, vector = self.builder, self.out_vector
+        mask_type = ir.VectorType(ir.IntType(1), vector.count)
+        argument_types = [vector.as_pointer(), self.i32, mask_type, vector]
+        masked_load = self.intrinsic("masked.load", vector, vector, argument_types, name_suffix=".p0")
+        zeros = ir.Constant(vector, [0.0] * vector.count)
         alignment = self.i32(self.itemsize)
         return [
-            builder.call(masked_load, [self.vector_pointer(base, v), alignment, self.lane_mask(v, n_valid), zeros])
-            for v in range(self.n_vectors)
+            builder.call(
+                masked_load,
+                [self.vector_pointer(base, v, vector), alignment, self.lane_mask(v, n_valid, vector.count), zeros],
+            )
+            for v in range(self.n_out_vectors)
         ]
 
-    def lane_mask(self, v, n_valid):
-        """Which lanes of the v-th vector of a row hold one of its first n_valid elements."""
-        valid = self.splat(self.builder.trunc(n_valid, self.i32), ir.VectorType(self.i32, self.lanes))
-        lane_filters = ir.Constant(ir.VectorType(self.i32, self.lanes), [v * self.lanes + i for i in range(self.lanes)])
-        return self.builder.icmp_signed("<", lane_filters, valid)
+    def lane_mask(self, v, n_valid, count):
+        """Which lanes of the v-th vector of count lanes in a row hold one of its first n_valid elements."""
+        valid = self.splat(self.builder.trunc(n_valid, self.i32), ir.VectorType(self.i32, count))
+        lane_indices = ir.Constant(ir.VectorType(self.i32, count), [v * count + i for i in range(count)])
+        return self.builder.icmp_signed("<", lane_indices, valid)
 
     def activate(self, values, relu):
         """max(v, floor), with floor 0 when relu holds (ReLU) and -inf otherwise (identity).
@@ -239,52 +371,67 @@ class _TileCode:
         """
         builder = self.builder
         floor_value = builder.select(relu, ir.Constant(self.element, 0.0), ir.Constant(self.element, float("-inf")))
-        floor = self.splat(floor_value, self.vector)
+        floor = self.splat(floor_value, self.out_vector)
         return [[builder.select(builder.fcmp_ordered("<", v, floor), floor, v) for v in row] for row in values]
 
     def store(self, values, out_rows, n_valid):
-        """Store each row of values at its out_rows pointer: all width elements when n_valid >= width,
-        else only the first n_valid (masked stores: a partial last panel)."""
-        builder = self.builder
+        """Store each row of out_vector values at its out_rows pointer: all width elements when
+        n_valid >= width, else only the first n_valid (masked stores: a partial last panel)."""
+        builder, vector = self.builder, self.out_vector
         with builder.if_else(builder.icmp_signed(">=", n_valid, self.intp(self.width))) as (whole, partial):
             with whole:
                 for row, out_row in zip(values, out_rows, strict=True):
                     for v, value in enumerate(row):
-                        builder.store(value, self.vector_pointer(out_row, v), align=self.itemsize)
+                        builder.store(value, self.vector_pointer(out_row, v, vector), align=self.itemsize)
             with partial:
-                mask_type = ir.VectorType(ir.IntType(1), self.lanes)
-                argument_types = [self.vector, self.vector.as_pointer(), self.i32, mask_type]
+                mask_type = ir.VectorType(ir.IntType(1), vector.count)
+                argument_types = [vector, vector.as_pointer(), self.i32, mask_type]
                 # (overloaded on the pointer type too: p0, a pointer in address space 0)
-                masked_store = self.intrinsic("masked.store", ir.VoidType(), argument_types, name_suffix=".p0")
-                for v in range(self.n_vectors):
-                    mask = self.lane_mask(v, n_valid)
+                masked_store = self.intrinsic("masked.store", vector, ir.VoidType(), argument_types, name_suffix=".p0")
+                for v in range(self.n_out_vectors):
+                    mask = self.lane_mask(v, n_valid, vector.count)
                     for row, out_row in zip(values, out_rows, strict=True):
                         builder.call(
-                            masked_store, [row[v], self.vector_pointer(out_row, v), self.i32(self.itemsize), mask]
+                            masked_store,
+                            [row[v], self.vector_pointer(out_row, v, vector), self.i32(self.itemsize), mask],
                         )
 
 
 @intrinsic
 def _tile(
-    typingctx, pixels, first_pixel, panels, panel_bias, k, out, relu, channels, row_marker, width_marker, lanes_marker
+    typingctx,
+    pixels,
+    first_pixel,
+    panels,
+    panel_bias,
+    k,
+    out,
+    relu,
+    channels,
+    ahead,
+    row_marker,
+    width_marker,
+    lanes_marker,
 ):
     """One tile over one block of channels: for p = first_pixel, r < len(row_marker), j < width (the
     panel's width) with k*width + j < out.shape[1], and (c0, n) = channels, c1 = c0 + n,
 
-        out[p + r, k*width + j] = start + pixels[p + r, c0:c1] @ panels[c0:c1, k, j],
+        out[p + r, k*width + j] = start + pixels[p + r, c0:c1] @ bank[c0:c1, k*width + j],
 
+    (the bank's panels packed ``group`` channels to a row, panels[c // group, k, j * group + c % group])
     where start is panel_bias[k, j] when c0 is 0 and what the tile of the block before left in out
     otherwise; the activation is applied (ReLU when relu holds) once c1 reaches the last channel.
     The accumulators are vectors of marker_lanes(lanes_marker) elements."""
     rows, width, lanes = len(row_marker), marker_width(width_marker), marker_lanes(lanes_marker)
     signature = types.void(
-        pixels, first_pixel, panels, panel_bias, k, out, relu, channels, row_marker, width_marker, lanes_marker
+        pixels, first_pixel, panels, panel_bias, k, out, relu, channels, ahead, row_marker, width_marker, lanes_marker
     )
 
     def codegen(context, builder, signature, args):
         code = _TileCode(context, builder, pixels.dtype, rows, width, lanes)
         pixels_value, first_pixel_value, panels_value, bias_value, k_value, out_value, relu_value = args[:7]
         first_channel_value, n_block_value = cgutils.unpack_tuple(builder, args[7])
+        ahead = builder.inttoptr(args[8], ir.IntType(8).as_pointer())
         pixel_data, pixel_shape, pixel_strides = code.view(pixels, pixels_value)
         panel_data, _, panel_strides = code.view(panels, panels_value)
         bias_data, _, bias_strides = code.view(panel_bias, bias_value)
@@ -297,45 +444,20 @@ def _tile(
         out_rows = [
             code.address(out_data, (row, out_strides[0]), (first_filter, out_strides[1])) for row in row_indices
         ]
-        bias = code.load_vectors(code.address(bias_data, (k_value, bias_strides[0])))
+        bias_row = code.address(bias_data, (k_value, bias_strides[0]))
+        bias = code.load_vectors(bias_row, code.out_vector, code.n_out_vectors)
         start = code.initial(bias, out_rows, n_valid, first_channel_value)
         pixel_rows = [code.address(pixel_data, (row, pixel_strides[0])) for row in row_indices]
         panel = code.address(panel_data, (k_value, panel_strides[1]))
         sums = code.accumulate(
-            start, pixel_rows, pixel_strides[1], panel, panel_strides[0], first_channel_value, n_block_value
+            start, pixel_rows, pixel_strides[1], panel, panel_strides[0], first_channel_value, n_block_value, ahead
         )
         last_block = builder.icmp_signed(">=", builder.add(first_channel_value, n_block_value), pixel_shape[1])
-        code.store(code.activate(sums, builder.and_(relu_value, last_block)), out_rows, n_valid)
+        totals = [code.gather(row) for row in sums]
+        code.store(code.activate(totals, builder.and_(relu_value, last_block)), out_rows, n_valid)
         return context.get_dummy_value()
 
     return signature, codegen
-
-
-@intrinsic
-def _prefetch(typingctx, address):
-    """Ask for the cache line at address to be brought into L2 (prefetcht1): a hint, never a fault."""
-
-    def codegen(context, builder, signature, args):
-        byte_pointer = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        signature_type = ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32])
-        prefetch = builder.module.declare_intrinsic("llvm.prefetch", [byte_pointer], signature_type)
-        # (address, 0 = read, 2 = moderate locality: L2, 1 = data cache)
-        builder.call(prefetch, [builder.inttoptr(args[0], byte_pointer), i32(0), i32(2), i32(1)])
-        return context.get_dummy_value()
-
-    return types.void(types.intp), codegen
-
-
-@njit(inline="always")
-def _prefetch_ahead(pixels, first_pixel, rows):
-    """Prefetch a tile's worth of pixel rows, _PREFETCH_AHEAD_BYTES beyond the tile after this one."""
-    row_bytes = pixels.shape[1] * pixels.itemsize
-    start = (first_pixel + rows) * row_bytes + _PREFETCH_AHEAD_BYTES
-    stop = min(start + rows * row_bytes, pixels.shape[0] * row_bytes)
-    base = pixels.ctypes.data
-    for offset in range(start, stop, 64):  # one per 64-byte cache line
-        _prefetch(base + offset)
 
 
 @intrinsic
@@ -360,10 +482,12 @@ JOB_FIELDS = 16
 def compute_chunk(job, chunk, n_chunks, row_marker, width_marker, lanes_marker, like):
     """Run chunk ``chunk`` of ``n_chunks`` equal runs of the (pixel tile, panel) pairs of the job in ``job``."""
     width = _marker_width_inline(width_marker)
+    group = _channel_group_inline(width, _marker_lanes_inline(lanes_marker))
     n_pixels, n_channels = job[_JOB_PIXEL_COUNT], job[_JOB_CHANNELS]
     n_panels = job[_JOB_PANEL_COUNT]
     pixels = numba.carray(_pointer(job[_JOB_PIXELS], like), (n_pixels, n_channels))
-    panels = numba.carray(_pointer(job[_JOB_PANELS], like), (n_channels, n_panels, width))
+    n_group_rows = (n_channels + group - 1) // group
+    panels = numba.carray(_pointer(job[_JOB_PANELS], like), (n_group_rows, n_panels, width * group))
     panel_bias = numba.carray(_pointer(job[_JOB_BIAS], like), (n_panels, width))
     out = numba.carray(_pointer(job[_JOB_OUT], like), (n_pixels, job[_JOB_FILTERS]))
     n_long, n_short = _tile_counts_inline(n_pixels, len(row_marker))
@@ -399,6 +523,8 @@ def tile_counts(n_pixels, rows):
 
 _tile_counts_inline = njit(inline="always")(tile_counts)
 _marker_width_inline = njit(inline="always")(marker_width)
+_marker_lanes_inline = njit(inline="always")(marker_lanes)
+_channel_group_inline = njit(inline="always")(channel_group)
 
 
 @njit(cache=True, nogil=True)
@@ -428,25 +554,28 @@ def _compute_pairs(
                 k, t = outer, inner
             else:
                 t, k = outer, inner
+            row_bytes = n_channels * pixels.itemsize
             if k == 0 and not panel_major and n_block == n_channels:
-                # Entering a pixel tile: ask for the pixels a few tiles on. The hardware prefetchers
-                # stop at every 4 KiB page, so pixels streamed from memory would wait for each new
-                # page. Few pixels (panel-major order) are in cache already; and with blocks of
-                # channels, prefetching the next tiles' part of the rows only slows the call.
-                _prefetch_ahead(pixels, t * rows, rows)
+                # A pixel tile's first pass: as it goes, it asks for the pixels a few tiles on. Few
+                # pixels (panel-major order) are in cache already; and with blocks of channels,
+                # prefetching the next tiles' part of the rows only slowed the call. Those tiles
+                # ask for their own rows instead, a hint that costs only a load slot.
+                ahead = pixels.ctypes.data + (t + 1) * rows * row_bytes + _PREFETCH_AHEAD_BYTES
+            else:
+                ahead = pixels.ctypes.data + min(t * rows, n_pixels - rows) * row_bytes
             channels = (first_channel, n_block)
             if t < n_long:
                 # (shifted back to end at n_pixels when there are no short tiles:
                 # it recomputes a few rows, same values, instead of a scalar remainder loop)
                 first_pixel = min(t * rows, n_pixels - rows)
                 _tile(
-                    pixels, first_pixel, panels, panel_bias, k, out, relu, channels,
+                    pixels, first_pixel, panels, panel_bias, k, out, relu, channels, ahead,
                     row_marker, width_marker, lanes_marker,
                 )  # fmt: skip
             else:
                 first_pixel = n_long * rows + (t - n_long) * (rows - 1)
                 _tile(
-                    pixels, first_pixel, panels, panel_bias, k, out, relu, channels,
+                    pixels, first_pixel, panels, panel_bias, k, out, relu, channels, ahead,
                     short_marker, width_marker, lanes_marker,
                 )  # fmt: skip
             inner += 1

@@ -6,13 +6,24 @@ import pytest
 
 from conv1x1_cli.costs import parse_spec
 from conv1x1_cli.costs.chunks import chunk_plan
-from conv1x1_cli.costs.packing import AVX2, AVX512, GENERIC, NEON, packed_bank_bytes, padded_filters, tile_shape
+from conv1x1_cli.costs.packing import (
+    AVX2,
+    AVX512,
+    GENERIC,
+    NEON,
+    channel_group,
+    packed_bank_bytes,
+    padded_filters,
+    tile_shape,
+)
 
 
 @pytest.mark.parametrize(
     ("filters", "itemsize", "shape", "padded"),
     [
-        (1, 4, (8, 8), 8),  # half a zmm register of float32
+        (1, 4, (8, 4), 4),  # a quarter of a zmm register of float32: 4 channels a step
+        (4, 4, (8, 4), 4),
+        (5, 4, (8, 8), 8),  # half a register: 2 channels a step
         (8, 4, (8, 8), 8),
         (9, 4, (8, 16), 16),  # one register: 8 rows
         (32, 4, (6, 32), 32),
@@ -58,6 +69,22 @@ def test_the_planners_rule_pads_at_least_as_much_as_any_units(unit):
         for filters in range(1, 300):
             assert padded_filters(filters, itemsize, unit) <= padded_filters(filters, itemsize, AVX512)
             assert padded_filters(filters, itemsize, unit) >= filters
+
+
+@pytest.mark.parametrize(
+    ("width", "lanes", "group"),
+    [(4, 16, 4), (8, 16, 2), (16, 16, 1), (64, 16, 1), (4, 8, 2), (8, 8, 1), (4, 4, 1)],
+)
+def test_a_panel_narrower_than_a_vector_fills_it_with_channels(width, lanes, group):
+    assert channel_group(width, lanes) == group
+
+
+def test_packed_narrow_banks_round_their_channels_up_to_whole_groups():
+    # F = 8 float32 with AVX-512: 2 channels a row, so C = 193 packs as 194 (+ the bias row) x 8 x 4 bytes;
+    # F = 3: 4 channels a row of a 4-wide panel, 196 + 1 rows; AVX2 packs F = 8 one channel a row.
+    assert packed_bank_bytes(193, 8, 4) == 195 * 8 * 4
+    assert packed_bank_bytes(193, 3, 4) == 197 * 4 * 4
+    assert packed_bank_bytes(193, 8, 4, AVX2) == 194 * 8 * 4
 
 
 def test_the_planner_counts_the_banks_as_the_kernel_packs_them():

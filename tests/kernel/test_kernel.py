@@ -200,6 +200,51 @@ def test_real_blocks_of_channels_are_used_for_a_big_panel_and_change_no_bit(rng)
     assert_close_to_reference(blocked, x, w, b)
 
 
+def test_a_narrow_bank_is_packed_a_group_of_channels_to_a_row(rng):
+    """A bank narrower than a vector holds channel_group adjacent channels side by side in each panel
+    row (zeros past the bank), and never runs in blocks of channels: its lanes hold the sums of every
+    group-th channel, which a block's partial sums could not carry on."""
+    from conv1x1_cli.costs.packing import channel_group
+    from conv1x1_cli.kernel.target import simd_unit
+
+    for dtype, filters in (("float32", 3), ("float32", 5), ("float64", 3)):
+        bank = rng.standard_normal((7, filters)).astype(dtype)
+        with channel_blocks(2):
+            packed = kernel.pack_bank(bank, None)
+        group = channel_group(packed.width, simd_unit().vector_bytes // bank.itemsize)
+        n_rows = -(-7 // group)
+        assert packed.panels.shape == (n_rows, 1, packed.width * group)
+        padded = np.zeros((n_rows * group, packed.width), dtype)
+        padded[:7, :filters] = bank
+        for q in range(n_rows):
+            for g in range(group):
+                np.testing.assert_array_equal(packed.panels[q, 0, g::group], padded[q * group + g])
+        assert packed.block == (7 if group > 1 else 2)
+
+
+@pytest.mark.parametrize("channels", [41, 42], ids=["odd channels", "even channels"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_narrow_bank_keeps_nan_and_inf_from_every_channel_of_a_group(channels, dtype, rng):
+    """Channels of one group are summed in separate lanes, added at the end: an infinity or NaN in
+    either lane, or in the last channel alone in its group, comes out as in NumPy."""
+    x, w, b = problem(rng, 50, channels, 5, dtype)
+    last = channels - 1
+    w[[0, 1, 2, last]] = np.abs(w[[0, 1, 2, last]]) + 0.5
+    x[3, last] = np.inf  # row 3: +inf everywhere, from the last channel
+    x[7, last] = np.nan  # row 7: NaN
+    x[9, 0] = -np.inf  # row 9: -inf, from a group's first lane
+    x[11, 1], x[11, 2] = np.inf, -np.inf  # row 11: inf from one lane, -inf from the other: NaN
+    result = convolve(x, w, b, relu=False)
+    with np.errstate(invalid="ignore"):
+        expected = naive.pointwise(x, w, b, relu=False)
+    assert (result[3] == np.inf).all() and (result[9] == -np.inf).all()
+    assert np.isnan(result[7]).all() and np.isnan(result[11]).all()
+    finite = np.isfinite(expected)
+    np.testing.assert_array_equal(np.isfinite(result), finite)
+    assert_close_to_reference(result[finite[:, 0]], x[finite[:, 0]], w, b, relu=False)
+    np.testing.assert_array_equal(result, convolve(x, w, b, relu=False, threads=1))
+
+
 def chunks_taken_by_the_worker(pool):
     """How many chunks of the last two-thread job the worker computed, read from the segment words.
 
