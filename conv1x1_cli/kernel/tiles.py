@@ -284,16 +284,21 @@ class _TileCode:
         with builder.if_then(builder.icmp_signed(">", n_present, self.intp(0)), likely=False):
             updated = self.step(acc, pixel_rows, pixel_step, panel, panel_step, channel, n_present)
             partial_block = builder.basic_block
-        result = []
-        for acc_row, updated_row in zip(acc, updated, strict=True):
-            row = []
-            for a, u in zip(acc_row, updated_row, strict=True):
-                phi = builder.phi(self.vector)
-                phi.add_incoming(a, before)
-                phi.add_incoming(u, partial_block)
-                row.append(phi)
-            result.append(row)
-        return result
+        return self.merge(acc, before, updated, partial_block)
+
+    def merge(self, rows, block, other_rows, other_block):
+        """Accumulator rows that are rows when control came from block and other_rows when it came
+        from other_block (phi nodes, at the start of the block the two paths meet in)."""
+        merged = []
+        for row, other_row in zip(rows, other_rows, strict=True):
+            merged_row = []
+            for value, other_value in zip(row, other_row, strict=True):
+                phi = self.builder.phi(self.vector)
+                phi.add_incoming(value, block)
+                phi.add_incoming(other_value, other_block)
+                merged_row.append(phi)
+            merged.append(merged_row)
+        return merged
 
     def spread(self, out_values):
         """A row's accumulators from its out_vector values (bias or partial sums): a filter's value in
@@ -328,16 +333,7 @@ class _TileCode:
             with later:
                 loaded = [self.spread(self.load_valid(out_row, n_valid)) for out_row in out_rows]
                 later_block = builder.basic_block
-        rows = []
-        for loaded_row in loaded:
-            row = []
-            for bias_vector, loaded_vector in zip(spread_bias, loaded_row, strict=True):
-                phi = builder.phi(self.vector)
-                phi.add_incoming(bias_vector, first_block)
-                phi.add_incoming(loaded_vector, later_block)
-                row.append(phi)
-            rows.append(row)
-        return rows
+        return self.merge([spread_bias] * len(loaded), first_block, loaded, later_block)
 
     def load_valid(self, base, n_valid):
         """The width elements from base as out_vector values, reading only the first n_valid of them
