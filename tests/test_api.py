@@ -235,10 +235,12 @@ def test_apply_on_files_is_the_public_entry_point(tmp_path, rng):
 
 @pytest.mark.parametrize("channels", [3, 64, 513, 4096])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_every_value_is_within_the_documented_error_bound(rng, channels, dtype):
-    """README, Accuracy: |ours - exact| <= (C + 1) * u * (sum of |x_c * w_c| + |b|), u the unit roundoff."""
+@pytest.mark.parametrize("filters", [40, 8, 3], ids=["40 filters", "8 filters", "3 filters"])
+def test_every_value_is_within_the_documented_error_bound(rng, channels, dtype, filters):
+    """README, Accuracy: |ours - exact| <= (C + 1) * u * (sum of |x_c * w_c| + |b|), u the unit roundoff;
+    banks narrower than a vector (8 and 3 filters) are summed in interleaved chains of channels."""
     x = rng.standard_normal((300, channels)).astype(dtype)
-    w, b = rng.standard_normal((channels, 40)).astype(dtype), rng.standard_normal(40).astype(dtype)
+    w, b = rng.standard_normal((channels, filters)).astype(dtype), rng.standard_normal(filters).astype(dtype)
     ours = conv1x1(x, w, b, activation="none").astype(np.float64)
     exact = x.astype(np.float64) @ w.astype(np.float64) + b
     if dtype == np.float64:  # the exact value to float64's own precision: in longdouble where it is longer
