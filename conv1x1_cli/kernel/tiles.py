@@ -127,9 +127,6 @@ class _TileCode:
         self.n_out_vectors = width // self.out_vector.count
         self.intp = context.get_value_type(types.intp)
         self.i32 = ir.IntType(32)
-        # x + (-0.0) is x for every x (and -0.0 + -0.0 is -0.0): the lanes of the channels after the first
-        # of a group start from it, and a missing channel of the last group adds it.
-        self.negative_zero = ir.Constant(self.element, -0.0)
 
     # Addresses are byte offsets from an array's data pointer, with the array's own strides.
 
@@ -302,7 +299,8 @@ class _TileCode:
 
     def spread(self, out_values):
         """A row's accumulators from its out_vector values (bias or partial sums): a filter's value in
-        its group's first lane, -0.0 in the others."""
+        its group's first lane, -0.0 in the others (x + -0.0 is x for every x, -0.0 included, so those
+        lanes change no bit of the sum, not even a zero's sign)."""
         if self.group == 1:
             return out_values
         (values,) = out_values
@@ -417,7 +415,8 @@ def _tile(
     (the bank's panels packed ``group`` channels to a row, panels[c // group, k, j * group + c % group])
     where start is panel_bias[k, j] when c0 is 0 and what the tile of the block before left in out
     otherwise; the activation is applied (ReLU when relu holds) once c1 reaches the last channel.
-    The accumulators are vectors of marker_lanes(lanes_marker) elements."""
+    The accumulators are vectors of marker_lanes(lanes_marker) elements.  ``ahead`` is the address
+    from which the tile prefetches a tile's worth of bytes as it goes (_TileCode.prefetch_share)."""
     rows, width, lanes = len(row_marker), marker_width(width_marker), marker_lanes(lanes_marker)
     signature = types.void(
         pixels, first_pixel, panels, panel_bias, k, out, relu, channels, ahead, row_marker, width_marker, lanes_marker
@@ -539,6 +538,7 @@ def _compute_pairs(
     short_marker = row_marker[1:]  # the tile one row shorter: its own unrolled code
     n_long, n_short = _tile_counts_inline(n_pixels, rows)
     n_inner = n_long + n_short if panel_major else panels.shape[1]
+    row_bytes = n_channels * pixels.itemsize
     # (one pass even without channels: it writes the bias)
     for first_channel in range(0, max(n_channels, 1), block):
         n_block = min(block, n_channels - first_channel)
@@ -550,12 +550,11 @@ def _compute_pairs(
                 k, t = outer, inner
             else:
                 t, k = outer, inner
-            row_bytes = n_channels * pixels.itemsize
             if k == 0 and not panel_major and n_block == n_channels:
                 # A pixel tile's first pass: as it goes, it asks for the pixels a few tiles on. Few
                 # pixels (panel-major order) are in cache already; and with blocks of channels,
-                # prefetching the next tiles' part of the rows only slowed the call. Those tiles
-                # ask for their own rows instead, a hint that costs only a load slot.
+                # prefetching the next tiles' part of the rows (all at once) slowed the call. Those
+                # tiles ask for their own rows instead, a hint that costs only a load slot.
                 ahead = pixels.ctypes.data + (t + 1) * rows * row_bytes + _PREFETCH_AHEAD_BYTES
             else:
                 ahead = pixels.ctypes.data + min(t * rows, n_pixels - rows) * row_bytes
