@@ -33,6 +33,10 @@ class SimdUnit:
     registers: int
     fused: bool
 
+    def lanes(self, itemsize: int) -> int:
+        """Elements of ``itemsize`` bytes in one vector register (16 float32 or 8 float64 in a zmm one)."""
+        return max(1, self.vector_bytes // itemsize)
+
     def describe(self) -> str:
         """'avx2: 16 x 256-bit registers, FMA', for reports."""
         fma = "FMA" if self.fused else "no FMA"
@@ -67,7 +71,7 @@ def tile_shape(filters: int, itemsize: int, simd: SimdUnit = AVX512) -> tuple[in
     every narrower one divides them): the Dask planner counts by it, an upper bound for workers of
     any kind.
     """
-    lanes = max(1, simd.vector_bytes // itemsize)  # e.g. 16 float32 or 8 float64 per zmm register
+    lanes = simd.lanes(itemsize)
     widest = lanes * (4 if simd.registers >= 32 else 2)
     width = _MIN_WIDTH
     while width < filters and width < widest:
@@ -101,7 +105,6 @@ def padded_filters(filters: int, itemsize: int, simd: SimdUnit = AVX512) -> int:
 def packed_bank_bytes(channels: int, filters: int, itemsize: int, simd: SimdUnit = AVX512) -> int:
     """Bytes of a packed bank and bias: C rows (rounded up to whole channel groups) and a bias row, of
     the padded width."""
-    lanes = max(1, simd.vector_bytes // itemsize)
-    group = channel_group(tile_shape(filters, itemsize, simd)[1], lanes)
+    group = channel_group(tile_shape(filters, itemsize, simd)[1], simd.lanes(itemsize))
     grouped_channels = -(-channels // group) * group
     return (grouped_channels + 1) * padded_filters(filters, itemsize, simd) * itemsize

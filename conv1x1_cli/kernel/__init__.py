@@ -130,7 +130,7 @@ def _kind(dtype: np.dtype, rows: int, width: int) -> _Kind:
         with _setup_lock:
             kind = _kinds.get(key)
             if kind is None:
-                lanes = max(1, simd_unit().vector_bytes // dtype.itemsize)
+                lanes = simd_unit().lanes(dtype.itemsize)
                 kind = _Kind(len(_kinds), dtype, rows, width, lanes)  # a few per dtype: far below 256
                 _kinds[key] = kind
     return kind
@@ -176,7 +176,7 @@ class _Cut:
         simd = simd_unit()
         self.rows, self.width = tile_shape(n_filters, dtype.itemsize, simd)  # the rule the Dask planner counts by
         self.n_panels = panel_count(n_filters, dtype.itemsize, simd)
-        self.group = channel_group(self.width, max(1, simd.vector_bytes // dtype.itemsize))
+        self.group = channel_group(self.width, simd.lanes(dtype.itemsize))
         # No padding and no interleaving: the bank itself is the panels.
         self.whole_panels = self.n_panels * self.width == n_filters and self.group == 1
         self.kind = _kind(dtype, self.rows, self.width)
