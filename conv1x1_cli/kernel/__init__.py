@@ -46,8 +46,7 @@ how pixels are covered by tiles.
 * Compilation is lazy (nothing at import) and cached to disk (``cache=True``;
   numba falls back to its user-wide cache directory when the package directory
   is read-only).  ``prepare`` compiles a bank's kind of tile, under a lock, ahead
-  of a timed call (``_ensure_compiled``); a call whose argument types are new
-  (a read-only input, say) has numba compile them first.
+  of a timed call; a call of a kind not prepared compiles it first (``_entry_point``).
 """
 
 from __future__ import annotations
@@ -101,8 +100,9 @@ class _Kind:
         self.width_marker = width_marker_for(width)
         self.lanes_marker = lanes_marker_for(lanes)
         self.like = np.empty(0, dtype)
-        self.compiled_runs: set = set()
-        self.serve_compiled = False
+        # Compiled code of this kind by dispatcher (run_alone, run_pooled, run_portable, serve): calls go
+        # straight to it (see _entry_point).
+        self.entry_points: dict = {}
 
     @property
     def markers(self) -> tuple:
@@ -136,29 +136,39 @@ def _kind(dtype: np.dtype, rows: int, width: int) -> _Kind:
     return kind
 
 
-def _compile(dispatcher, args: tuple) -> None:
-    """Compile (or load from numba's disk cache) ``dispatcher`` for these arguments' types."""
-    with _setup_lock:
-        dispatcher.compile(tuple(numba.typeof(a) for a in args))
+def _entry_point(kind: _Kind, dispatcher, args: tuple):
+    """The compiled code of ``dispatcher`` (run_alone, run_pooled, run_portable or serve) for this kind,
+    compiled (or loaded from numba's disk cache) on first use.
+
+    Calls go to it directly: the dispatcher would type every argument at every call, which cost a
+    tiny call 0.5 us (an eighth of it) and a pooled one 0.7 us while the workers wait.  That is sound
+    because a kind decides every argument's type but two: the arrays are C-contiguous and aligned
+    (the callers make sure: ``apply_to_new_output``), and whether the pixels and the bank are
+    read-only, which only tells numba whether they may be written.  The kernel never writes them, so
+    one specialisation, typed for writeable arrays, serves both (numba would compile the whole
+    kernel again, a second each, for a read-only input).
+    """
+    entry = kind.entry_points.get(dispatcher)
+    if entry is None:
+        with _setup_lock:
+            entry = kind.entry_points.get(dispatcher)
+            if entry is None:
+                types = tuple(_writeable(numba.typeof(argument)) for argument in args)
+                entry = kind.entry_points[dispatcher] = dispatcher.compile(types)
+    return entry
 
 
-def _ensure_compiled(kind: _Kind, dispatcher, args: tuple) -> None:
-    """Compile dispatcher (run_alone, run_pooled or run_portable) for these arguments unless it has been
-    already."""
-    pixels, panels = args[0], args[1]
-    # numba.typeof is slow (tens of microseconds); this key decides the same types.
-    key = (dispatcher.py_func.__name__, pixels.flags.writeable, panels.flags.writeable)
-    if key not in kind.compiled_runs:
-        _compile(dispatcher, args)
-        kind.compiled_runs.add(key)
+def _writeable(numba_type):
+    return numba_type.copy(readonly=False) if isinstance(numba_type, numba.types.Array) else numba_type
 
 
 def _prepare_serving(kind: _Kind, pool: WorkerPool) -> None:
     """Compile the workers' loop for this kind before any job of the kind is published."""
-    if not kind.serve_compiled:
+    if serve not in kind.entry_points:
         cpu_sets = np.zeros((2, CPU_SET_WORDS), np.uint64)
-        _compile(serve, (pool.control, pool.job, kind.code, 1, IDLE_TURNS, pool.semaphore, cpu_sets, *kind.markers))
-        kind.serve_compiled = True
+        _entry_point(
+            kind, serve, (pool.control, pool.job, kind.code, 1, IDLE_TURNS, pool.semaphore, cpu_sets, *kind.markers)
+        )
 
 
 # --------------------------------------------------------------------------
@@ -361,13 +371,15 @@ def apply_to_new_output(
             if pool.n_workers:
                 _prepare_serving(kind, pool)
                 pool.announce(kind)
-                run_pooled(*arrays, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers)
+                args = (*arrays, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers)
+                _entry_point(kind, run_pooled, args)(*args)
             else:  # portable mode: numba's threading layer
                 _run_portable(pool, arrays, kind)
         finally:
             pool.busy.release()
     else:  # alone: one thread asked for, little work, or another thread is using the pool
-        run_alone(pixels, packed.panels, packed.panel_bias, out, relu, packed.block, *kind.markers)
+        args = (pixels, packed.panels, packed.panel_bias, out, relu, packed.block, *kind.markers)
+        _entry_point(kind, run_alone, args)(*args)
 
 
 def _kind_for(packed: PackedBank, n_pixels: int) -> _Kind:
@@ -379,17 +391,22 @@ def _kind_for(packed: PackedBank, n_pixels: int) -> _Kind:
 def _run_portable(pool: WorkerPool, arrays: tuple, kind: _Kind) -> None:
     """run_portable on arrays' thread count (at most: numba's own thread count is left as it is)."""
     pool.portable_launched = True
-    run_portable(*arrays, *kind.markers)
+    args = (*arrays, *kind.markers)
+    _entry_point(kind, run_portable, args)(*args)
 
 
 def prepare(packed: PackedBank, threads: int | None = None, pixels: int | None = None) -> bool:
-    """Make ready now all that calls with this bank may run, so that a timed call does not pay for
-    it: compile (or load from numba's cache) the one-thread code and, unless threads is 1 or no call
-    will have more than ``pixels`` pixels and so little work that it runs alone, the pool's (and
-    start its workers) or the portable one's.  Returns whether anything had to be compiled.
+    """Make ready now what calls with this bank will run, so that a timed call does not pay for it:
+    compile (or load from numba's cache) the one-thread code if calls run alone (threads is 1, or no
+    call will have more than ``pixels`` pixels and the work is small), else the pool's (and start
+    its workers) or the portable one's; with ``pixels`` None (calls of any size), both.  Returns
+    whether anything had to be compiled.
 
-    (The pool's code is most of a cold start's compiling: 1.4 of 2.4 s here. A first run on a small
-    input, ``conv1x1 apply`` on the samples say, need not wait for it.)"""
+    Compiling what is not needed is most of a cold start: the pool's code takes 1.4 of 2.4 s
+    here, so a first run on a small input (``conv1x1 apply`` on the samples) does not wait for it,
+    and the one-thread code 0.5 s, which a first run of a large input does not wait for either.  (A
+    call of that bank that does run alone, a stream's short last chunk or a call made while another
+    thread has the pool, compiles it then.)"""
     before = compilations()
     kind = packed.kind if pixels is None else _kind_for(packed, pixels)
     arrays = (
@@ -400,13 +417,15 @@ def prepare(packed: PackedBank, threads: int | None = None, pixels: int | None =
         True,
         packed.block,
     )
-    _ensure_compiled(kind, run_alone, (*arrays, *kind.markers))
     work = SERIAL_WORK if pixels is None else pixels * packed.n_channels * packed.n_filters
     pool = worker_pool()
-    if _single_threaded(threads, work) or pool.max_threads < 2:
+    shared = not _single_threaded(threads, work) and pool.max_threads > 1
+    if pixels is None or not shared:
+        _entry_point(kind, run_alone, (*arrays, *kind.markers))
+    if not shared:
         return compilations() > before
     if not pool.n_workers:
-        _ensure_compiled(kind, run_portable, (*arrays, 2, *kind.markers))
+        _entry_point(kind, run_portable, (*arrays, 2, *kind.markers))
         # Starting numba's threads cost the first call 4 ms (28x28x192->32, which then takes 0.1 ms).
         if pool.busy.acquire(blocking=False):
             try:
@@ -415,9 +434,7 @@ def prepare(packed: PackedBank, threads: int | None = None, pixels: int | None =
                 pool.busy.release()
     else:
         _prepare_serving(kind, pool)
-        _ensure_compiled(
-            kind, run_pooled, (*arrays, 2, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers)
-        )
+        _entry_point(kind, run_pooled, (*arrays, 2, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers))
         # Workers started by the first call cost it 0.6 ms (28x28x192->32, which then takes 0.1 ms).
         if pool.busy.acquire(blocking=False):  # (announce runs under the pool's lock, as in calls)
             try:
