@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -68,11 +68,13 @@ def conv1x1(
     kernel runs block by block through ``map_blocks``.
     """
     if weights_layout == "cf" and _is_plain_call(x, w, bias, layout):
-        relu = checked_choice(activation, ACTIVATIONS, "activation") == "relu"
-        bank, plain_bias = cast(np.ndarray, w), cast("np.ndarray | None", bias)  # (as _is_plain_call found them)
-        shape = (*x.shape[:-1], bank.shape[1])
-        pixels = x.reshape(-1, bank.shape[0])
-        return one_layer(pixels, bank, plain_bias, relu, shape, threads, checked_out(out, shape, x.dtype))
+        relu = activation == "relu" or checked_choice(activation, ACTIVATIONS, "activation") == "relu"
+        # (w is an ndarray and bias one or None, as _is_plain_call found them: typing.cast cost 0.1 us a call)
+        n_channels, n_filters = w.shape  # type: ignore[union-attr]
+        shape = (*x.shape[:-1], n_filters)
+        if out is not None:
+            out = checked_out(out, shape, x.dtype)
+        return one_layer(x.reshape(-1, n_channels), w, bias, relu, shape, threads, out)  # type: ignore[arg-type]
     if type(x).__module__.startswith("dask."):
         if out is not None:
             raise ArgumentError("out= is for NumPy arrays; a Dask array's result is lazy (use dask.array.store)")

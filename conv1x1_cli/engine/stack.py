@@ -150,14 +150,13 @@ def one_layer(
     chunking that serve every other case cost 3-4 us a call, a tenth of a small layer's whole time
     (28x28x192 -> 16 takes 30 us). The caller vouches for the arrays."""
     kernel = kernel_module()
-    packed = kernel.pack_bank(bank, bias)
     if out is not None:  # the caller's, checked: it goes through a temporary if it overlaps the input
-        kernel.apply_to_output(pixels, packed, out.reshape(-1, bank.shape[1]), relu, threads)
+        kernel.apply_to_output(pixels, kernel.pack_bank(bank, bias), out.reshape(-1, bank.shape[1]), relu, threads)
         return out
-    out = np.empty(shape, pixels.dtype)
-    # (the caller has checked the pixels, and out is new: nothing left for apply_packed to check)
-    kernel.apply_to_new_output(pixels, packed, out.reshape(-1, bank.shape[1]), relu, threads)
-    return out
+    out = np.empty((len(pixels), bank.shape[1]), pixels.dtype)
+    # (the caller has checked the pixels and the bank, and out is new: nothing left for apply_packed to check)
+    kernel.apply_bank_to_new_output(pixels, bank, bias, out, relu, threads)
+    return out.reshape(shape)
 
 
 Progress = Callable[[int, int], None]  # (pixels done since the last call, pixels in all)

@@ -8,7 +8,8 @@ files or screens: callers hand it C-contiguous arrays and a preallocated output.
 compiles for, ``pool.py`` the worker threads, ``probe.py`` the FMA-peak probe,
 ``streams.py`` the memory levels' bandwidth sweeps,
 and this module the public functions (``pack_bank``,
-``apply_packed``, ``apply_to_output``, ``apply_to_new_output``, ``prepare``, ``compilations``) and
+``apply_packed``, ``apply_to_output``, ``apply_to_new_output``, ``apply_bank_to_new_output``,
+``prepare``, ``compilations``) and
 compilation.  The tile shape comes from ``costs.packing``, the rule the Dask
 planner counts memory by.
 
@@ -41,7 +42,7 @@ how pixels are covered by tiles.
 * Blocks of channels.  When a bank has too many channels for a panel and a
   pixel tile to share the caches (C > 768), a chunk runs every pair over 512
   channels, leaving the partial sums in the output, then every pair over the
-  next 512 (``_channel_block``).  The partial sums are exact, so the bits are
+  next 512 (``_block``).  The partial sums are exact, so the bits are
   those of one pass.
 * Compilation is lazy (nothing at import) and cached to disk (``cache=True``;
   numba falls back to its user-wide cache directory when the package directory
@@ -75,6 +76,7 @@ from .tiles import lanes_marker_for, run_alone, width_marker_for
 __all__ = [
     "SERIAL_WORK",
     "PackedBank",
+    "apply_bank_to_new_output",
     "apply_packed",
     "apply_to_new_output",
     "apply_to_output",
@@ -180,19 +182,33 @@ class _Cut:
     """How every bank of one dtype and filter count is cut: the tile's rows, the panels (how many,
     how wide) and the compiled kind that runs them."""
 
-    __slots__ = ("group", "kind", "n_panels", "rows", "whole_panels", "width", "zero_bias")
+    __slots__ = (
+        "group",
+        "kind",
+        "n_filters",
+        "n_panels",
+        "one_row_kind",
+        "rows",
+        "scatter_indices",
+        "whole_panels",
+        "width",
+        "zero_bias",
+    )
 
     def __init__(self, dtype: np.dtype, n_filters: int):
         simd = simd_unit()
+        self.n_filters = n_filters
         self.rows, self.width = tile_shape(n_filters, dtype.itemsize, simd)  # the rule the Dask planner counts by
         self.n_panels = panel_count(n_filters, dtype.itemsize, simd)
         self.group = channel_group(self.width, simd.lanes(dtype.itemsize))
         # No padding and no interleaving: the bank itself is the panels.
         self.whole_panels = self.n_panels * self.width == n_filters and self.group == 1
         self.kind = _kind(dtype, self.rows, self.width)
+        self.one_row_kind = _kind(dtype, 1, self.width)  # for calls of fewer pixels than a tile has rows
         # The bias of a bank without one, shared by every call: the kernel only reads it. (Not marked
         # read-only: numba would compile every entry point again for a read-only argument's type.)
         self.zero_bias = np.zeros((self.n_panels, self.width), dtype=dtype)
+        self.scatter_indices: dict[int, np.ndarray] = {}  # for narrow banks, by channel count (_scatter_index)
 
 
 # Cuts by (dtype char, filters), kept because working one out again cost a tenth of a tiny call.
@@ -219,21 +235,20 @@ class PackedBank:
     into a panel-major layout cost twice the product itself on 7x7 layers.  A panel narrower than a
     vector holds ``group`` channels to a row instead: ``panels[q, k, j * group + g] = bank[q * group
     + g, k * width + j]`` (costs.packing.channel_group).
-    ``panel_bias[k, j]`` is the bias, padded the same way (for a bank without a bias, zeros shared by
-    every bank of its dtype and filter count: read, never written).  Tiles accumulate ``block`` channels
-    at a time (see _channel_block).
+    ``panel_bias[k, j]`` is the bias, padded the same way (a view of the caller's when F is a multiple
+    of width; for a bank without a bias, zeros shared by every bank of its dtype and filter count:
+    read, never written).  Tiles accumulate ``block`` channels
+    at a time (see _block).
     """
 
-    __slots__ = ("block", "dtype", "kind", "n_channels", "n_filters", "panel_bias", "panels", "rows", "width")
+    __slots__ = ("block", "cut", "dtype", "kind", "n_channels", "n_filters", "panel_bias", "panels", "rows", "width")
 
     def __init__(self, panels: np.ndarray, panel_bias: np.ndarray, n_channels: int, n_filters: int, cut: _Cut):
         self.panels, self.panel_bias = panels, panel_bias
         self.n_channels, self.n_filters = n_channels, n_filters
         self.dtype = panels.dtype
-        self.rows, self.width, self.kind = cut.rows, cut.width, cut.kind
-        # A narrow panel's lanes hold sums of every group-th channel, which a block's partial sums
-        # (one per filter) cannot carry on; and such a panel is small enough not to need blocks.
-        self.block = _channel_block(n_channels) if cut.group == 1 else max(n_channels, 1)
+        self.cut, self.rows, self.width, self.kind = cut, cut.rows, cut.width, cut.kind
+        self.block = _block(n_channels, cut)
 
     def __repr__(self) -> str:
         return (
@@ -245,7 +260,7 @@ class PackedBank:
 def pack_bank(bank: np.ndarray, bias: np.ndarray | None) -> PackedBank:
     """Prepare bank (C, F) and bias (F,) or None, float32 or float64, for apply_packed.
 
-    The result may share memory with ``bank``: pack again after changing the bank in place.
+    The result may share memory with ``bank`` and ``bias``: pack again after changing either in place.
     """
     bank = np.asarray(bank)
     if bank.ndim != 2:
@@ -262,41 +277,60 @@ def pack_bank(bank: np.ndarray, bias: np.ndarray | None) -> PackedBank:
             raise TypeError(f"bias dtype {bias.dtype} differs from bank dtype {dtype}")
 
     cut = _cut(dtype, n_filters)
-    flags = bank.flags
+    return PackedBank(_panels(bank, cut), _panel_bias(bias, cut), n_channels, n_filters, cut)
+
+
+def _panels(bank: np.ndarray, cut: _Cut) -> np.ndarray:
+    """The bank as (rows, panels, width) panels: itself when it fills whole panels, else a copy."""
+    n_channels, n_filters = bank.shape
     if cut.group > 1:
-        panels = _grouped_panels(bank, cut)
-    elif cut.whole_panels and flags.c_contiguous and flags.aligned:
-        panels = bank.reshape(n_channels, cut.n_panels, cut.width)
-    else:
-        matrix = np.zeros((n_channels, cut.n_panels * cut.width), dtype=dtype)
-        matrix[:, :n_filters] = bank
-        panels = matrix.reshape(n_channels, cut.n_panels, cut.width)
+        return _grouped_panels(bank, cut)
+    flags = bank.flags
+    if cut.whole_panels and flags.c_contiguous and flags.aligned:
+        return bank.reshape(n_channels, cut.n_panels, cut.width)
+    matrix = np.zeros((n_channels, cut.n_panels * cut.width), dtype=bank.dtype)
+    matrix[:, :n_filters] = bank
+    return matrix.reshape(n_channels, cut.n_panels, cut.width)
+
+
+def _panel_bias(bias: np.ndarray | None, cut: _Cut) -> np.ndarray:
+    """The bias padded to whole panels: the cut's shared zeros, the bias itself when it fills them, or a copy."""
     if bias is None:
-        panel_bias = cut.zero_bias
-    else:
-        panel_bias = np.zeros((cut.n_panels, cut.width), dtype=dtype)
-        panel_bias.reshape(-1)[:n_filters] = bias
-    return PackedBank(panels, panel_bias, n_channels, n_filters, cut)
+        return cut.zero_bias
+    flags = bias.flags
+    if cut.n_panels * cut.width == len(bias) and flags.c_contiguous and flags.aligned:
+        return bias.reshape(cut.n_panels, cut.width)
+    panel_bias = np.zeros((cut.n_panels, cut.width), dtype=bias.dtype)
+    panel_bias.reshape(-1)[: len(bias)] = bias
+    return panel_bias
 
 
 def _grouped_panels(bank: np.ndarray, cut: _Cut) -> np.ndarray:
     """A narrow bank's panels, ``cut.group`` channels to a row (``costs.packing.channel_group``):
     panels[q, 0, j * group + g] = bank[q * group + g, j], zero beyond the bank.  (A panel narrower
-    than a vector holds every filter: there is one.)  Written through a view: a transposed copy took
-    0.35 us more, a tenth of a tiny call."""
-    n_channels, n_filters = bank.shape
-    group, width = cut.group, cut.width
-    n_rows = -(-n_channels // group)
-    panels = np.zeros((n_rows, 1, width * group), dtype=bank.dtype)
-    by_channel = panels.reshape(n_rows, width, group).transpose(0, 2, 1)  # [q, g, j], a view
-    whole = n_channels // group
-    if whole == n_rows and n_filters == width:  # (slicing cost as much again)
-        by_channel[...] = bank.reshape(n_rows, group, width)
-        return panels
-    by_channel[:whole, :, :n_filters] = bank[: whole * group].reshape(whole, group, n_filters)
-    if whole < n_rows:  # the last group is short of channels
-        by_channel[whole, : n_channels - whole * group, :n_filters] = bank[whole * group :]
-    return panels
+    than a vector holds every filter: there is one.)  Written in one scatter through an index kept
+    per channel count: the strided copies it replaced took twice as long (1.0 against 0.5 us for
+    8x4, a quarter of a tiny call; 21 against 11 us for 2048x8)."""
+    n_rows = -(-bank.shape[0] // cut.group)
+    panels = np.zeros(n_rows * cut.width * cut.group, dtype=bank.dtype)
+    panels[_scatter_index(cut, bank.shape[0])] = bank.reshape(-1)
+    return panels.reshape(n_rows, 1, cut.width * cut.group)
+
+
+_MAX_SCATTER_INDICES = 16  # per cut (an index holds one integer per element of the bank)
+
+
+def _scatter_index(cut: _Cut, n_channels: int) -> np.ndarray:
+    """Where each element of a (n_channels, F) narrow bank, in C order, goes in its grouped panels."""
+    index = cut.scatter_indices.get(n_channels)
+    if index is None:
+        if len(cut.scatter_indices) >= _MAX_SCATTER_INDICES:
+            cut.scatter_indices.clear()
+        channel = np.arange(n_channels)
+        row_start = channel // cut.group * (cut.width * cut.group) + channel % cut.group
+        index = (row_start[:, None] + np.arange(cut.n_filters) * cut.group).reshape(-1)
+        cut.scatter_indices[n_channels] = index
+    return index
 
 
 def apply_packed(
@@ -352,40 +386,64 @@ def apply_to_new_output(
     that dtype (C-contiguous, aligned, sharing no memory with pixels or the bank), as np.empty makes.
     Checking again what the API has just made sure of would be a sixth of a tiny call.
     """
-    n_pixels = pixels.shape[0]
-    alone = _single_threaded(threads, n_pixels * packed.n_channels * packed.n_filters)  # checks threads
-    if n_pixels == 0 or packed.n_filters == 0:
+    _run(pixels, packed.panels, packed.panel_bias, packed.block, packed.cut, out, relu, threads)
+
+
+def apply_bank_to_new_output(
+    pixels: np.ndarray,
+    bank: np.ndarray,
+    bias: np.ndarray | None,
+    out: np.ndarray,
+    relu: bool,
+    threads: int | None = None,
+) -> None:
+    """pack_bank and apply_to_new_output for a bank used once, as conv1x1's plain calls use theirs:
+    the caller vouches for the arrays (a native float32 or float64 (C, F) bank with F > 0, a (F,)
+    bias or None, all of the pixels' dtype).
+
+    The bank goes to the kernel without a PackedBank (making one cost a tenth of a tiny call), as its
+    own panels when it fills them (F a multiple of the panel width, C-contiguous).
+    """
+    n_channels, n_filters = bank.shape
+    cut = _cuts.get((bank.dtype.char, n_filters)) or _cut(bank.dtype, n_filters)
+    _run(pixels, _panels(bank, cut), _panel_bias(bias, cut), _block(n_channels, cut), cut, out, relu, threads)
+
+
+def _run(pixels, panels, panel_bias, block, cut: _Cut, out, relu, threads) -> None:
+    """One call of the compiled code: alone, or shared out over the pool (or numba's threads).
+
+    Run with the caches full of the kernel's data, each step of Python here cost tenths of a
+    microsecond, and the workers wait for all of it: so the order of the pairs, the blocks and the
+    chunks are worked out in the compiled code (tiles.plan), and what a kind needs is looked up once.
+    """
+    n_pixels, n_channels = pixels.shape
+    n_filters = out.shape[1]
+    work = n_pixels * n_channels * n_filters
+    alone = work < SERIAL_WORK if threads is None else _single_threaded(threads, work)  # (checks threads)
+    if n_pixels == 0 or n_filters == 0:  # (no channels is still work: out = act(bias))
         return
     if not pixels.flags.aligned:
         pixels = pixels.copy()  # the kernel reads through typed pointers
-    kind = _kind_for(packed, n_pixels)
+    kind = cut.kind if n_pixels >= cut.rows else cut.one_row_kind
     relu = bool(relu)
-    # The order of the pairs, the blocks and the chunks are worked out in the compiled code (tiles.plan),
-    # and the dispatchers are called directly (numba compiles any argument types it has not seen): run
-    # with the caches full of the kernel's data, each step of Python here cost tenths of a microsecond.
     pool = None if alone else worker_pool()
     if pool is not None and pool.max_threads > 1 and pool.busy.acquire(blocking=False):
         try:
             n_threads = pool.max_threads if threads is None else min(int(threads), pool.max_threads)
-            arrays = (pixels, packed.panels, packed.panel_bias, out, relu, packed.block, n_threads)
+            arrays = (pixels, panels, panel_bias, out, relu, block, n_threads)
             if pool.n_workers:
-                _prepare_serving(kind, pool)
-                pool.announce(kind)
+                if pool.latest_kind is not kind or pool.workers_missing():
+                    _prepare_serving(kind, pool)  # (a kind is announced only once its workers' code is ready)
+                    pool.announce(kind)
                 args = (*arrays, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers)
-                _entry_point(kind, run_pooled, args)(*args)
+                (kind.entry_points.get(run_pooled) or _entry_point(kind, run_pooled, args))(*args)
             else:  # portable mode: numba's threading layer
                 _run_portable(pool, arrays, kind)
         finally:
             pool.busy.release()
     else:  # alone: one thread asked for, little work, or another thread is using the pool
-        args = (pixels, packed.panels, packed.panel_bias, out, relu, packed.block, *kind.markers)
-        _entry_point(kind, run_alone, args)(*args)
-
-
-def _kind_for(packed: PackedBank, n_pixels: int) -> _Kind:
-    """The compiled kind that runs a call of n_pixels pixels: the bank's, or one-row tiles for fewer
-    pixels than its tile has rows."""
-    return packed.kind if n_pixels >= packed.rows else _kind(packed.dtype, 1, packed.width)
+        args = (pixels, panels, panel_bias, out, relu, block, *kind.markers)
+        (kind.entry_points.get(run_alone) or _entry_point(kind, run_alone, args))(*args)
 
 
 def _run_portable(pool: WorkerPool, arrays: tuple, kind: _Kind) -> None:
@@ -408,7 +466,7 @@ def prepare(packed: PackedBank, threads: int | None = None, pixels: int | None =
     call of that bank that does run alone, a stream's short last chunk or a call made while another
     thread has the pool, compiles it then.)"""
     before = compilations()
-    kind = packed.kind if pixels is None else _kind_for(packed, pixels)
+    kind = packed.kind if pixels is None or pixels >= packed.rows else packed.cut.one_row_kind
     arrays = (
         np.zeros((kind.rows, packed.n_channels), packed.dtype),
         packed.panels,
@@ -452,7 +510,7 @@ def compilations() -> int:
 
 
 # Banks of up to _WHOLE_CHANNELS channels are accumulated in one pass; above, in blocks of
-# _BLOCK_CHANNELS (see _channel_block).  Measured on a Zen 5 host with blocks of 256 to 1024, for both
+# _BLOCK_CHANNELS (see _block).  Measured on a Zen 5 host with blocks of 256 to 1024, for both
 # AVX-512 (panel rows of 256 bytes) and AVX2 (64 bytes) tiles: with C = 1024 one pass ran 7 % (AVX-512)
 # and 12 % (AVX2) slower than blocks of 512; with C = 832 they ran alike; 7x7x2048->512 in one pass
 # ran at 0.65x of blocks of 512 with AVX2 tiles.
@@ -460,7 +518,7 @@ _WHOLE_CHANNELS = 768
 _BLOCK_CHANNELS = 512
 
 
-def _channel_block(n_channels: int) -> int:
+def _block(n_channels: int, cut: _Cut) -> int:
     """How many channels each tile of a bank accumulates at a time: all of them, or a block.
 
     A tile reads its panel row by row (one row per channel), C rows a bank row apart.  With many
@@ -472,14 +530,18 @@ def _channel_block(n_channels: int) -> int:
     bytes: AVX2's narrow panels (64-byte rows) gained from blocks as much as AVX-512's.
 
     Only tiles that cover the pixels exactly use the blocks (tiles.plan): an overlapping last tile
-    recomputes rows of the one before, which only a single pass may do.
+    recomputes rows of the one before, which only a single pass may do.  A panel narrower than a
+    vector never does: its lanes hold sums of every group-th channel, which a block's partial sums
+    (one per filter) cannot carry on; and such a panel is small enough not to need blocks.
     """
-    return max(n_channels, 1) if n_channels <= _WHOLE_CHANNELS else _BLOCK_CHANNELS
+    if n_channels <= _WHOLE_CHANNELS or cut.group > 1:
+        return max(n_channels, 1)
+    return _BLOCK_CHANNELS
 
 
 def _overlaps(out: np.ndarray, pixels: np.ndarray, packed: PackedBank) -> bool:
-    # (panel_bias is always pack_bank's own allocation)
-    return np.may_share_memory(out, pixels) or np.may_share_memory(out, packed.panels)
+    # (the panels and the panel bias may be views of the caller's bank and bias)
+    return any(np.may_share_memory(out, read) for read in (pixels, packed.panels, packed.panel_bias))
 
 
 def _single_threaded(threads: int | None, work: int) -> bool:

@@ -179,7 +179,7 @@ _MAX_CHUNKS = (1 << _CHUNK_BITS) - 1
 # From 2 to 16 they perform alike; 16 leaves the most room to rebalance when a core is slowed.
 CHUNKS_PER_THREAD = 16
 # A block of channels of a panel-major job is shared by about this many chunks (more chunks, each
-# re-reading it, measured slower; see kernel._channel_block).
+# re-reading it, measured slower; see kernel._block).
 CHUNKS_PER_PANEL = 2
 _START_SHIFT, _THREADS_SHIFT, _KIND_SHIFT = 12, 24, 32
 _NOTHING, _OTHER_KIND = -1, -2  # what _claim returns instead of a chunk
@@ -483,11 +483,16 @@ class WorkerPool:
     def announce(self, kind) -> None:
         """Before a job of this kind is published: start the workers (again, if one has died)."""
         self.latest_kind = kind
-        if self._running < self.n_workers:  # a plain read: Thread.is_alive on every call cost 1-3 us
+        if self.workers_missing():
             self.threads = [
                 self.threads[me - 1] if me <= len(self.threads) and self.threads[me - 1].is_alive() else self._start(me)
                 for me in range(1, self.n_workers + 1)
             ]
+
+    def workers_missing(self) -> bool:
+        """Whether a worker has not been started, or has returned.  (A plain read: Thread.is_alive on
+        every call cost 1-3 us.)"""
+        return self._running < self.n_workers
 
     def _start(self, me: int) -> threading.Thread:
         with self._lifecycle:

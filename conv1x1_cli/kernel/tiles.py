@@ -531,7 +531,7 @@ def _compute_pairs(
 
     Pixel-major order walks one pixel tile (in L1) past every panel; panel-major order walks one
     panel (in L2) past every pixel tile.  Blocks of channels keep the part of the bank that the
-    pairs share small enough to stay in L2 while they all use it (see _channel_block).
+    pairs share small enough to stay in L2 while they all use it (see kernel._block).
     """
     n_pixels, n_channels = pixels.shape
     rows = len(row_marker)

@@ -207,19 +207,55 @@ def test_a_narrow_bank_is_packed_a_group_of_channels_to_a_row(rng):
     from conv1x1_cli.costs.packing import channel_group
     from conv1x1_cli.kernel.target import simd_unit
 
-    for dtype, filters in (("float32", 3), ("float32", 5), ("float64", 3)):
-        bank = rng.standard_normal((7, filters)).astype(dtype)
+    # (channel counts in turn, so that each cut's scatter indices are made and found again)
+    for dtype, filters, channels, order in (
+        ("float32", 3, 7, "C"),
+        ("float32", 3, 5, "F"),
+        ("float32", 3, 7, "F"),
+        ("float32", 5, 7, "C"),
+        ("float64", 3, 7, "C"),
+        ("float64", 3, 12, "C"),
+    ):
+        bank = np.asarray(rng.standard_normal((channels, filters)).astype(dtype), order=order)
         with channel_blocks(2):
             packed = kernel.pack_bank(bank, None)
         group = channel_group(packed.width, simd_unit().vector_bytes // bank.itemsize)
-        n_rows = -(-7 // group)
+        n_rows = -(-channels // group)
         assert packed.panels.shape == (n_rows, 1, packed.width * group)
         padded = np.zeros((n_rows * group, packed.width), dtype)
-        padded[:7, :filters] = bank
+        padded[:channels, :filters] = bank
         for q in range(n_rows):
             for g in range(group):
                 np.testing.assert_array_equal(packed.panels[q, 0, g::group], padded[q * group + g])
-        assert packed.block == (7 if group > 1 else 2)
+        assert packed.block == (channels if group > 1 else 2)
+
+
+@pytest.mark.parametrize("filters", [3, 8, 13, 64, 130])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("with_bias", [False, True], ids=["no bias", "bias"])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_a_bank_used_once_gives_the_bits_of_a_packed_one(rng, filters, dtype, with_bias, order):
+    """apply_bank_to_new_output (conv1x1's plain calls) packs as pack_bank does, whatever the bank's
+    width (narrow and grouped, padded, or its own panels) and layout, alone and through the pool."""
+    x, w, b = problem(rng, 45, 37, filters, dtype, with_bias)
+    w = np.asarray(w, order=order)
+    for threads in (1, None):
+        out = np.full((len(x), filters), np.nan, dtype)
+        with through_the_pool():
+            kernel.apply_bank_to_new_output(x, w, b, out, True, threads)
+        np.testing.assert_array_equal(out, convolve(x, w, b, threads=threads))
+        assert_close_to_reference(out, x, w, b)
+
+
+def test_a_bias_that_fills_whole_panels_is_read_in_place_and_an_output_over_it_is_safe(rng):
+    """The packed bias is a view of the caller's when F fills whole panels: an out= that shares its
+    memory goes through a temporary, as one over the pixels or the bank does."""
+    x, w, b = problem(rng, 9, 900, 64, "float32")  # (C > 768: blocks leave partial sums in out)
+    assert np.shares_memory(kernel.pack_bank(w, b).panel_bias, b)
+    out = np.empty((len(x), 64), np.float32)
+    out[3] = b  # the bias is row 3 of the output
+    kernel.apply_to_output(x, kernel.pack_bank(w, out[3]), out, True)
+    assert_close_to_reference(out, x, w, b)
 
 
 @pytest.mark.parametrize("channels", [41, 42], ids=["odd channels", "even channels"])
