@@ -237,8 +237,7 @@ class PackedBank:
     + g, k * width + j]`` (costs.packing.channel_group).
     ``panel_bias[k, j]`` is the bias, padded the same way (a view of the caller's when F is a multiple
     of width; for a bank without a bias, zeros shared by every bank of its dtype and filter count:
-    read, never written).  Tiles accumulate ``block`` channels
-    at a time (see _block).
+    read, never written).  Tiles accumulate ``block`` channels at a time (see _block).
     """
 
     __slots__ = ("block", "cut", "dtype", "kind", "n_channels", "n_filters", "panel_bias", "panels", "rows", "width")
@@ -383,7 +382,8 @@ def apply_to_new_output(
     """apply_packed without its checks, for callers that vouch for the arrays (only threads is checked).
 
     pixels: a C-contiguous (P, C) array of the bank's dtype and channels; out: a new (P, F) array of
-    that dtype (C-contiguous, aligned, sharing no memory with pixels or the bank), as np.empty makes.
+    that dtype (C-contiguous, aligned, sharing no memory with the pixels, the bank or the bias), as
+    np.empty makes.
     Checking again what the API has just made sure of would be a sixth of a tiny call.
     """
     _run(pixels, packed.panels, packed.panel_bias, packed.block, packed.cut, out, relu, threads)
