@@ -151,7 +151,7 @@ def one_layer(
     (28x28x192 -> 16 takes 30 us). The caller vouches for the arrays."""
     kernel = kernel_module()
     if out is not None:  # the caller's, checked: it goes through a temporary if it overlaps the input
-        kernel.apply_to_output(pixels, kernel.pack_bank(bank, bias), out.reshape(-1, bank.shape[1]), relu, threads)
+        kernel.apply_bank_to_output(pixels, bank, bias, out.reshape(-1, bank.shape[1]), relu, threads)
         return out
     out = np.empty((len(pixels), bank.shape[1]), pixels.dtype)
     # (the caller has checked the pixels and the bank, and out is new: nothing left for apply_packed to check)

@@ -8,8 +8,8 @@ files or screens: callers hand it C-contiguous arrays and a preallocated output.
 compiles for, ``pool.py`` the worker threads, ``probe.py`` the FMA-peak probe,
 ``streams.py`` the memory levels' bandwidth sweeps,
 and this module the public functions (``pack_bank``,
-``apply_packed``, ``apply_to_output``, ``apply_to_new_output``, ``apply_bank_to_new_output``,
-``prepare``, ``compilations``) and
+``apply_packed``, ``apply_to_output``, ``apply_to_new_output``, ``apply_bank_to_output``,
+``apply_bank_to_new_output``, ``prepare``, ``compilations``) and
 compilation.  The tile shape comes from ``costs.packing``, the rule the Dask
 planner counts memory by.
 
@@ -77,6 +77,7 @@ __all__ = [
     "SERIAL_WORK",
     "PackedBank",
     "apply_bank_to_new_output",
+    "apply_bank_to_output",
     "apply_packed",
     "apply_to_new_output",
     "apply_to_output",
@@ -367,7 +368,7 @@ def apply_to_output(
     """apply_packed without its checks of the arrays' types, shapes and layout, for callers that vouch
     for them (as conv1x1's ``out=`` has): ``out`` may still share memory with the pixels or the bank,
     or be unaligned.  (Checking them again cost 0.3 us, a fifteenth of a tiny call.)"""
-    if not out.flags.aligned or _overlaps(out, pixels, packed):
+    if not out.flags.aligned or _shares_memory(out, pixels, packed.panels, packed.panel_bias):
         # The kernel writes out while it still reads pixels and the bank: go through a temporary.
         result = np.empty_like(out)
         apply_to_new_output(pixels, packed, result, relu, threads)
@@ -407,6 +408,24 @@ def apply_bank_to_new_output(
     n_channels, n_filters = bank.shape
     cut = _cuts.get((bank.dtype.char, n_filters)) or _cut(bank.dtype, n_filters)
     _run(pixels, _panels(bank, cut), _panel_bias(bias, cut), _block(n_channels, cut), cut, out, relu, threads)
+
+
+def apply_bank_to_output(
+    pixels: np.ndarray,
+    bank: np.ndarray,
+    bias: np.ndarray | None,
+    out: np.ndarray,
+    relu: bool,
+    threads: int | None = None,
+) -> None:
+    """apply_bank_to_new_output into the caller's ``out`` (conv1x1's ``out=``), which may share memory
+    with the pixels, the bank or the bias, or be unaligned (the result goes through a temporary then)."""
+    if not out.flags.aligned or _shares_memory(out, pixels, bank, bias):
+        result = np.empty_like(out)
+        apply_bank_to_new_output(pixels, bank, bias, result, relu, threads)
+        out[...] = result
+        return
+    apply_bank_to_new_output(pixels, bank, bias, out, relu, threads)
 
 
 def _run(pixels, panels, panel_bias, block, cut: _Cut, out, relu, threads) -> None:
@@ -539,9 +558,14 @@ def _block(n_channels: int, cut: _Cut) -> int:
     return _BLOCK_CHANNELS
 
 
-def _overlaps(out: np.ndarray, pixels: np.ndarray, packed: PackedBank) -> bool:
-    # (the panels and the panel bias may be views of the caller's bank and bias)
-    return any(np.may_share_memory(out, read) for read in (pixels, packed.panels, packed.panel_bias))
+def _shares_memory(out: np.ndarray, pixels: np.ndarray, bank: np.ndarray, bias: np.ndarray | None) -> bool:
+    """Whether the kernel would write ``out`` while it reads the others (panels and a panel bias may
+    be views of the caller's bank and bias)."""
+    return (
+        np.may_share_memory(out, pixels)
+        or np.may_share_memory(out, bank)
+        or (bias is not None and np.may_share_memory(out, bias))
+    )
 
 
 def _single_threaded(threads: int | None, work: int) -> bool:

@@ -256,6 +256,9 @@ def test_a_bias_that_fills_whole_panels_is_read_in_place_and_an_output_over_it_i
     out[3] = b  # the bias is row 3 of the output
     kernel.apply_to_output(x, kernel.pack_bank(w, out[3]), out, True)
     assert_close_to_reference(out, x, w, b)
+    out[3] = b  # and through the API's plain call
+    assert conv1x1(x, w, out[3], out=out) is out
+    assert_close_to_reference(out, x, w, b)
 
 
 @pytest.mark.parametrize("channels", [41, 42], ids=["odd channels", "even channels"])
