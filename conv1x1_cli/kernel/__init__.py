@@ -366,10 +366,10 @@ def apply_to_output(
     pixels: np.ndarray, packed: PackedBank, out: np.ndarray, relu: bool, threads: int | None = None
 ) -> None:
     """apply_packed without its checks of the arrays' types, shapes and layout, for callers that vouch
-    for them (as conv1x1's ``out=`` has): ``out`` may still share memory with the pixels or the bank,
-    or be unaligned.  (Checking them again cost 0.3 us, a fifteenth of a tiny call.)"""
+    for them: ``out`` may still share memory with the pixels, the bank or the bias, or be unaligned.
+    (Checking them again cost 0.3 us, a fifteenth of a tiny call.)"""
     if not out.flags.aligned or _shares_memory(out, pixels, packed.panels, packed.panel_bias):
-        # The kernel writes out while it still reads pixels and the bank: go through a temporary.
+        # The kernel writes out while it still reads the others: go through a temporary.
         result = np.empty_like(out)
         apply_to_new_output(pixels, packed, result, relu, threads)
         out[...] = result
