@@ -18,7 +18,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from ..errors import ArgumentError
-from .packing import packed_bank_bytes
+from .packing import planned_bank_bytes
 from .volume import DTYPE_BYTES, Volume, volume_of
 
 # Blocks near this size (input + output of one block) keep the engine's per-task overhead small
@@ -82,9 +82,9 @@ class ChunkPlan:
     """Tasks and per-task memory of a chain run block by block; every count an exact int.
 
     ``per_task_bytes`` = input block + the two largest consecutive live layer outputs (for one layer,
-    just the output block) + the packed banks (``packing.packed_bank_bytes``, the kernel's own rule),
-    all in the compute dtype. A channels-first layout or a dtype conversion adds one more input-sized
-    copy; the store's codecs add their own buffers.
+    just the output block) + the packed banks (``packing.planned_bank_bytes``: the kernel's own rule,
+    for the unit that packs largest), all in the compute dtype. A channels-first layout or a dtype
+    conversion adds one more input-sized copy; the store's codecs add their own buffers.
     """
 
     chunks: tuple[int, int]
@@ -119,7 +119,7 @@ def chunk_plan(volume: Volume, filters: list[int], chunks: tuple[int, int], dtyp
     live = max(before + after for before, after in zip([0, *outputs[:-1]], outputs, strict=True))
     channels_in = [volume.channels, *filters[:-1]]
     layers = zip(channels_in, filters, strict=True)
-    banks = sum(packed_bank_bytes(channels, count, itemsize) for channels, count in layers)
+    banks = sum(planned_bank_bytes(channels, count, itemsize) for channels, count in layers)
     input_bytes = pixels * volume.channels * itemsize
     return ChunkPlan(
         chunks=(rows, cols),

@@ -14,6 +14,8 @@ from conv1x1_cli.costs.packing import (
     channel_group,
     packed_bank_bytes,
     padded_filters,
+    panel_count,
+    planned_bank_bytes,
     tile_shape,
 )
 
@@ -62,13 +64,31 @@ def test_tile_shapes_follow_the_registers_of_each_unit(unit, filters, itemsize, 
     assert tile_shape(filters, itemsize, unit) == shape
 
 
-@pytest.mark.parametrize("unit", [AVX2, NEON, GENERIC], ids=lambda unit: unit.name)
-def test_the_planners_rule_pads_at_least_as_much_as_any_units(unit):
-    """The Dask planner counts packed banks by AVX-512's rule, whatever the workers run: an upper bound."""
+@pytest.mark.parametrize("unit", [AVX512, AVX2, NEON, GENERIC], ids=lambda unit: unit.name)
+def test_the_planners_count_is_at_least_what_any_unit_packs(unit):
+    """The Dask planner counts packed banks by the unit that packs them largest, whatever the workers run."""
     for itemsize in (4, 8):
-        for filters in range(1, 300):
-            assert padded_filters(filters, itemsize, unit) <= padded_filters(filters, itemsize, AVX512)
+        for filters in (*range(1, 300), 512, 1024, 2048, 4096):
+            assert planned_bank_bytes(7, filters, itemsize) >= packed_bank_bytes(7, filters, itemsize, unit)
             assert padded_filters(filters, itemsize, unit) >= filters
+
+
+@pytest.mark.parametrize(
+    ("unit", "filters", "itemsize", "panels"),
+    [
+        (AVX2, 1024, 4, 65),  # 64 panels of 16 float32: rows 4 KiB apart, so one spare
+        (AVX2, 2048, 4, 129),
+        (AVX2, 512, 8, 65),  # 64 panels of 8 float64
+        (AVX2, 512, 4, 32),  # rows 2 KiB apart: no spare
+        (AVX2, 1000, 4, 63),
+        (AVX512, 1024, 4, 16),  # 256-byte panel rows: four lines of a row in four sets, no spare
+        (AVX512, 64, 4, 1),
+        (NEON, 1024, 4, 65),
+        (GENERIC, 512, 8, 129),  # 4 float64 a panel (32 bytes): 128 panels, rows 4 KiB apart
+    ],
+)
+def test_rows_a_whole_number_of_4_kib_apart_get_a_spare_panel(unit, filters, itemsize, panels):
+    assert panel_count(filters, itemsize, unit) == panels
 
 
 @pytest.mark.parametrize(

@@ -247,6 +247,31 @@ def test_a_bank_used_once_gives_the_bits_of_a_packed_one(rng, filters, dtype, wi
         assert_close_to_reference(out, x, w, b)
 
 
+@pytest.mark.parametrize(("filters", "dtype"), [(1024, "float32"), (512, "float64"), (2048, "float32")])
+def test_banks_whose_rows_would_be_4_kib_apart_get_a_spare_panel_and_the_same_results(rng, filters, dtype):
+    """Where the unit's panels are a cache line or narrower (AVX2's), a bank whose packed rows would be
+    a whole number of 4 KiB apart is packed with one more panel, of zeros, whose tiles store nothing:
+    the rows no longer share one cache set.  Results as any bank's, alone and through the pool, bias
+    or not, in one pass or in blocks of channels."""
+    from conv1x1_cli.costs.packing import panel_count
+    from conv1x1_cli.kernel.target import simd_unit
+
+    itemsize = np.dtype(dtype).itemsize
+    for channels in (5, 800):  # (800: blocks of channels leave partial sums in the output)
+        x, w, b = problem(rng, 25, channels, filters, dtype)
+        packed = kernel.pack_bank(w, b)
+        width = packed.width
+        assert packed.panels.shape[1] == panel_count(filters, itemsize, simd_unit())
+        if width * itemsize <= 64:  # AVX2, NEON, SSE: the spare panel is there
+            assert packed.panels.shape[1] == filters // width + 1
+            assert packed.panels.strides[0] % 4096 != 0
+        for threads in (1, None):
+            with through_the_pool():
+                out = convolve(x, w, b, threads=threads)
+                np.testing.assert_array_equal(out, conv1x1(x, w, b, threads=threads))
+            assert_close_to_reference(out, x, w, b)
+
+
 def test_a_bias_that_fills_whole_panels_is_read_in_place_and_an_output_over_it_is_safe(rng):
     """The packed bias is a view of the caller's when F fills whole panels: an out= that shares its
     memory goes through a temporary, as one over the pixels or the bank does."""
@@ -1045,15 +1070,18 @@ def test_prepare_compiles_what_a_pooled_call_runs(rng):
         assert kernel.serve in packed.kind.entry_points and kernel.run_pooled in packed.kind.entry_points
 
 
-@pytest.mark.parametrize(("channels", "filters", "dtype"), [(192, 8, F32), (192, 40, F32), (64, 130, np.float64)])
+@pytest.mark.parametrize(
+    ("channels", "filters", "dtype"),
+    [(192, 8, F32), (192, 40, F32), (64, 130, np.float64), (40, 1024, F32), (40, 512, np.float64)],
+)
 def test_packed_banks_are_the_size_the_dask_planner_counts(channels, filters, dtype):
     """Exactly the packing rule's size for the unit compiled for, and never more than the planner's
-    bound (the widest unit's rule)."""
-    from conv1x1_cli.costs.packing import packed_bank_bytes
+    bound (the largest any unit packs)."""
+    from conv1x1_cli.costs.packing import packed_bank_bytes, planned_bank_bytes
     from conv1x1_cli.kernel.target import simd_unit
 
     packed = kernel.pack_bank(np.ones((channels, filters), dtype), np.ones(filters, dtype))
     itemsize = np.dtype(dtype).itemsize
     packed_bytes = packed.panels.nbytes + packed.panel_bias.nbytes
     assert packed_bytes == packed_bank_bytes(channels, filters, itemsize, simd_unit())
-    assert packed_bytes <= packed_bank_bytes(channels, filters, itemsize)
+    assert packed_bytes <= planned_bank_bytes(channels, filters, itemsize)
