@@ -241,14 +241,26 @@ class PackedBank:
     read, never written).  Tiles accumulate ``block`` channels at a time (see _block).
     """
 
-    __slots__ = ("block", "cut", "dtype", "kind", "n_channels", "n_filters", "panel_bias", "panels", "rows", "width")
+    __slots__ = ("block", "cut", "dtype", "n_channels", "n_filters", "panel_bias", "panels")
 
     def __init__(self, panels: np.ndarray, panel_bias: np.ndarray, n_channels: int, n_filters: int, cut: _Cut):
         self.panels, self.panel_bias = panels, panel_bias
         self.n_channels, self.n_filters = n_channels, n_filters
         self.dtype = panels.dtype
-        self.cut, self.rows, self.width, self.kind = cut, cut.rows, cut.width, cut.kind
+        self.cut = cut
         self.block = _block(n_channels, cut)
+
+    @property
+    def rows(self) -> int:
+        return self.cut.rows
+
+    @property
+    def width(self) -> int:
+        return self.cut.width
+
+    @property
+    def kind(self) -> _Kind:
+        return self.cut.kind
 
     def __repr__(self) -> str:
         return (
@@ -368,13 +380,7 @@ def apply_to_output(
     """apply_packed without its checks of the arrays' types, shapes and layout, for callers that vouch
     for them: ``out`` may still share memory with the pixels, the bank or the bias, or be unaligned.
     (Checking them again cost 0.3 us, a fifteenth of a tiny call.)"""
-    if not out.flags.aligned or _shares_memory(out, pixels, packed.panels, packed.panel_bias):
-        # The kernel writes out while it still reads the others: go through a temporary.
-        result = np.empty_like(out)
-        apply_to_new_output(pixels, packed, result, relu, threads)
-        out[...] = result
-        return
-    apply_to_new_output(pixels, packed, out, relu, threads)
+    _run_into(pixels, packed.panels, packed.panel_bias, packed.block, packed.cut, out, relu, threads)
 
 
 def apply_to_new_output(
@@ -407,6 +413,7 @@ def apply_bank_to_new_output(
     """
     n_channels, n_filters = bank.shape
     cut = _cuts.get((bank.dtype.char, n_filters)) or _cut(bank.dtype, n_filters)
+    # (the arguments spelt out: a helper returning them as a tuple cost a tiny call 0.1 us)
     _run(pixels, _panels(bank, cut), _panel_bias(bias, cut), _block(n_channels, cut), cut, out, relu, threads)
 
 
@@ -420,12 +427,22 @@ def apply_bank_to_output(
 ) -> None:
     """apply_bank_to_new_output into the caller's ``out`` (conv1x1's ``out=``), which may share memory
     with the pixels, the bank or the bias, or be unaligned (the result goes through a temporary then)."""
-    if not out.flags.aligned or _shares_memory(out, pixels, bank, bias):
-        result = np.empty_like(out)
-        apply_bank_to_new_output(pixels, bank, bias, result, relu, threads)
-        out[...] = result
+    n_channels, n_filters = bank.shape
+    cut = _cuts.get((bank.dtype.char, n_filters)) or _cut(bank.dtype, n_filters)
+    _run_into(pixels, _panels(bank, cut), _panel_bias(bias, cut), _block(n_channels, cut), cut, out, relu, threads)
+
+
+def _run_into(pixels, panels, panel_bias, block, cut: _Cut, out, relu, threads) -> None:
+    """_run into an output that may be unaligned or share memory with what the kernel reads (the
+    panels and the panel bias may be views of the caller's bank and bias): through a temporary then."""
+    # (three plain calls: a generator over them cost 0.3 us)
+    shared = np.may_share_memory(out, pixels) or np.may_share_memory(out, panels)
+    if out.flags.aligned and not (shared or np.may_share_memory(out, panel_bias)):
+        _run(pixels, panels, panel_bias, block, cut, out, relu, threads)
         return
-    apply_bank_to_new_output(pixels, bank, bias, out, relu, threads)
+    result = np.empty_like(out)
+    _run(pixels, panels, panel_bias, block, cut, result, relu, threads)
+    out[...] = result
 
 
 def _run(pixels, panels, panel_bias, block, cut: _Cut, out, relu, threads) -> None:
@@ -556,16 +573,6 @@ def _block(n_channels: int, cut: _Cut) -> int:
     if n_channels <= _WHOLE_CHANNELS or cut.group > 1:
         return max(n_channels, 1)
     return _BLOCK_CHANNELS
-
-
-def _shares_memory(out: np.ndarray, pixels: np.ndarray, bank: np.ndarray, bias: np.ndarray | None) -> bool:
-    """Whether the kernel would write ``out`` while it reads the others (panels and a panel bias may
-    be views of the caller's bank and bias)."""
-    return (
-        np.may_share_memory(out, pixels)
-        or np.may_share_memory(out, bank)
-        or (bias is not None and np.may_share_memory(out, bias))
-    )
 
 
 def _single_threaded(threads: int | None, work: int) -> bool:
