@@ -70,11 +70,9 @@ def conv1x1(
     if weights_layout == "cf" and _is_plain_call(x, w, bias, layout):
         relu = activation == "relu" or checked_choice(activation, ACTIVATIONS, "activation") == "relu"
         # (w is an ndarray and bias one or None, as _is_plain_call found them: typing.cast cost 0.1 us a call)
-        n_channels, n_filters = w.shape  # type: ignore[union-attr]
-        shape = (*x.shape[:-1], n_filters)
         if out is not None:
-            out = checked_out(out, shape, x.dtype)
-        return one_layer(x.reshape(-1, n_channels), w, bias, relu, shape, threads, out)  # type: ignore[arg-type]
+            out = checked_out(out, (*x.shape[:-1], w.shape[1]), x.dtype)  # type: ignore[union-attr]
+        return one_layer(x, w, bias, relu, threads, out)  # type: ignore[arg-type]
     if type(x).__module__.startswith("dask."):
         if out is not None:
             raise ArgumentError("out= is for NumPy arrays; a Dask array's result is lazy (use dask.array.store)")

@@ -141,22 +141,20 @@ def one_layer(
     bank: np.ndarray,
     bias: np.ndarray | None,
     relu: bool,
-    shape: tuple[int, ...],
     threads: int | None,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One bank on the caller's own (pixels, C) memory, straight to the kernel, into a new array of
-    ``shape`` or into ``out`` (checked to be of that shape and dtype, C-contiguous): the stack, sink and
-    chunking that serve every other case cost 3-4 us a call, a tenth of a small layer's whole time
-    (28x28x192 -> 16 takes 30 us). The caller vouches for the arrays."""
+    """One bank on the caller's own channels-last (..., C) memory, straight to the kernel, into a new
+    (..., F) array or into ``out`` (checked to be of that shape and dtype, C-contiguous): the stack,
+    sink and chunking that serve every other case cost 3-4 us a call, a tenth of a small layer's
+    whole time (28x28x192 -> 16 takes 30 us). The caller vouches for the arrays."""
     kernel = kernel_module()
-    if out is not None:  # the caller's, checked: it goes through a temporary if it overlaps the input
-        kernel.apply_bank_to_output(pixels, bank, bias, out.reshape(-1, bank.shape[1]), relu, threads)
-        return out
-    out = np.empty((len(pixels), bank.shape[1]), pixels.dtype)
-    # (the caller has checked the pixels and the bank, and out is new: nothing left for apply_packed to check)
-    kernel.apply_bank_to_new_output(pixels, bank, bias, out, relu, threads)
-    return out.reshape(shape)
+    if out is None:
+        return kernel.apply_bank(pixels, bank, bias, relu, threads)
+    # (the caller's out goes through a temporary if it overlaps the input)
+    n_channels, n_filters = bank.shape
+    kernel.apply_bank_to_output(pixels.reshape(-1, n_channels), bank, bias, out.reshape(-1, n_filters), relu, threads)
+    return out
 
 
 Progress = Callable[[int, int], None]  # (pixels done since the last call, pixels in all)

@@ -8,8 +8,8 @@ files or screens: callers hand it C-contiguous arrays and a preallocated output.
 compiles for, ``pool.py`` the worker threads, ``probe.py`` the FMA-peak probe,
 ``streams.py`` the memory levels' bandwidth sweeps,
 and this module the public functions (``pack_bank``,
-``apply_packed``, ``apply_to_output``, ``apply_to_new_output``, ``apply_bank_to_output``,
-``apply_bank_to_new_output``, ``prepare``, ``compilations``) and
+``apply_packed``, ``apply_to_output``, ``apply_to_new_output``, ``apply_bank``,
+``apply_bank_to_output``, ``prepare``, ``compilations``) and
 compilation.  The tile shape comes from ``costs.packing``, the rule the Dask
 planner counts memory by.
 
@@ -71,12 +71,12 @@ from .pool import (
     worker_pool,
 )
 from .target import simd_unit
-from .tiles import lanes_marker_for, run_alone, width_marker_for
+from .tiles import lanes_marker_for, marker, run_alone, width_marker_for
 
 __all__ = [
     "SERIAL_WORK",
     "PackedBank",
-    "apply_bank_to_new_output",
+    "apply_bank",
     "apply_bank_to_output",
     "apply_packed",
     "apply_to_new_output",
@@ -99,17 +99,12 @@ class _Kind:
 
     def __init__(self, code: int, dtype: np.dtype, rows: int, width: int, lanes: int):
         self.code, self.rows = code, rows
-        self.row_marker = tuple(range(rows))
-        self.width_marker = width_marker_for(width)
-        self.lanes_marker = lanes_marker_for(lanes)
-        self.like = np.empty(0, dtype)
+        # (the marker arguments that select this kind's code, and an empty array of its dtype; kept as
+        # one tuple: building it at every call cost a tiny call 0.06 us)
+        self.markers = (marker(rows), width_marker_for(width), lanes_marker_for(lanes), np.empty(0, dtype))
         # Compiled code of this kind by dispatcher (run_alone, run_pooled, run_portable, serve): calls go
         # straight to it (see _entry_point).
         self.entry_points: dict = {}
-
-    @property
-    def markers(self) -> tuple:
-        return self.row_marker, self.width_marker, self.lanes_marker, self.like
 
 
 _setup_lock = threading.RLock()
@@ -396,25 +391,24 @@ def apply_to_new_output(
     _run(pixels, packed.panels, packed.panel_bias, packed.block, packed.cut, out, relu, threads)
 
 
-def apply_bank_to_new_output(
-    pixels: np.ndarray,
-    bank: np.ndarray,
-    bias: np.ndarray | None,
-    out: np.ndarray,
-    relu: bool,
-    threads: int | None = None,
-) -> None:
-    """pack_bank and apply_to_new_output for a bank used once, as conv1x1's plain calls use theirs:
-    the caller vouches for the arrays (a native float32 or float64 (C, F) bank with F > 0, a (F,)
-    bias or None, all of the pixels' dtype).
+def apply_bank(
+    pixels: np.ndarray, bank: np.ndarray, bias: np.ndarray | None, relu: bool, threads: int | None = None
+) -> np.ndarray:
+    """act(pixels @ bank + bias) into a new array: pack_bank and apply_to_new_output for a bank used
+    once, as conv1x1's plain calls use theirs.  ``pixels`` is (..., C), any number of pixel axes, and
+    the result (..., F).  The caller vouches for the arrays: C-contiguous pixels and a native
+    float32 or float64 (C, F) bank with F > 0, a (F,) bias or None, all of one dtype.
 
     The bank goes to the kernel without a PackedBank (making one cost a tenth of a tiny call), as its
     own panels when it fills them (F a multiple of the panel width, C-contiguous).
     """
     n_channels, n_filters = bank.shape
+    out = np.empty((*pixels.shape[:-1], n_filters), bank.dtype)
     cut = _cuts.get((bank.dtype.char, n_filters)) or _cut(bank.dtype, n_filters)
     # (the arguments spelt out: a helper returning them as a tuple cost a tiny call 0.1 us)
-    _run(pixels, _panels(bank, cut), _panel_bias(bias, cut), _block(n_channels, cut), cut, out, relu, threads)
+    panels, panel_bias, block = _panels(bank, cut), _panel_bias(bias, cut), _block(n_channels, cut)
+    _run(pixels.reshape(-1, n_channels), panels, panel_bias, block, cut, out.reshape(-1, n_filters), relu, threads)
+    return out
 
 
 def apply_bank_to_output(
@@ -425,8 +419,9 @@ def apply_bank_to_output(
     relu: bool,
     threads: int | None = None,
 ) -> None:
-    """apply_bank_to_new_output into the caller's ``out`` (conv1x1's ``out=``), which may share memory
-    with the pixels, the bank or the bias, or be unaligned (the result goes through a temporary then)."""
+    """apply_bank into the caller's (P, F) ``out`` (conv1x1's ``out=``) from (P, C) pixels: ``out`` may
+    share memory with the pixels, the bank or the bias, or be unaligned (the result goes through a
+    temporary then)."""
     n_channels, n_filters = bank.shape
     cut = _cuts.get((bank.dtype.char, n_filters)) or _cut(bank.dtype, n_filters)
     _run_into(pixels, _panels(bank, cut), _panel_bias(bias, cut), _block(n_channels, cut), cut, out, relu, threads)
@@ -451,6 +446,7 @@ def _run(pixels, panels, panel_bias, block, cut: _Cut, out, relu, threads) -> No
     Run with the caches full of the kernel's data, each step of Python here cost tenths of a
     microsecond, and the workers wait for all of it: so the order of the pairs, the blocks and the
     chunks are worked out in the compiled code (tiles.plan), and what a kind needs is looked up once.
+    (``relu`` goes to the compiled code as it is: its entry point takes any object's truth.)
     """
     n_pixels, n_channels = pixels.shape
     n_filters = out.shape[1]
@@ -461,25 +457,32 @@ def _run(pixels, panels, panel_bias, block, cut: _Cut, out, relu, threads) -> No
     if not pixels.flags.aligned:
         pixels = pixels.copy()  # the kernel reads through typed pointers
     kind = cut.kind if n_pixels >= cut.rows else cut.one_row_kind
-    relu = bool(relu)
-    pool = None if alone else worker_pool()
-    if pool is not None and pool.max_threads > 1 and pool.busy.acquire(blocking=False):
-        try:
-            n_threads = pool.max_threads if threads is None else min(int(threads), pool.max_threads)
-            arrays = (pixels, panels, panel_bias, out, relu, block, n_threads)
-            if pool.n_workers:
-                if pool.latest_kind is not kind or pool.workers_missing():
-                    _prepare_serving(kind, pool)  # (a kind is announced only once its workers' code is ready)
-                    pool.announce(kind)
-                args = (*arrays, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers)
-                (kind.entry_points.get(run_pooled) or _entry_point(kind, run_pooled, args))(*args)
-            else:  # portable mode: numba's threading layer
-                _run_portable(pool, arrays, kind)
-        finally:
-            pool.busy.release()
-    else:  # alone: one thread asked for, little work, or another thread is using the pool
+    if alone or not _run_shared(pixels, panels, panel_bias, block, kind, out, relu, threads):
+        # alone: one thread asked for, little work, one CPU, or another thread is using the pool
         args = (pixels, panels, panel_bias, out, relu, block, *kind.markers)
         (kind.entry_points.get(run_alone) or _entry_point(kind, run_alone, args))(*args)
+
+
+def _run_shared(pixels, panels, panel_bias, block, kind: _Kind, out, relu, threads) -> bool:
+    """_run shared out over the pool's threads (or numba's), if there are several and no other thread
+    is using them; whether it ran."""
+    pool = worker_pool()
+    if pool.max_threads < 2 or not pool.busy.acquire(blocking=False):
+        return False
+    try:
+        n_threads = pool.max_threads if threads is None else min(int(threads), pool.max_threads)
+        arrays = (pixels, panels, panel_bias, out, relu, block, n_threads)
+        if not pool.n_workers:  # portable mode: numba's threading layer
+            _run_portable(pool, arrays, kind)
+            return True
+        if pool.latest_kind is not kind or pool.workers_missing():
+            _prepare_serving(kind, pool)  # (a kind is announced only once its workers' code is ready)
+            pool.announce(kind)
+        args = (*arrays, kind.code, *pool.shared_arrays, *kind.markers)
+        (kind.entry_points.get(run_pooled) or _entry_point(kind, run_pooled, args))(*args)
+        return True
+    finally:
+        pool.busy.release()
 
 
 def _run_portable(pool: WorkerPool, arrays: tuple, kind: _Kind) -> None:
@@ -528,7 +531,7 @@ def prepare(packed: PackedBank, threads: int | None = None, pixels: int | None =
                 pool.busy.release()
     else:
         _prepare_serving(kind, pool)
-        _entry_point(kind, run_pooled, (*arrays, 2, kind.code, pool.control, pool.job, pool.semaphore, *kind.markers))
+        _entry_point(kind, run_pooled, (*arrays, 2, kind.code, *pool.shared_arrays, *kind.markers))
         # Workers started by the first call cost it 0.6 ms (28x28x192->32, which then takes 0.1 ms).
         if pool.busy.acquire(blocking=False):  # (announce runs under the pool's lock, as in calls)
             try:

@@ -471,6 +471,7 @@ class WorkerPool:
         self.control[_WORKER_CPUS:] = NO_CPU  # no worker is on any CPU yet (_make_way reads these)
         self.job = np.zeros(JOB_FIELDS, np.int64)
         self.semaphore: Any = _new_semaphore() if n_workers else None  # (an array; None without workers)
+        self.shared_arrays = (self.control, self.job, self.semaphore)  # run_pooled's arguments, in order
         # One calling thread at a time; others run alone.  (Also in portable mode: numba's workqueue
         # layer aborts the process when two threads launch parallel code at once.)
         self.busy = threading.Lock()

@@ -235,16 +235,17 @@ def test_a_narrow_bank_is_packed_a_group_of_channels_to_a_row(rng):
 @pytest.mark.parametrize("with_bias", [False, True], ids=["no bias", "bias"])
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_a_bank_used_once_gives_the_bits_of_a_packed_one(rng, filters, dtype, with_bias, order):
-    """apply_bank_to_new_output (conv1x1's plain calls) packs as pack_bank does, whatever the bank's
-    width (narrow and grouped, padded, or its own panels) and layout, alone and through the pool."""
+    """apply_bank (conv1x1's plain calls) packs as pack_bank does, whatever the bank's width (narrow
+    and grouped, padded, or its own panels) and layout, alone and through the pool, and gives the
+    pixels' shape with F channels."""
     x, w, b = problem(rng, 45, 37, filters, dtype, with_bias)
     w = np.asarray(w, order=order)
     for threads in (1, None):
-        out = np.full((len(x), filters), np.nan, dtype)
         with through_the_pool():
-            kernel.apply_bank_to_new_output(x, w, b, out, True, threads)
-        np.testing.assert_array_equal(out, convolve(x, w, b, threads=threads))
-        assert_close_to_reference(out, x, w, b)
+            out = kernel.apply_bank(x.reshape(5, 9, 37), w, b, True, threads)
+        assert out.shape == (5, 9, filters)
+        np.testing.assert_array_equal(out.reshape(45, filters), convolve(x, w, b, threads=threads))
+        assert_close_to_reference(out.reshape(45, filters), x, w, b)
 
 
 @pytest.mark.parametrize(("filters", "dtype"), [(1024, "float32"), (512, "float64"), (2048, "float32")])
