@@ -46,7 +46,7 @@ def neon_tile_ir(filters: int = 64, channels: int = 64) -> str:
     pixels, out = np.zeros((2 * rows, channels), np.float32), np.zeros((2 * rows, filters), np.float32)
     bias = np.zeros(panels.shape[1:], np.float32)
     row_marker, width_marker, lanes_marker, _ = kind.markers
-    args = (pixels, panels, bias, out, True, False, channels, 0, 1, row_marker, width_marker, lanes_marker)
+    args = (pixels, panels, bias, out, True, 1, channels, 0, 1, row_marker, width_marker, lanes_marker)
     signature = tuple(numba.typeof(arg) for arg in args)
     tiles._compute_pairs.compile(signature)
     return tiles._compute_pairs.inspect_llvm(signature)

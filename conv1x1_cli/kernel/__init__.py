@@ -34,7 +34,9 @@ how pixels are covered by tiles.
 * Work split.  The (pixel tile, panel) pairs are ordered pixel-major (a pixel
   tile stays in L1 while it meets every panel) unless there are fewer pixels
   than filters, where they are panel-major (a panel stays in L2 while it meets
-  every tile); splitting over filters as well as pixels keeps every core busy
+  every tile); when the bank is too large for L2, pixel-major order takes the
+  tiles in groups that stay in L2, each panel meeting a whole group in turn
+  (``tiles.plan``); splitting over filters as well as pixels keeps every core busy
   when there are few pixels (7x7=49).  They are cut into ~16 chunks per thread
   and shared out by the pool (on Linux) or by numba's threading layer
   (elsewhere, or with CONV1X1_THREADING=portable: ``pool.run_portable``).

@@ -235,10 +235,10 @@ def _next_chunk(control, kind, me, n_threads):
 
 
 @njit(inline="always")
-def _chunk_count(pixels, panels, panel_major, block, n_pairs, n_threads):
+def _chunk_count(pixels, panels, tile_group, block, n_pairs, n_threads):
     """How many chunks a job's pairs are cut into for n_threads threads."""
     n_chunks = min(n_pairs, CHUNKS_PER_THREAD * n_threads, _MAX_CHUNKS)
-    if panel_major and block < pixels.shape[1]:
+    if tile_group * panels.shape[1] >= n_pairs and block < pixels.shape[1]:  # (panel-major, in blocks)
         n_chunks = min(n_chunks, CHUNKS_PER_PANEL * panels.shape[1])
     return n_chunks
 
@@ -268,9 +268,9 @@ def run_pooled(
     for the chunks still running.  A worker that is asleep, or slow to wake, only means that this
     thread takes more of its segment.
     """
-    panel_major, block, n_pairs = plan(pixels, panels, out, block, len(row_marker))
-    n_chunks = _chunk_count(pixels, panels, panel_major, block, n_pairs, n_threads)
-    describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, block, n_chunks)
+    tile_group, block, n_pairs = plan(pixels, panels, out, block, len(row_marker))
+    n_chunks = _chunk_count(pixels, panels, tile_group, block, n_pairs, n_threads)
+    describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks)
     _atomic_store(control, _DONE, 0)
     main_cpu = _sched_getcpu()
     _atomic_store(control, _MAIN_CPU, main_cpu)
@@ -438,10 +438,10 @@ def run_portable(pixels, panels, panel_bias, out, relu, block, n_threads, row_ma
     with numba.set_num_threads gets that many threads at most.  (numba.set_num_threads called in
     here made the function uncacheable.)
     """
-    panel_major, block, n_pairs = plan(pixels, panels, out, block, len(row_marker))
-    n_chunks = _chunk_count(pixels, panels, panel_major, block, n_pairs, n_threads)
+    tile_group, block, n_pairs = plan(pixels, panels, out, block, len(row_marker))
+    n_chunks = _chunk_count(pixels, panels, tile_group, block, n_pairs, n_threads)
     job = np.empty(JOB_FIELDS, np.int64)
-    describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, block, n_chunks)
+    describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks)
     for thread in numba.prange(n_threads):
         for chunk in range(thread * n_chunks // n_threads, (thread + 1) * n_chunks // n_threads):
             compute_chunk(job, chunk, n_chunks, row_marker, width_marker, lanes_marker, like)

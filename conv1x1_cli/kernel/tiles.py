@@ -476,7 +476,7 @@ def _pointer(typingctx, address, like):
 # A job is published to the workers as int64 fields: array addresses and shapes.
 _JOB_PIXELS, _JOB_PANELS, _JOB_BIAS, _JOB_OUT = 0, 1, 2, 3
 _JOB_PIXEL_COUNT, _JOB_CHANNELS, _JOB_PANEL_COUNT, _JOB_FILTERS = 4, 5, 6, 7
-_JOB_RELU, _JOB_PANEL_MAJOR, JOB_CHUNKS, _JOB_BLOCK = 8, 9, 10, 11
+_JOB_RELU, _JOB_TILE_GROUP, JOB_CHUNKS, _JOB_BLOCK = 8, 9, 10, 11
 JOB_FIELDS = 16
 
 
@@ -501,7 +501,7 @@ def compute_chunk(job, chunk, n_chunks, row_marker, width_marker, lanes_marker, 
         panel_bias,
         out,
         job[_JOB_RELU] != 0,
-        job[_JOB_PANEL_MAJOR] != 0,
+        job[_JOB_TILE_GROUP],
         job[_JOB_BLOCK],
         chunk * n_pairs // n_chunks,
         (chunk + 1) * n_pairs // n_chunks,
@@ -533,33 +533,36 @@ _channel_group_inline = njit(inline="always")(channel_group)
 # compute_chunk, which cost a cold start 0.12-0.15 s and ran no faster (measured on one thread).
 @njit(inline="always")
 def _compute_pairs(
-    pixels, panels, panel_bias, out, relu, panel_major, block, start, stop, row_marker, width_marker, lanes_marker
+    pixels, panels, panel_bias, out, relu, tile_group, block, start, stop, row_marker, width_marker, lanes_marker
 ):
-    """(pixel tile, panel) pairs start..stop-1, in pixel-major or panel-major order, ``block``
-    channels at a time: every pair over the first block of channels, then every pair over the next.
+    """(pixel tile, panel) pairs start..stop-1, ``block`` channels at a time: every pair over the
+    first block of channels, then every pair over the next.
 
-    Pixel-major order walks one pixel tile (in L1) past every panel; panel-major order walks one
-    panel (in L2) past every pixel tile.  Blocks of channels keep the part of the bank that the
-    pairs share small enough to stay in L2 while they all use it (see kernel._block).
+    The pairs are ordered in groups of ``tile_group`` pixel tiles: each panel in turn meets every
+    tile of a group, then the next group.  One tile to a group is pixel-major order (a pixel tile
+    stays in L1 while it meets every panel), all tiles in one group panel-major order (a panel
+    stays in L1 or L2 while it meets every pixel tile), and groups in between keep a panel in L1
+    while the group's pixels stay in L2 (see plan).  Blocks of channels keep the part of the bank
+    that the pairs share small enough to stay in L2 while they all use it (see kernel._block).
     """
     n_pixels, n_channels = pixels.shape
     rows = len(row_marker)
     short_marker = row_marker[1:]  # the tile one row shorter: its own unrolled code
     n_long, n_short = _tile_counts_inline(n_pixels, rows)
-    n_inner = n_long + n_short if panel_major else panels.shape[1]
+    n_tiles, n_panels = n_long + n_short, panels.shape[1]
+    group_size = min(tile_group, n_tiles)
     row_bytes = n_channels * pixels.itemsize
     # (one pass even without channels: it writes the bias)
     for first_channel in range(0, max(n_channels, 1), block):
         n_block = min(block, n_channels - first_channel)
         # Walk the pairs with counters: a division per pair costs as much as a
         # whole tile when there are few channels (RGB stem).
-        outer, inner = start // n_inner, start % n_inner
+        group, pair_in_group = start // (group_size * n_panels), start % (group_size * n_panels)
+        tiles_here = min(group_size, n_tiles - group * group_size)  # (the last group may be short)
+        k, tile_in_group = pair_in_group // tiles_here, pair_in_group % tiles_here
         for _ in range(stop - start):
-            if panel_major:
-                k, t = outer, inner
-            else:
-                t, k = outer, inner
-            if k == 0 and not panel_major and n_block == n_channels:
+            t = group * group_size + tile_in_group
+            if k == 0 and group_size < n_tiles and n_block == n_channels:
                 # A pixel tile's first pass: as it goes, it asks for the pixels a few tiles on. Few
                 # pixels (panel-major order) are in cache already; and with blocks of channels,
                 # prefetching the next tiles' part of the rows (all at once) slowed the call. Those
@@ -582,14 +585,18 @@ def _compute_pairs(
                     pixels, first_pixel, panels, panel_bias, k, out, relu, channels, ahead,
                     short_marker, width_marker, lanes_marker,
                 )  # fmt: skip
-            inner += 1
-            if inner == n_inner:
-                inner = 0
-                outer += 1
+            tile_in_group += 1
+            if tile_in_group == tiles_here:
+                tile_in_group = 0
+                k += 1
+                if k == n_panels:
+                    k = 0
+                    group += 1
+                    tiles_here = min(group_size, n_tiles - group * group_size)
 
 
 @njit(inline="always")
-def describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, block, n_chunks):
+def describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks):
     """Write the job's array addresses and shapes into ``job``, where any thread can read them."""
     job[_JOB_PIXELS] = pixels.ctypes.data
     job[_JOB_PANELS] = panels.ctypes.data
@@ -597,31 +604,52 @@ def describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, block,
     job[_JOB_OUT] = out.ctypes.data
     job[_JOB_PIXEL_COUNT], job[_JOB_CHANNELS] = pixels.shape
     job[_JOB_PANEL_COUNT], job[_JOB_FILTERS] = panels.shape[1], out.shape[1]
-    job[_JOB_RELU], job[_JOB_PANEL_MAJOR], job[_JOB_BLOCK] = relu, panel_major, block
+    job[_JOB_RELU], job[_JOB_TILE_GROUP], job[_JOB_BLOCK] = relu, tile_group, block
     job[JOB_CHUNKS] = n_chunks
+
+
+# Pixel-major pairs take their pixel tiles in groups when the bank's block of channels (its part
+# in use) is larger than _BANK_BYTES_IN_L2: each panel then meets a group of tiles, whose pixel rows
+# (about _TILE_GROUP_BYTES) stay in L2, before the next panel, so the bank comes from L3 once per
+# group rather than once per tile.  Measured on the Zen 5 host, two threads, AVX-512 (GFLOP/s, two
+# processes each): 7x7x2048->512 with N=32 from 338-349 to 425-426, 56x56x256->1024 from 383-416
+# to 480-494; AVX2: 7x7x2048->512 N=32 from 205-207 to 220-224.  Groups of tiles over a bank that
+# fits in L2 cost 28x28x128->512 N=8 a tenth (its pixels come from L2 instead of L1); groups of 64
+# or 128 KiB ran alike, 192 and 384 KiB slower.
+_BANK_BYTES_IN_L2 = 512 * 1024
+_TILE_GROUP_BYTES = 96 * 1024
 
 
 @njit(inline="always")
 def plan(pixels, panels, out, block, rows):
-    """(panel-major order?, channels per block, number of (pixel tile, panel) pairs) of a job.
+    """(pixel tiles per group, channels per block, number of (pixel tile, panel) pairs) of a job.
 
-    Panel-major when the bank outweighs the pixels: each panel then stays in cache while it meets
-    every pixel tile.  ``block`` is the bank's block of channels (PackedBank.block), which only tiles
-    that cover the pixels exactly may use: an overlapping last tile recomputes rows of the one
-    before, which blocks would add twice.  (Worked out here, compiled, rather than in Python
-    before the call: each step of Python is slow when the caches are full of the kernel's data.)
+    Panel-major (one group of every tile) when the bank outweighs the pixels: each panel then stays
+    in cache while it meets every pixel tile.  Otherwise pixel-major, in groups of tiles when the
+    bank's block is too large for L2 (see _TILE_GROUP_BYTES).  ``block`` is the bank's block of
+    channels (PackedBank.block), which only tiles that cover the pixels exactly may use: an
+    overlapping last tile recomputes rows of the one before, which blocks would add twice.  (Worked
+    out here, compiled, rather than in Python before the call: each step of Python is slow when the
+    caches are full of the kernel's data.)
     """
     n_pixels, n_channels = pixels.shape
     n_long, n_short = _tile_counts_inline(n_pixels, rows)
     if n_long * rows + n_short * (rows - 1) != n_pixels:
         block = max(n_channels, 1)
-    return n_pixels < out.shape[1], block, (n_long + n_short) * panels.shape[1]
+    n_tiles = n_long + n_short
+    channels_at_once = max(min(block, n_channels), 1)
+    tile_group = 1
+    if n_pixels < out.shape[1]:
+        tile_group = n_tiles
+    elif channels_at_once * panels.shape[1] * panels.shape[2] * panels.itemsize > _BANK_BYTES_IN_L2:
+        tile_group = max(_TILE_GROUP_BYTES // (rows * channels_at_once * pixels.itemsize), 1)
+    return tile_group, block, n_tiles * panels.shape[1]
 
 
 @njit(cache=True, nogil=True)
 def run_alone(pixels, panels, panel_bias, out, relu, block, row_marker, width_marker, lanes_marker, like):
     """A whole job on the calling thread.  (It calls no Linux-only function, unlike the pool's code.)"""
-    panel_major, block, _ = plan(pixels, panels, out, block, len(row_marker))
+    tile_group, block, _ = plan(pixels, panels, out, block, len(row_marker))
     job = np.empty(JOB_FIELDS, np.int64)
-    describe_job(job, pixels, panels, panel_bias, out, relu, panel_major, block, 1)
+    describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, 1)
     compute_chunk(job, 0, 1, row_marker, width_marker, lanes_marker, like)

@@ -200,6 +200,59 @@ def test_real_blocks_of_channels_are_used_for_a_big_panel_and_change_no_bit(rng)
     assert_close_to_reference(blocked, x, w, b)
 
 
+@settings(max_examples=120, deadline=None)
+@given(
+    pixels=st.one_of(st.sampled_from(OVERLAPPING_TILES), st.integers(8, 160)),
+    channels=st.integers(1, 40),
+    filters=st.sampled_from([3, 20, 70, 130]),
+    tile_group=st.integers(1, 40),
+    block_channels=st.integers(1, 40),
+    n_chunks=st.integers(1, 5),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_pairs_taken_in_groups_of_tiles_are_each_computed_once(
+    pixels, channels, filters, tile_group, block_channels, n_chunks, seed
+):
+    """Whatever the group of pixel tiles that meets each panel in turn (one tile: pixel-major; all of
+    them: panel-major), and however the pairs are cut into chunks, every (tile, panel) pair is
+    computed once per block of channels: the bits of one pass, and the reference."""
+    from conv1x1_cli.kernel.tiles import _compute_pairs, tile_counts
+
+    x, w, b = problem(np.random.default_rng(seed), pixels, channels, filters, "float32")
+    packed = kernel.pack_bank(w, b)
+    rows = packed.rows
+    n_long, n_short = tile_counts(pixels, rows)
+    exact = n_long * rows + n_short * (rows - 1) == pixels  # (only tiles that do not overlap use blocks)
+    block = min(block_channels, channels) if exact and packed.cut.group == 1 else channels
+    n_pairs = (n_long + n_short) * packed.panels.shape[1]
+    out = np.full((pixels, filters), np.nan, np.float32)
+    for chunk in range(n_chunks):
+        start, stop = chunk * n_pairs // n_chunks, (chunk + 1) * n_pairs // n_chunks
+        markers = packed.kind.markers[:3]
+        _compute_pairs(x, packed.panels, packed.panel_bias, out, True, tile_group, block, start, stop, *markers)
+    np.testing.assert_array_equal(out, convolve(x, w, b, threads=1))
+    assert_close_to_reference(out, x, w, b)
+
+
+def test_a_bank_too_big_for_l2_meets_the_pixel_tiles_in_groups_and_changes_no_bit(rng):
+    """359 pixels (59 tiles of 6 rows and one of 5, or their like for other units) x 800 channels
+    (blocks of 512) -> 300 filters: the bank's block is over 512 KiB, so pixel-major order takes the
+    tiles in groups; results alone and through the pool as the reference."""
+    from conv1x1_cli.kernel.tiles import plan
+
+    x, w, b = problem(rng, 359, 800, 300, "float32")
+    packed = kernel.pack_bank(w, b)
+    out = np.empty((359, 300), np.float32)
+    tile_group, block, n_pairs = plan(x, packed.panels, out, packed.block, packed.rows)
+    n_tiles = n_pairs // packed.panels.shape[1]
+    assert block == 512 and 1 < tile_group < n_tiles, (tile_group, n_tiles)
+    alone = convolve(x, w, b, threads=1)
+    assert_close_to_reference(alone, x, w, b)
+    with through_the_pool():
+        for threads in (None, 2):
+            np.testing.assert_array_equal(convolve(x, w, b, threads=threads), alone)
+
+
 def test_a_narrow_bank_is_packed_a_group_of_channels_to_a_row(rng):
     """A bank narrower than a vector holds channel_group adjacent channels side by side in each panel
     row (zeros past the bank), and never runs in blocks of channels: its lanes hold the sums of every
