@@ -114,6 +114,7 @@ SUITE: tuple[BenchLayer, ...] = (
     BenchLayer("ResNet-50 conv2 reduce", 1, 56, 56, 256, 64),
     BenchLayer("ResNet-50 conv3 reduce", 1, 28, 28, 512, 128),
     BenchLayer("ResNet-50 conv4 reduce", 1, 14, 14, 1024, 256),
+    BenchLayer("ResNet-50 conv4 expand", 1, 14, 14, 256, 1024),
     BenchLayer("ResNet-50 conv5 reduce", 1, 7, 7, 2048, 512),
     BenchLayer("MobileNet pw 2", 1, 112, 112, 32, 64),
     BenchLayer("MobileNet pw 8", 1, 14, 14, 512, 512),
