@@ -8,7 +8,7 @@ files or screens: callers hand it C-contiguous arrays and a preallocated output.
 compiles for, ``pool.py`` the worker threads, ``probe.py`` the FMA-peak probe,
 ``streams.py`` the memory levels' bandwidth sweeps,
 and this module the public functions (``pack_bank``,
-``apply_packed``, ``apply_to_output``, ``apply_to_new_output``, ``apply_bank``,
+``apply_packed``, ``apply_to_output``, ``apply_bank``,
 ``apply_bank_to_output``, ``prepare``, ``compilations``) and
 compilation.  The tile shape comes from ``costs.packing``, the rule the Dask
 planner counts memory by.
@@ -81,7 +81,6 @@ __all__ = [
     "apply_bank",
     "apply_bank_to_output",
     "apply_packed",
-    "apply_to_new_output",
     "apply_to_output",
     "compilations",
     "default_threads",
@@ -143,8 +142,8 @@ def _entry_point(kind: _Kind, dispatcher, args: tuple):
     Calls go to it directly: the dispatcher would type every argument at every call, which cost a
     tiny call 0.5 us (an eighth of it) and a pooled one 0.7 us while the workers wait.  That is sound
     because a kind decides every argument's type but two: the arrays are C-contiguous and aligned
-    (the callers make sure: ``apply_to_new_output``), and whether the pixels and the bank are
-    read-only, which only tells numba whether they may be written.  The kernel never writes them, so
+    (the callers make sure, and ``_run`` copies unaligned pixels), and whether the pixels and the
+    bank are read-only, which only tells numba whether they may be written.  The kernel never writes them, so
     one specialisation, typed for writeable arrays, serves both (numba would compile the whole
     kernel again, a second each, for a read-only input).
     """
@@ -368,7 +367,7 @@ def apply_packed(
         raise ValueError(f"out must have shape {(n_pixels, packed.n_filters)}, got {out.shape}")
     if not out.flags.writeable:
         raise ValueError("out must be writeable")
-    apply_to_output(pixels, packed, out, relu, threads)
+    apply_to_output(pixels, packed, out, bool(relu), threads)
 
 
 def apply_to_output(
@@ -380,24 +379,11 @@ def apply_to_output(
     _run_into(pixels, packed.panels, packed.panel_bias, packed.block, packed.cut, out, relu, threads)
 
 
-def apply_to_new_output(
-    pixels: np.ndarray, packed: PackedBank, out: np.ndarray, relu: bool, threads: int | None = None
-) -> None:
-    """apply_packed without its checks, for callers that vouch for the arrays (only threads is checked).
-
-    pixels: a C-contiguous (P, C) array of the bank's dtype and channels; out: a new (P, F) array of
-    that dtype (C-contiguous, aligned, sharing no memory with the pixels, the bank or the bias), as
-    np.empty makes.
-    Checking again what the API has just made sure of would be a sixth of a tiny call.
-    """
-    _run(pixels, packed.panels, packed.panel_bias, packed.block, packed.cut, out, relu, threads)
-
-
 def apply_bank(
     pixels: np.ndarray, bank: np.ndarray, bias: np.ndarray | None, relu: bool, threads: int | None = None
 ) -> np.ndarray:
-    """act(pixels @ bank + bias) into a new array: pack_bank and apply_to_new_output for a bank used
-    once, as conv1x1's plain calls use theirs.  ``pixels`` is (..., C), any number of pixel axes, and
+    """act(pixels @ bank + bias) into a new array: pack_bank and apply_packed for a bank used once, as
+    conv1x1's plain calls use theirs.  ``pixels`` is (..., C), any number of pixel axes, and
     the result (..., F).  The caller vouches for the arrays: C-contiguous pixels and a native
     float32 or float64 (C, F) bank with F > 0, a (F,) bias or None, all of one dtype.
 
@@ -448,7 +434,7 @@ def _run(pixels, panels, panel_bias, block, cut: _Cut, out, relu, threads) -> No
     Run with the caches full of the kernel's data, each step of Python here cost tenths of a
     microsecond, and the workers wait for all of it: so the order of the pairs, the blocks and the
     chunks are worked out in the compiled code (tiles.plan), and what a kind needs is looked up once.
-    (``relu`` goes to the compiled code as it is: its entry point takes any object's truth.)
+    (``relu`` goes to the compiled code as it is, so it must be a bool: apply_packed makes it one.)
     """
     n_pixels, n_channels = pixels.shape
     n_filters = out.shape[1]
