@@ -541,8 +541,8 @@ def _compute_pairs(
     The pairs are ordered in groups of ``tile_group`` pixel tiles: each panel in turn meets every
     tile of a group, then the next group.  One tile to a group is pixel-major order (a pixel tile
     stays in L1 while it meets every panel), all tiles in one group panel-major order (a panel
-    stays in L1 or L2 while it meets every pixel tile), and groups in between keep a panel in L1
-    while the group's pixels stay in L2 (see plan).  Blocks of channels keep the part of the bank
+    stays in L1 or L2 while it meets every pixel tile), and groups in between keep a panel in L1 or
+    L2 while the group's pixels stay in L2 (see plan).  Blocks of channels keep the part of the bank
     that the pairs share small enough to stay in L2 while they all use it (see kernel._block).
     """
     n_pixels, n_channels = pixels.shape

@@ -226,9 +226,9 @@ def test_pairs_taken_in_groups_of_tiles_are_each_computed_once(
     block = min(block_channels, channels) if exact and packed.cut.group == 1 else channels
     n_pairs = (n_long + n_short) * packed.panels.shape[1]
     out = np.full((pixels, filters), np.nan, np.float32)
+    markers = packed.kind.markers[:3]  # (row, width and lanes markers: the kind's compiled shape)
     for chunk in range(n_chunks):
         start, stop = chunk * n_pairs // n_chunks, (chunk + 1) * n_pairs // n_chunks
-        markers = packed.kind.markers[:3]
         _compute_pairs(x, packed.panels, packed.panel_bias, out, True, tile_group, block, start, stop, *markers)
     np.testing.assert_array_equal(out, convolve(x, w, b, threads=1))
     assert_close_to_reference(out, x, w, b)
