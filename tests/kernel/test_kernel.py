@@ -234,6 +234,32 @@ def test_pairs_taken_in_groups_of_tiles_are_each_computed_once(
     assert_close_to_reference(out, x, w, b)
 
 
+@pytest.mark.parametrize(
+    ("pixels", "channels", "filters", "order"),
+    [
+        (6272, 128, 512, "pixel-major"),  # 28x28x128->512 at N=8: a 256 KiB bank stays in L2
+        (196, 256, 1024, "panel-major"),  # fewer pixels than filters
+        (1568, 2048, 512, "groups"),  # 7x7x2048->512 at N=32: 512 channels x 512 filters, 1 MiB a block
+        (3136, 256, 1024, "groups"),  # 56x56x256->1024: a 1 MiB bank in one block
+    ],
+)
+def test_the_pairs_order_follows_what_fits_in_l2(pixels, channels, filters, order):
+    """Pixel-major (one tile to a group) while the bank's block fits in L2, panel-major (every tile in
+    one group) when there are fewer pixels than filters, groups of tiles in between."""
+    from conv1x1_cli.kernel.tiles import plan
+
+    x = np.zeros((pixels, channels), np.float32)
+    packed = kernel.pack_bank(np.zeros((channels, filters), np.float32), None)
+    tile_group, _, n_pairs = plan(x, packed.panels, np.empty((pixels, filters), np.float32), packed.block, packed.rows)
+    n_tiles = n_pairs // packed.panels.shape[1]
+    if order == "pixel-major":
+        assert tile_group == 1
+    elif order == "panel-major":
+        assert tile_group == n_tiles
+    else:
+        assert 1 < tile_group < n_tiles, (tile_group, n_tiles)
+
+
 def test_a_bank_too_big_for_l2_meets_the_pixel_tiles_in_groups_and_changes_no_bit(rng):
     """359 pixels (59 tiles of 6 rows and one of 5, or their like for other units) x 800 channels
     (blocks of 512) -> 300 filters: the bank's block is over 512 KiB, so pixel-major order takes the
