@@ -151,9 +151,7 @@ def one_layer(
     kernel = kernel_module()
     if out is None:
         return kernel.apply_bank(pixels, bank, bias, relu, threads)
-    # (the caller's out goes through a temporary if it overlaps the input)
-    n_channels, n_filters = bank.shape
-    kernel.apply_bank_to_output(pixels.reshape(-1, n_channels), bank, bias, out.reshape(-1, n_filters), relu, threads)
+    kernel.apply_bank_to_output(pixels, bank, bias, out, relu, threads)  # (through a temporary if they overlap)
     return out
 
 

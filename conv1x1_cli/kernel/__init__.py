@@ -407,12 +407,14 @@ def apply_bank_to_output(
     relu: bool,
     threads: int | None = None,
 ) -> None:
-    """apply_bank into the caller's (P, F) ``out`` (conv1x1's ``out=``) from (P, C) pixels: ``out`` may
+    """apply_bank into the caller's (..., F) ``out`` (conv1x1's ``out=``, C-contiguous): ``out`` may
     share memory with the pixels, the bank or the bias, or be unaligned (the result goes through a
     temporary then)."""
     n_channels, n_filters = bank.shape
     cut = _cuts.get((bank.dtype.char, n_filters)) or _cut(bank.dtype, n_filters)
-    _run_into(pixels, _panels(bank, cut), _panel_bias(bias, cut), _block(n_channels, cut), cut, out, relu, threads)
+    panels, panel_bias, block = _panels(bank, cut), _panel_bias(bias, cut), _block(n_channels, cut)
+    pixel_rows, out_rows = pixels.reshape(-1, n_channels), out.reshape(-1, n_filters)
+    _run_into(pixel_rows, panels, panel_bias, block, cut, out_rows, relu, threads)
 
 
 def _run_into(pixels, panels, panel_bias, block, cut: _Cut, out, relu, threads) -> None:
