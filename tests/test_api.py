@@ -57,14 +57,32 @@ def test_any_leading_axes_are_pixels(rng, shape):
     assert_close_to_reference(result, x, w)
 
 
-@pytest.mark.parametrize("dtype", ["float16", "int8", "uint8", "int16", "int32", ">f4", ">f8", "bool"])
-def test_other_dtypes_compute_as_float32_except_float64(rng, dtype):
+@pytest.mark.parametrize(
+    "dtype, expected_dtype",
+    [("float16", np.float32), ("int8", np.float32), ("uint8", np.float32), ("int16", np.float32),
+     ("int32", np.float32), (">f4", np.float32), (">f8", np.float64), ("bool", np.float32)],
+)  # fmt: skip
+def test_other_dtypes_compute_as_float32_except_float64(rng, dtype, expected_dtype):
     x = (rng.standard_normal((4, 6, 5)) * 3).astype(dtype)
     w = rng.standard_normal((5, 3)).astype(np.float32)
     result = conv1x1(x, w)
-    expected_dtype = np.float64 if np.dtype(dtype) == np.float64 else np.float32
     assert result.dtype == expected_dtype
     assert_close_to_reference(result, x.astype(np.float64) if expected_dtype == np.float64 else x.astype(np.float32), w)
+
+
+def test_big_endian_float64_keeps_float64_precision():
+    """A float64 array in the other byte order (FITS and ENVI files are often big-endian) is float64."""
+    x = np.array([[1.0 + 1e-12, -3.0]], dtype=">f8")
+    result = conv1x1(x, np.array([[1.0], [0.0]]))
+    assert result.dtype == np.float64 and result.dtype.isnative
+    assert result[0, 0] == 1.0 + 1e-12  # (float32 would round it to 1.0)
+    out = np.empty((1, 1))
+    assert conv1x1(x, np.array([[1.0], [0.0]]), out=out) is out and out[0, 0] == 1.0 + 1e-12
+
+
+def test_a_complex_bias_is_refused_like_a_complex_input():
+    with pytest.raises(InputError, match=r"bias has dtype complex128; real numbers are needed"):
+        conv1x1(np.ones((2, 3), np.float32), np.ones((3, 2), np.float32), np.array([1 + 1j, 2]))
 
 
 def test_fortran_ordered_and_strided_inputs(rng):
@@ -312,6 +330,25 @@ def test_out_may_be_the_input_itself(rng):
     expected = conv1x1(y, w, layout="nchw")
     conv1x1(y, w, layout="nchw", out=y)
     np.testing.assert_array_equal(y, expected)
+
+
+def test_out_may_hold_the_bank_or_the_bias_of_a_call_run_in_chunks():
+    """Two NCHW images run as two chunks: the first chunk's output must not change the bank or the
+    bias (inside out) that the second chunk reads.  x = 2 everywhere, the bank's weights 1."""
+    x = np.full((2, 1, 1, 1), 2, np.float32)
+    out = np.empty((2, 16, 1, 1), np.float32)
+    bank = out[0].reshape(1, 16)
+    bank[...] = 1
+    assert conv1x1(x, bank, layout="nchw", out=out) is out
+    np.testing.assert_array_equal(out, np.full((2, 16, 1, 1), 2, np.float32))
+    bias = out[1].reshape(16)
+    bias[...] = 10
+    conv1x1(x, np.ones((1, 16), np.float32), bias, layout="nchw", out=out)
+    np.testing.assert_array_equal(out, np.full((2, 16, 1, 1), 12, np.float32))
+    first = out[0].reshape(1, 16)
+    first[...] = 1
+    conv1x1(x, [first, np.ones((16, 16), np.float32)], layout="nchw", out=out)  # a chain: 16 x 2
+    np.testing.assert_array_equal(out, np.full((2, 16, 1, 1), 32, np.float32))
 
 
 @pytest.mark.parametrize(

@@ -35,11 +35,18 @@ def convolve_array(
     stack = Stack(build_layers(banks, biases, activation, source.channels, source.dtype), threads)
     shape = source.output_shape(stack.filters)
     out = checked_out(out, shape, source.dtype)
-    result = np.empty(shape, dtype=source.dtype) if out is None or np.may_share_memory(out, x) else out
+    # An out that shares memory with what the chunks read (the input, a bank or a bias) is written
+    # once they have all been read: the kernel's own check covers one chunk at a time.
+    shared = out is not None and any(_may_share(out, array) for array in (x, *banks, *biases))
+    result = np.empty(shape, dtype=source.dtype) if out is None or shared else out
     run(source, stack, ArraySink(result, layout, source))
-    if out is not None and result is not out:  # out shares memory with x: it is written once x has been read
+    if out is not None and result is not out:
         out[...] = result
     return result if out is None else out
+
+
+def _may_share(out: np.ndarray, array: object) -> bool:
+    return isinstance(array, np.ndarray) and np.may_share_memory(out, array)
 
 
 def checked_out(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:

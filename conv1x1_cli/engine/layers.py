@@ -22,8 +22,9 @@ _FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
-    """float64 stays float64; every other numeric type is computed (and written) as float32."""
-    return _FLOAT64 if dtype == _FLOAT64 else _FLOAT32
+    """float64 stays float64 (in this machine's byte order: a big-endian one too); every other numeric
+    type is computed (and written) as float32."""
+    return _FLOAT64 if dtype.kind == "f" and dtype.itemsize == 8 else _FLOAT32
 
 
 def checked_input_dtype(dtype: np.dtype) -> np.dtype:
@@ -86,8 +87,10 @@ def _bank_from_4d(weights: np.ndarray, name: str) -> np.ndarray:
 
 
 def as_bias(bias: np.ndarray, filters: int, name: str = "bias") -> np.ndarray:
-    """``bias`` if it has one value per filter, else an InputError."""
+    """``bias`` if it is real numbers, one per filter, else an InputError."""
     bias = np.asarray(bias)
+    if bias.dtype.kind not in NUMERIC_KINDS:
+        raise InputError(f"{name}: bias has dtype {bias.dtype}; real numbers are needed")
     if bias.ndim != 1 or bias.shape[0] != filters:
         raise InputError(
             f"{name}: bias must have shape ({filters},) to match {filters} filters, got {tuple_text(bias.shape)}"
