@@ -467,7 +467,8 @@ def _run_shared(pixels, panels, panel_bias, block, kind: _Kind, out, relu, threa
             return True
         if pool.latest_kind is not kind or pool.workers_missing():
             _prepare_serving(kind, pool)  # (a kind is announced only once its workers' code is ready)
-            pool.announce(kind)
+            if not pool.announce(kind):
+                return False
         args = (*arrays, kind.code, *pool.shared_arrays, *kind.markers)
         (kind.entry_points.get(run_pooled) or _entry_point(kind, run_pooled, args))(*args)
         return True

@@ -481,25 +481,39 @@ class WorkerPool:
         self._running = 0  # workers started and not yet returned
         self._lifecycle = threading.Lock()
 
-    def announce(self, kind) -> None:
-        """Before a job of this kind is published: start the workers (again, if one has died)."""
+    def announce(self, kind) -> bool:
+        """Before a job of this kind is published: start the workers (again, if one has died).  Returns
+        whether the job may be shared: not once a worker could not be started (a limit on threads) or
+        the pool was stopped; calls run alone then."""
         self.latest_kind = kind
         if self.workers_missing():
-            self.threads = [
-                self.threads[me - 1] if me <= len(self.threads) and self.threads[me - 1].is_alive() else self._start(me)
-                for me in range(1, self.n_workers + 1)
-            ]
+            threads = []
+            for me in range(1, self.n_workers + 1):
+                thread = self.threads[me - 1] if me <= len(self.threads) else None
+                if thread is None or not thread.is_alive():
+                    thread = self._start(me) if self.max_threads > 1 else None
+                if thread is not None:
+                    threads.append(thread)
+            self.threads = threads
+        return self.max_threads > 1
 
     def workers_missing(self) -> bool:
         """Whether a worker has not been started, or has returned.  (A plain read: Thread.is_alive on
         every call cost 1-3 us.)"""
         return self._running < self.n_workers
 
-    def _start(self, me: int) -> threading.Thread:
+    def _start(self, me: int) -> threading.Thread | None:
+        """Worker ``me``, started; None if no thread can be had, and the pool stops sharing."""
         with self._lifecycle:
             self._running += 1
         thread = threading.Thread(target=self._work, args=(me,), daemon=True, name=f"conv1x1-worker-{me}")
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError:  # ("can't start new thread": a limit on threads or memory)
+            with self._lifecycle:
+                self._running -= 1
+            self.max_threads = 1
+            return None
         return thread
 
     def _work(self, me: int) -> None:
@@ -537,7 +551,9 @@ class WorkerPool:
         return self.control[_WORKER_CPUS::_LINE]
 
     def stop(self) -> None:
-        """Make the workers return (at interpreter exit)."""
+        """Make the workers return (at interpreter exit).  Calls made after, by other exit handlers,
+        run alone: a stopped pool's workers would return as soon as they were started."""
+        self.max_threads = 1
         self.control[_STOP] = 1
         for _ in self.threads:
             _libc().sem_post(ctypes.c_void_p(self.semaphore.ctypes.data))
@@ -602,14 +618,15 @@ def portable_threading():
     """Within this block, calls from this process share their work through numba's threading layer
     even where the pool runs (``conv1x1 bench`` times both).  Not for use from several threads."""
     global _pool, _portable_pool
-    saved = worker_pool()
+    saved, pid = worker_pool(), os.getpid()
     if _portable_pool is None:
         _portable_pool = WorkerPool(0, "alone" if _threads_lost_at_fork else "portable")
     _pool = _portable_pool
     try:
         yield
     finally:
-        _pool = saved
+        if os.getpid() == pid:  # (a child forked within the block has no pool of the parent's to go back to)
+            _pool = saved
 
 
 def current_pool() -> WorkerPool | None:

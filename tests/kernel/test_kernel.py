@@ -975,6 +975,98 @@ def test_forked_child_convolves_with_a_pool_of_its_own(tmp_path, rng, busy_threa
             np.testing.assert_array_equal(in_child[name], in_parent[name])
 
 
+FORKED_IN_PORTABLE_BLOCK = (
+    WAIT_FOR_CHILD
+    + """
+import os, signal, sys, time, traceback
+import numpy as np
+from conv1x1_cli import kernel
+
+x, w = np.ones((500, 64), np.float32), np.ones((64, 96), np.float32)  # 3M multiply-adds: pooled
+packed, out = kernel.pack_bank(w, None), np.empty((500, 96), np.float32)
+kernel.apply_packed(x, packed, out, True)
+parent_pool = kernel.pool.current_pool()
+with kernel.pool.portable_threading():
+    pid = os.fork()
+if pid == 0:
+    status = 1
+    try:
+        assert kernel.pool.current_pool() is not parent_pool, "the child went back to the parent's pool"
+        for _ in range(10):
+            out[...] = np.nan
+            kernel.apply_packed(x, packed, out, True)
+            assert (out == 64).all()
+        pool = kernel.pool.current_pool()
+        assert pool is not None and pool is not parent_pool
+        assert len(pool.threads) == pool.n_workers and all(t.is_alive() for t in pool.threads)
+        status = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stderr.flush()
+        os._exit(status)
+wait_for_child(pid, 60)
+assert kernel.pool.current_pool() is parent_pool, "the parent did not go back to its pool"
+"""
+)
+
+
+@pool_only
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_in_a_portable_block_gets_a_pool_of_its_own():
+    """The block's end puts the parent's pool back; in the child it has none (its workers are the
+    parent's), and the child's calls start a pool of its own."""
+    done = run_python(FORKED_IN_PORTABLE_BLOCK)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+POOL_WITHOUT_THREADS = """
+import sys, threading
+import numpy as np
+from conv1x1_cli import kernel
+
+x, w = np.ones((500, 64), np.float32), np.ones((64, 96), np.float32)  # 3M multiply-adds: pooled
+packed, out = kernel.pack_bank(w, None), np.empty((500, 96), np.float32)
+started = []
+start = threading.Thread.start
+
+def counted_start(thread):
+    started.append(thread.name)
+    start(thread)
+
+def refused_start(thread):
+    started.append(thread.name)
+    raise RuntimeError("can't start new thread")
+
+if sys.argv[1] == "no threads to be had":
+    threading.Thread.start = refused_start
+else:
+    kernel.apply_packed(x, packed, out, True)  # the workers start
+    pool = kernel.pool.current_pool()
+    pool.stop()  # (what the pool's exit handler does, before later exit handlers make calls)
+    for thread in pool.threads:
+        thread.join(30)
+    threading.Thread.start = counted_start
+for _ in range(20):
+    out[...] = np.nan
+    kernel.apply_packed(x, packed, out, True)
+    assert (out == 64).all()
+pool = kernel.pool.current_pool()
+assert pool.max_threads == 1, pool.max_threads
+assert len(started) == (1 if sys.argv[1] == "no threads to be had" else 0), started
+"""
+
+
+@pool_only
+@pytest.mark.parametrize("case", ["no threads to be had", "stopped"])
+def test_a_pool_without_workers_runs_calls_alone(case):
+    """A pool whose workers cannot be started (a limit on threads), or that has been stopped (at exit),
+    stops sharing: calls run alone and right, without an exception and without starting threads
+    again at every call (a stopped pool's workers would return at once)."""
+    done = run_python(POOL_WITHOUT_THREADS, case)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 FORK_DURING_SETUP = (
     WAIT_FOR_CHILD
     + """
