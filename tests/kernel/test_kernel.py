@@ -890,7 +890,8 @@ def test_the_cuts_kept_per_filter_count_stay_bounded_and_right(monkeypatch):
 
 # --- processes -------------------------------------------------------------------------------------------
 
-# Both fork scripts end by waiting for their child, at most `seconds`: a hang fails instead of blocking.
+# The fork scripts end by waiting for their child, at most `seconds` (a hang fails instead of blocking);
+# a child checks what it must and leaves through exit_child_after.
 WAIT_FOR_CHILD = """
 def wait_for_child(pid, seconds):
     deadline = time.monotonic() + seconds
@@ -904,6 +905,19 @@ def wait_for_child(pid, seconds):
             sys.exit(f"the forked child did not finish within {seconds} s")
         time.sleep(0.01)
     assert os.waitstatus_to_exitcode(status) == 0, f"the forked child failed: {status}"
+
+
+def exit_child_after(check):
+    # In a forked child: run check, then leave at once (no exit handlers), with 0 if it passed.
+    status = 1
+    try:
+        check()
+        status = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stderr.flush()
+        os._exit(status)
 """
 
 
@@ -935,23 +949,18 @@ if busy_thread:  # fork while another thread is (most likely) inside a pooled ca
     threading.Thread(target=keep_convolving, daemon=True).start()
     time.sleep(0.2)
 
+def check_child():
+    assert kernel.pool.current_pool() is None, "the child kept the parent's pool, whose workers it does not have"
+    for _ in range(20):
+        child = convolve(x32, w32, b32), convolve(x64, w64, b64)
+    pool = kernel.pool.current_pool()
+    assert pool is not None and pool is not parent_pool
+    assert len(pool.threads) == pool.n_workers and all(t.is_alive() for t in pool.threads)
+    np.savez(child_results, x32=child[0], x64=child[1])
+
 pid = os.fork()
 if pid == 0:
-    status = 1
-    try:
-        assert kernel.pool.current_pool() is None, "the child kept the parent's pool, whose workers it does not have"
-        for _ in range(20):
-            child = convolve(x32, w32, b32), convolve(x64, w64, b64)
-        pool = kernel.pool.current_pool()
-        assert pool is not None and pool is not parent_pool
-        assert len(pool.threads) == pool.n_workers and all(t.is_alive() for t in pool.threads)
-        np.savez(child_results, x32=child[0], x64=child[1])
-        status = 0
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        sys.stderr.flush()
-        os._exit(status)
+    exit_child_after(check_child)
 
 stop.set()
 wait_for_child(pid, 60)
@@ -986,25 +995,20 @@ x, w = np.ones((500, 64), np.float32), np.ones((64, 96), np.float32)  # 3M multi
 packed, out = kernel.pack_bank(w, None), np.empty((500, 96), np.float32)
 kernel.apply_packed(x, packed, out, True)
 parent_pool = kernel.pool.current_pool()
+def check_child():
+    assert kernel.pool.current_pool() is not parent_pool, "the child went back to the parent's pool"
+    for _ in range(10):
+        out[...] = np.nan
+        kernel.apply_packed(x, packed, out, True)
+        assert (out == 64).all()
+    pool = kernel.pool.current_pool()
+    assert pool is not None and pool is not parent_pool
+    assert len(pool.threads) == pool.n_workers and all(t.is_alive() for t in pool.threads)
+
 with kernel.pool.portable_threading():
     pid = os.fork()
 if pid == 0:
-    status = 1
-    try:
-        assert kernel.pool.current_pool() is not parent_pool, "the child went back to the parent's pool"
-        for _ in range(10):
-            out[...] = np.nan
-            kernel.apply_packed(x, packed, out, True)
-            assert (out == 64).all()
-        pool = kernel.pool.current_pool()
-        assert pool is not None and pool is not parent_pool
-        assert len(pool.threads) == pool.n_workers and all(t.is_alive() for t in pool.threads)
-        status = 0
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        sys.stderr.flush()
-        os._exit(status)
+    exit_child_after(check_child)
 wait_for_child(pid, 60)
 assert kernel.pool.current_pool() is parent_pool, "the parent did not go back to its pool"
 """
