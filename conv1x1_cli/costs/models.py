@@ -148,6 +148,9 @@ def spec_cost(spec: LayerSpec) -> ModelLayerCost:
     )
 
 
+_PARAMETER_FIELDS = ("weights", "bias", "params")
+
+
 @dataclass(frozen=True)
 class ModelCost:
     """Every layer with weights, the totals, a summary by kind, and the nodes that were not costed
@@ -162,11 +165,34 @@ class ModelCost:
         return self.selected_from or self
 
     def total(self, field: str) -> int:
-        return sum(getattr(layer, field) for layer in self.layers)
+        """The sum of ``field`` over the layers; in weights, bias and params, a weight tensor that
+        several layers use (one module applied twice) counts once, as PyTorch counts parameters."""
+        layers = self._one_per_weight() if field in _PARAMETER_FIELDS else self.layers
+        return sum(getattr(layer, field) for layer in layers)
 
     def by_kind(self) -> dict[str, dict[str, int]]:
-        """Layers, MACs, weights, params and FLOPs of each kind present, in KINDS order."""
-        return _by_kind(self.layers, ("macs", "weights", "params", "flops"))
+        """Layers, MACs, weights, params and FLOPs of each kind present, in KINDS order (weights and
+        params counting a shared weight tensor once, as ``total`` does)."""
+        every_use = _by_kind(self.layers, ("macs", "flops"))
+        once = _by_kind(self._one_per_weight(), ("weights", "params"))
+        return {
+            kind: {
+                "layers": entry["layers"],
+                "macs": entry["macs"],
+                "weights": once[kind]["weights"],
+                "params": once[kind]["params"],
+                "flops": entry["flops"],
+            }
+            for kind, entry in every_use.items()
+        }
+
+    def _one_per_weight(self) -> list[ModelLayerCost]:
+        """The layers, the first of those sharing a weight tensor standing for them all (they share its
+        bias too: one module)."""
+        first: dict[str, ModelLayerCost] = {}
+        for layer in self.layers:
+            first.setdefault(layer.weight, layer)
+        return list(first.values())
 
     def selected(self, kinds: Iterable[str] = (), sort: str = "order") -> ModelCost:
         """Only the layers of ``kinds`` (all when empty), sorted by ``sort`` (largest first; the file's

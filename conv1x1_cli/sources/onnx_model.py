@@ -70,6 +70,7 @@ class OnnxModel:
         self._check_opsets()
         self.initializers = {tensor.name: tensor for tensor in self.model.graph.initializer}
         self.initializers.update(self._constants())
+        self.initializers.update(self._passed_through_identities())
         self.external = {name: self._external_data(tensor) for name, tensor in self.initializers.items()}
         self._fix_inputs(input_shapes or {}, batch)
         self.shapes = self._inferred_shapes() if infer_shapes else {}
@@ -136,6 +137,19 @@ class OnnxModel:
                 if values:
                     constants[node.output[0]] = values[0]
         return constants
+
+    def _passed_through_identities(self) -> dict:
+        """Initializers by the names Identity nodes pass them on under.  PyTorch's TorchScript exporter
+        stores equal tensors once and hands each other user the one through an Identity: two layers
+        with equal weights, or the BatchNorm biases it folds into convolutions while they are all
+        equal (as when not trained).  (Nodes come in topological order: a chain resolves in one pass.)"""
+        passed: dict = {}
+        for node in self.model.graph.node:
+            if node.op_type == "Identity" and node.domain in _STANDARD_DOMAINS and node.input and node.output:
+                tensor = passed.get(node.input[0], self.initializers.get(node.input[0]))
+                if tensor is not None:
+                    passed[node.output[0]] = tensor
+        return passed
 
     def _external_data(self, tensor) -> ExternalData | None:
         if tensor.data_location != self.onnx.TensorProto.EXTERNAL:
