@@ -94,8 +94,11 @@ class OnnxModel:
             )
         from google.protobuf.message import DecodeError
 
-        with open(self.path, "rb") as stream:
-            content = stream.read()
+        try:
+            with open(self.path, "rb") as stream:
+                content = stream.read()
+        except OSError as error:
+            raise self.error(error.strerror or "cannot be read") from None
         try:
             model = self.onnx.load_model_from_string(content)
         except (DecodeError, ValueError, RuntimeError, RecursionError) as error:
@@ -157,7 +160,8 @@ class OnnxModel:
         fields = {entry.key: entry.value for entry in tensor.external_data}
         location = fields.get("location", "")
         where = f"tensor {tensor.name!r}: external data {location!r}"
-        if not location or os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location:
+        outside = os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location
+        if not location or outside or "\0" in location:
             raise self.error(f"{where} is not a relative path inside the model's folder")
         if ".." in location.replace("\\", "/").split("/"):
             raise self.error(f"{where} climbs out of the model's folder ('..')")
@@ -279,7 +283,9 @@ class OnnxModel:
             kernel = tuple(attributes.get("kernel_shape", weight.dims[2:]))
             stride = tuple(attributes.get("strides", [1] * spatial))
             dilation = tuple(attributes.get("dilations", [1] * spatial))
-            groups = int(attributes.get("group", 1))
+            groups = attributes.get("group", 1)
+            if not isinstance(groups, int) or groups < 1:
+                raise self.error(f"node {name!r}: group {groups!r} is not a positive integer")
             self._check_weight(name, node.op_type, tuple(weight.dims), kernel, groups, source[1], result[1])
         else:
             if node.op_type == "Gemm" and attributes.get("transA", 0):
@@ -374,6 +380,8 @@ class OnnxModel:
                 external.path, dtype=stored, count=external.length // stored.itemsize, offset=external.offset
             )
         elif tensor.raw_data:
+            if len(tensor.raw_data) % stored.itemsize:
+                raise self.error(f"tensor {name!r} has {len(tensor.raw_data)} bytes of raw data: not whole {stored}s")
             values = np.frombuffer(tensor.raw_data, dtype=stored)
         else:
             values = self._typed_field(tensor, stored)

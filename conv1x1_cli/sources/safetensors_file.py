@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,18 +58,29 @@ class SafetensorsFile:
 
     def __init__(self, path: str, name: str | None = None):
         self.path, self.name = path, name or path
-        with open(path, "rb") as stream:
-            size = os.fstat(stream.fileno()).st_size
-            if size < 8:
-                raise self.error(f"is {size} bytes long; a safetensors file starts with an 8-byte header length")
-            header_length = int.from_bytes(stream.read(8), "little")
-            if header_length > MAX_HEADER_BYTES:
-                raise self.error(f"declares a header of {header_length} bytes, over the limit of {MAX_HEADER_BYTES}")
-            if 8 + header_length > size:
-                raise self.error(f"declares a header of {header_length} bytes but the file has {size - 8} after it")
-            header = stream.read(header_length)
-        self.data_start = 8 + header_length
+        size, header = self._size_and_header()
+        self.data_start = 8 + len(header)
         self.tensors = self._entries(self._json_object(header), size - self.data_start)
+
+    def _size_and_header(self) -> tuple[int, bytes]:
+        """The file's size and its header's bytes, their lengths checked."""
+        try:
+            if not stat.S_ISREG(os.stat(self.path).st_mode):  # (checked first: opening a FIFO waits for a writer)
+                raise self.error("is not a regular file")
+            with open(self.path, "rb") as stream:
+                size = os.fstat(stream.fileno()).st_size
+                if size < 8:
+                    raise self.error(f"is {size} bytes long; a safetensors file starts with an 8-byte header length")
+                header_length = int.from_bytes(stream.read(8), "little")
+                if header_length > MAX_HEADER_BYTES:
+                    raise self.error(
+                        f"declares a header of {header_length} bytes, over the limit of {MAX_HEADER_BYTES}"
+                    )
+                if 8 + header_length > size:
+                    raise self.error(f"declares a header of {header_length} bytes but the file has {size - 8} after it")
+                return size, stream.read(header_length)
+        except OSError as error:
+            raise self.error(error.strerror or "cannot be read") from None
 
     def error(self, problem: str) -> InputError:
         return InputError(f"{self.name}: {problem}")
@@ -83,7 +95,10 @@ class SafetensorsFile:
 
         try:
             decoded = json.loads(header.decode("utf-8"), object_pairs_hook=refuse_duplicates)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        except InputError:
+            raise
+        # (ValueError: JSONDecodeError, and integers too long to convert)
+        except (UnicodeDecodeError, ValueError, RecursionError) as error:
             raise self.error(f"header is not valid JSON ({type(error).__name__})") from None
         if not isinstance(decoded, dict):
             raise self.error("header is not a JSON object")

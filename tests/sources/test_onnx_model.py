@@ -292,3 +292,28 @@ def test_weights_from_a_constant_node_are_weights(tmp_path):
     assert [(layer["name"], layer["weight"], layer["output"]) for layer in layers] == [("conv", "w", (1, 8, 6, 6))]
     assert uncosted == {"Constant": 1}
     assert np.array_equal(model.bank("conv")[0], weight)
+
+
+def test_external_data_named_with_a_nul_byte_is_refused(tmp_path):
+    path, _ = external_model(tmp_path, "x", write_data=False)
+    model = onnx.load(path, load_external_data=False)
+    model.graph.initializer[0].external_data[0].value = "w.bin\0elsewhere"
+    onnx.save(model, path)
+    with pytest.raises(InputError, match="is not a relative path inside the model's folder"):
+        OnnxModel(path)
+
+
+def test_raw_data_of_a_part_value_is_refused(tmp_path):
+    model = conv_model(batch=1)
+    model.graph.initializer[0].raw_data = b"\0" * 127  # (8·4 float32 values are 128 bytes)
+    with pytest.raises(InputError, match=r"tensor 'w' has 127 bytes of raw data: not whole float32s"):
+        OnnxModel(save(model, tmp_path / "m.onnx")).tensor("w")
+
+
+@pytest.mark.parametrize("group", [0, "a"])
+def test_a_group_that_is_no_positive_integer_is_refused(tmp_path, group):
+    model = conv_model(batch=1)
+    del model.graph.node[0].attribute[:]
+    model.graph.node[0].attribute.append(helper.make_attribute("group", group))
+    with pytest.raises(InputError, match=r"node 'conv': group .* is not a positive integer"):
+        OnnxModel(save(model, tmp_path / "m.onnx")).layers()

@@ -4,6 +4,7 @@ a hostile file for every check of the header."""
 from __future__ import annotations
 
 import json
+import os
 import struct
 
 import numpy as np
@@ -164,3 +165,26 @@ def test_an_unknown_tensor_is_named(tmp_path):
     opened = SafetensorsFile(write_file(tmp_path / "t.safetensors", {"a": entry("F32", (2,), 0, 8)}, F32_PAIR))
     with pytest.raises(InputError, match=r"has no tensor 'b'"):
         opened.read("b")
+
+
+def test_a_header_integer_too_long_to_convert_is_refused(tmp_path):
+    header = b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,' + b"9" * 5000 + b"]}}"
+    path = write_file(tmp_path / "long.safetensors", header)
+    with pytest.raises(InputError, match=r"long\.safetensors: header is not valid JSON \(ValueError\)"):
+        SafetensorsFile(path)
+
+
+def test_what_is_not_a_readable_regular_file_is_refused_in_one_line(tmp_path):
+    """A FIFO is refused before it is opened (opening one waits for a writer); a folder and a missing
+    file are named too, as the other readers name them."""
+    os.mkfifo(tmp_path / "pipe.safetensors")
+    (tmp_path / "folder.safetensors").mkdir()
+    for name, message in [
+        ("pipe.safetensors", "is not a regular file"),
+        ("folder.safetensors", "is not a regular file"),
+        ("missing.safetensors", "No such file or directory"),
+    ]:
+        path = str(tmp_path / name)
+        with pytest.raises(InputError, match=message) as caught:
+            SafetensorsFile(path)
+        assert str(caught.value) == f"{path}: {message}"
