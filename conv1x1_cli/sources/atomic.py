@@ -3,6 +3,7 @@
 - A regular file, or a new path, is replaced atomically: the new version is built under a temporary
   name beside it and renamed into place, so a reader sees the old version or the new one, never half
   of one, and a failure (a crash, a full disk, Ctrl-C, any signal) leaves the old one and no temporary.
+  A file this process may not write is refused, as ``cp`` refuses it (a rename would ignore its mode).
 - A symbolic link (dangling or not) is followed: its final target is replaced that way, in the
   target's directory, and the link itself survives.
 - Anything else (a character or block device such as ``/dev/null``, a FIFO, a socket) and the names
@@ -161,6 +162,8 @@ class Replacement(CommittedOnSuccess):
         self.directory = directory
         # (relative, so that a current directory longer than PATH_MAX still works)
         folder = os.path.dirname(self.path) or "."
+        if not directory and os.path.isfile(self.path) and not os.access(self.path, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), self.path)
         prefix = f".{os.path.basename(self.path)[: _NAME_MAX - _TEMP_EXTRA - 2]}."
         self.file: BinaryIO | None = None
         remove_stale_temporaries(folder, prefix, self.path)

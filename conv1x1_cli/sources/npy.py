@@ -277,7 +277,11 @@ class BinaryOutput(CommittedOnSuccess):
 
     def _cannot(self, directory: str) -> str:
         try:
-            return "cannot open it" if writes_through(self.path) else f"cannot write in {directory}"
+            if writes_through(self.path):
+                return "cannot open it"
+            if os.path.isfile(self.path) and not os.access(self.path, os.W_OK):
+                return "cannot replace it: it is read-only"
+            return f"cannot write in {directory}"
         except OSError:  # (a loop of symbolic links)
             return "cannot open it"
 

@@ -36,6 +36,17 @@ def test_a_replaced_file_keeps_its_mode(tmp_path):
     assert target.read_bytes() == b"new" and stat.S_IMODE(target.stat().st_mode) == 0o600
 
 
+def test_a_file_this_process_may_not_write_is_refused_and_kept(tmp_path, monkeypatch):
+    """As cp refuses a read-only file (root may write it, there as here: os.access says so)."""
+    path = tmp_path / "out.npy"
+    path.write_bytes(b"old")
+    path.chmod(0o444)
+    monkeypatch.setattr(os, "access", lambda name, mode: not (name == str(path) and mode == os.W_OK))
+    with pytest.raises(PermissionError):
+        Replacement(str(path))
+    assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.npy"]
+
+
 def test_a_failure_keeps_the_old_file_and_removes_the_temporary(tmp_path):
     target = tmp_path / "out.npy"
     target.write_bytes(b"old")
