@@ -56,29 +56,40 @@ def small_model(tmp_path):
     return path, pointwise, bias
 
 
-def test_weights_and_biases_passed_through_identity_nodes_are_counted(tmp_path):
-    """As PyTorch's TorchScript exporter writes two layers of equal weights (and folded BatchNorm biases
-    that are equal): the tensors once, the second layer's through Identity nodes, here a chain of two."""
-    weights, bias = np.ones((8, 8, 1, 1), np.float32), np.zeros(8, np.float32)
-    nodes = [
-        helper.make_node("Conv", ["input", "w", "b"], ["a"], name="first"),
-        helper.make_node("Identity", ["w"], ["w_again"]),
-        helper.make_node("Identity", ["w_again"], ["w_twice"]),
-        helper.make_node("Identity", ["b"], ["b_again"]),
-        helper.make_node("Conv", ["a", "w_twice", "b_again"], ["output"], name="second"),
+def costs_of_eight_channel_convs(path, nodes) -> dict:
+    """``conv1x1 model``'s JSON for a graph of these nodes over a (1, 8, 10, 10) input, with an (8, 8, 1, 1)
+    weight "w" of ones and a bias "b" of zeros, saved at ``path``."""
+    initializers = [
+        numpy_helper.from_array(np.ones((8, 8, 1, 1), np.float32), "w"),
+        numpy_helper.from_array(np.zeros(8, np.float32), "b"),
     ]
     graph = helper.make_graph(
         nodes,
-        "equal_layers",
+        "eight_channels",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, 10, 10])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b")],
+        initializers,
     )
-    path = tmp_path / "equal_layers.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     result = cli("model", path, "--format", "json")
     assert result.returncode == 0, result.stderr.decode()
-    data = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def test_weights_and_biases_passed_through_identity_nodes_are_counted(tmp_path):
+    """As PyTorch's TorchScript exporter writes two layers of equal weights (and folded BatchNorm biases
+    that are equal): the tensors once, the second layer's through Identity nodes, here a chain of two."""
+    path = tmp_path / "equal_layers.onnx"
+    data = costs_of_eight_channel_convs(
+        path,
+        [
+            helper.make_node("Conv", ["input", "w", "b"], ["a"], name="first"),
+            helper.make_node("Identity", ["w"], ["w_again"]),
+            helper.make_node("Identity", ["w_again"], ["w_twice"]),
+            helper.make_node("Identity", ["b"], ["b_again"]),
+            helper.make_node("Conv", ["a", "w_twice", "b_again"], ["output"], name="second"),
+        ],
+    )
     assert [(layer["name"], layer["weights"], layer["bias"]) for layer in data["layers"]] == [
         ("first", 64, 8),
         ("second", 64, 8),
@@ -87,30 +98,18 @@ def test_weights_and_biases_passed_through_identity_nodes_are_counted(tmp_path):
     assert data["totals"] == {"weights": 128, "bias": 16, "params": 144, "macs": 12800, "flops": 27200}
     extracted = tmp_path / "second.npy"
     assert cli("model", path, "--extract", "w_twice", "-o", extracted).returncode == 0
-    np.testing.assert_array_equal(np.load(extracted), weights)
+    np.testing.assert_array_equal(np.load(extracted), np.ones((8, 8, 1, 1), np.float32))
 
 
 def test_a_weight_two_layers_share_counts_once_in_the_parameters(tmp_path):
     """One 1x1 conv applied twice (PyTorch counts its 72 parameters once): both uses cost MACs."""
-    nodes = [
-        helper.make_node("Conv", ["input", "w", "b"], ["a"], name="first"),
-        helper.make_node("Conv", ["a", "w", "b"], ["output"], name="again"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "shared",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, 10, 10])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
+    data = costs_of_eight_channel_convs(
+        tmp_path / "shared.onnx",
         [
-            numpy_helper.from_array(np.ones((8, 8, 1, 1), np.float32), "w"),
-            numpy_helper.from_array(np.zeros(8, np.float32), "b"),
+            helper.make_node("Conv", ["input", "w", "b"], ["a"], name="first"),
+            helper.make_node("Conv", ["a", "w", "b"], ["output"], name="again"),
         ],
     )
-    path = tmp_path / "shared.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    result = cli("model", path, "--format", "json")
-    assert result.returncode == 0, result.stderr.decode()
-    data = json.loads(result.stdout)
     assert [(layer["name"], layer["params"], layer["macs"]) for layer in data["layers"]] == [
         ("first", 72, 6400),
         ("again", 72, 6400),
