@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Group
 
-from .tables import add_columns, count_text, levels_note, new_table, notes, shape_text
+from .tables import add_columns, count_text, file_text, levels_note, new_table, notes, printable, shape_text
 
 LAYER_COLUMNS = (
     "name", "kind", "op", "input", "output", "kernel", "stride", "groups",
@@ -34,7 +34,8 @@ def model_table(data: dict, title: str) -> Group:
     headers += ["MACs", "FLOPs", *(["FLOP/B", "bound"] if with_roofline else []), "% MACs", "% weights"]
     add_columns(table, headers, left=5)
     for index, layer in enumerate(data["layers"], start=1):
-        cells = [str(index), layer["name"], layer["kind"], shape_text(layer["input"]), shape_text(layer["output"])]
+        cells = [str(index), file_text(layer["name"]), layer["kind"], shape_text(layer["input"])]
+        cells += [shape_text(layer["output"])]
         cells += [shape_text(layer["kernel"]) or "–", shape_text(layer["stride"]) or "–", str(layer["groups"])]
         cells += [count_text(layer[key]) for key in ("weights", "bias", "params", "macs", "flops")]
         if with_roofline:
@@ -79,7 +80,7 @@ def _listing_table(data: dict, title: str) -> Group:
     table = new_table(f"{title}: convolution and linear weights")
     add_columns(table, ["name", "kind", "shape", "dtype", "weights", "bias", "params"], left=4)
     for tensor in data["tensors"]:
-        cells = [tensor["name"], tensor["kind"], shape_text(tensor["shape"]), tensor["dtype"]]
+        cells = [file_text(tensor["name"]), tensor["kind"], shape_text(tensor["shape"]), tensor["dtype"]]
         table.add_row(*cells, *(count_text(tensor[key]) for key in ("weights", "bias", "params")))
     others = f"other tensors (norms, embeddings, …): {data['other_tensors']:,}, with {data['other_values']:,} values"
     return Group(
@@ -98,7 +99,9 @@ def _percent(value: float) -> str:
 def _uncosted_line(uncosted: dict) -> str:
     if not uncosted:
         return "every node of the graph was costed"
-    counts = ", ".join(f"{count} {op}" for op, count in sorted(uncosted.items(), key=lambda item: (-item[1], item[0])))
+    counts = ", ".join(
+        f"{count} {printable(op)}" for op, count in sorted(uncosted.items(), key=lambda item: (-item[1], item[0]))
+    )
     return f"not costed (no weights of a file, or not a layer with MACs): {counts}"
 
 

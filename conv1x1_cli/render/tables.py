@@ -98,6 +98,17 @@ def print_report(data: dict, fmt: str, console: Console, *, table, csv_rows) -> 
         console.print(renderable)
 
 
+def printable(name: str) -> str:
+    """A name read from a file, its control characters (terminal escape sequences, newlines) written as
+    escapes: a stranger's file may not restyle or rewrite the terminal, nor fake a row."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in name)
+
+
+def file_text(name: str) -> Text:
+    """A table cell of a name read from a file: ``printable``, and never read as rich markup."""
+    return Text(printable(name))
+
+
 def new_table(title: str) -> Table:
     return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
 

@@ -234,3 +234,23 @@ def test_shapes_and_help_never_import_the_model_readers():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_names_from_a_file_reach_the_terminal_as_text(tmp_path):
+    """A tensor name with escape sequences and a newline is shown escaped (it may not clear the screen
+    or fake a row), and one that looks like rich markup is shown as it is."""
+    names = ["a\x1b]0;title\x07\x1b[2J\nfake row.weight", "[bold]b.weight"]
+    header = {
+        name: {"dtype": "F32", "shape": [4, 2, 1, 1], "data_offsets": [32 * i, 32 * (i + 1)]}
+        for i, name in enumerate(names)
+    }
+    raw = json.dumps(header).encode()
+    path = tmp_path / "names.safetensors"
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + bytes(64))
+    result = cli("model", path)
+    assert result.returncode == 0, result.stderr.decode()
+    shown = result.stdout.decode()
+    assert "\x1b" not in shown and "\x07" not in shown
+    assert "a\\x1b]0;title\\x07\\x1b[2J\\nfake row.weight" in shown
+    assert not any(line.startswith("fake row") for line in shown.splitlines())
+    assert "[bold]b.weight" in shown
