@@ -75,6 +75,11 @@ def open_output(path: str) -> CommittedOnSuccess:
     return Replacement(final_target(path))
 
 
+def is_read_only(path: str) -> bool:
+    """Whether ``path`` is a file this process may not write, which a Replacement refuses as ``cp`` does."""
+    return os.path.isfile(path) and not os.access(path, os.W_OK)
+
+
 def final_target(path: str) -> str:
     """``path``, or the file its chain of symbolic links ends at (which need not exist yet)."""
     return os.path.realpath(path) if os.path.islink(path) else path
@@ -162,7 +167,7 @@ class Replacement(CommittedOnSuccess):
         self.directory = directory
         # (relative, so that a current directory longer than PATH_MAX still works)
         folder = os.path.dirname(self.path) or "."
-        if not directory and os.path.isfile(self.path) and not os.access(self.path, os.W_OK):
+        if not directory and is_read_only(self.path):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), self.path)
         prefix = f".{os.path.basename(self.path)[: _NAME_MAX - _TEMP_EXTRA - 2]}."
         self.file: BinaryIO | None = None

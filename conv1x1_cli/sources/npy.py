@@ -19,7 +19,7 @@ import numpy as np
 import numpy.lib.format as npy_format
 
 from ..errors import InputError, first_line
-from .atomic import CommittedOnSuccess, open_output, writes_through
+from .atomic import CommittedOnSuccess, is_read_only, open_output, writes_through
 from .streams import binary_stdio, reporting_stdout_errors
 
 STDIO = "-"
@@ -279,7 +279,7 @@ class BinaryOutput(CommittedOnSuccess):
         try:
             if writes_through(self.path):
                 return "cannot open it"
-            if os.path.isfile(self.path) and not os.access(self.path, os.W_OK):
+            if is_read_only(self.path):
                 return "cannot replace it: it is read-only"
             return f"cannot write in {directory}"
         except OSError:  # (a loop of symbolic links)
