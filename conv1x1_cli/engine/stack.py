@@ -29,14 +29,19 @@ from .layers import Layer
 CHUNK_BYTES = 32 * 2**20
 
 
+_kernel = None  # the kernel package once imported (one_layer reads it: a call to kernel_module cost 0.03 us)
+
+
 def kernel_module():
     """The kernel package, imported on first use: the first convolution pays for importing Numba."""
-    kernel = sys.modules.get("conv1x1_cli.kernel")
+    global _kernel
+    kernel = _kernel or sys.modules.get("conv1x1_cli.kernel")
     if kernel is None:
         _check_thread_setting()
         _cache_somewhere()
         with signals_held():  # (importing Numba runs code that swallows exceptions: a signal's would be lost)
             from .. import kernel
+    _kernel = kernel
     return kernel
 
 
@@ -136,23 +141,14 @@ class Stack:
         return pixels
 
 
-def one_layer(
-    pixels: np.ndarray,
-    bank: np.ndarray,
-    bias: np.ndarray | None,
-    relu: bool,
-    threads: int | None,
-    out: np.ndarray | None = None,
-) -> np.ndarray:
-    """One bank on the caller's own channels-last (..., C) memory, straight to the kernel, into a new
-    (..., F) array or into ``out`` (checked to be of that shape and dtype, C-contiguous): the stack,
-    sink and chunking that serve every other case cost 3-4 us a call, a tenth of a small layer's
-    whole time (28x28x192 -> 16 takes 30 us). The caller vouches for the arrays."""
-    kernel = kernel_module()
-    if out is None:
-        return kernel.apply_bank(pixels, bank, bias, relu, threads)
-    kernel.apply_bank_to_output(pixels, bank, bias, out, relu, threads)  # (through a temporary if they overlap)
-    return out
+def one_layer_function():
+    """The function that runs one bank on the caller's own channels-last (..., C) memory, straight to
+    the kernel, into a new (..., F) array or into ``out``: ``f(pixels, bank, bias, relu, threads,
+    out)``, the caller vouching for the arrays (kernel.apply_bank).  The stack, sink and chunking
+    that serve every other case cost 3-4 us a call, a tenth of a small layer's whole time (28x28x192
+    -> 16 takes 30 us); the API keeps the function and calls it directly, as a call through a
+    function of this module's cost a tiny call 3 %.  Imports Numba on first use."""
+    return kernel_module().apply_bank
 
 
 Progress = Callable[[int, int], None]  # (pixels done since the last call, pixels in all)

@@ -8,8 +8,7 @@ files or screens: callers hand it C-contiguous arrays and a preallocated output.
 compiles for, ``pool.py`` the worker threads, ``probe.py`` the FMA-peak probe,
 ``streams.py`` the memory levels' bandwidth sweeps,
 and this module the public functions (``pack_bank``,
-``apply_packed``, ``apply_to_output``, ``apply_bank``,
-``apply_bank_to_output``, ``prepare``, ``compilations``) and
+``apply_packed``, ``apply_to_output``, ``apply_bank``, ``prepare``, ``compilations``) and
 compilation.  The tile shape comes from ``costs.packing``, the rule the Dask
 planner counts memory by.
 
@@ -22,8 +21,9 @@ how pixels are covered by tiles.
 * Packing (``pack_bank``, once per bank).  The bank is seen as column *panels*
   of ``width`` filters (with AVX-512, 64 float32 = four 512-bit vectors when F
   is large, fewer for narrow banks; ``costs.packing.tile_shape`` for each SIMD
-  unit): ``panels[c, k, :]`` is a view of row c, columns k*width
-  onwards, one contiguous run that the micro-kernel loads as whole vectors.
+  unit): panel k of channel c is row c's columns k*width onwards, one
+  contiguous run that the micro-kernel loads as whole vectors.  The compiled
+  code takes the bank as it is, (C, F), and views it as panels itself.
   Only a bank whose F is not a multiple of width is copied (zero-padded to a
   whole panel); the bias is padded the same way.  A panel narrower than a
   vector is copied with ``group`` channels side by side in each row
@@ -79,7 +79,6 @@ __all__ = [
     "SERIAL_WORK",
     "PackedBank",
     "apply_bank",
-    "apply_bank_to_output",
     "apply_packed",
     "apply_to_output",
     "compilations",
@@ -204,7 +203,7 @@ class _Cut:
         self.one_row_kind = _kind(dtype, 1, self.width)  # for calls of fewer pixels than a tile has rows
         # The bias of a bank without one, shared by every call: the kernel only reads it. (Not marked
         # read-only: numba would compile every entry point again for a read-only argument's type.)
-        self.zero_bias = np.zeros((self.n_panels, self.width), dtype=dtype)
+        self.zero_bias = np.zeros(self.n_panels * self.width, dtype=dtype)
         self.scatter_indices: dict[int, np.ndarray] = {}  # for narrow banks, by channel count (_scatter_index)
 
 
@@ -226,15 +225,15 @@ def _cut(dtype: np.dtype, n_filters: int) -> _Cut:
 class PackedBank:
     """A bank and bias padded to whole panels of ``width`` filters, ready for apply_packed.
 
-    The bank, padded with zero columns to a multiple of width, is viewed (never copied) as
-    ``panels[c, k, j] = bank[c, k * width + j]``: panel k of channel c is one contiguous run. When F
-    is already a multiple of width the view is of the caller's bank itself: copying a 2048x512 bank
-    into a panel-major layout cost twice the product itself on 7x7 layers.  A panel narrower than a
-    vector holds ``group`` channels to a row instead: ``panels[q, k, j * group + g] = bank[q * group
-    + g, k * width + j]`` (costs.packing.channel_group).
-    ``panel_bias[k, j]`` is the bias, padded the same way (a view of the caller's when F is a multiple
-    of width; for a bank without a bias, zeros shared by every bank of its dtype and filter count:
-    read, never written).  Tiles accumulate ``block`` channels at a time (see _block).
+    ``panels`` is the bank padded with zero columns to a multiple of width, (C, n_panels x width):
+    panel k of channel c, ``panels[c, k * width:(k + 1) * width]``, is one contiguous run.  When F is
+    already a multiple of width it is the caller's bank itself: copying a 2048x512 bank into a
+    panel-major layout cost twice the product itself on 7x7 layers.  A panel narrower than a vector
+    holds ``group`` channels to a row instead: ``panels[q, k * width * group + j * group + g] =
+    bank[q * group + g, k * width + j]`` (costs.packing.channel_group).  ``panel_bias`` is the bias,
+    padded the same way, (n_panels x width,) (the caller's own when F is a multiple of width; for a
+    bank without a bias, zeros shared by every bank of its dtype and filter count: read, never
+    written).  Tiles accumulate ``block`` channels at a time (see _block).
     """
 
     __slots__ = ("block", "cut", "dtype", "n_channels", "n_filters", "panel_bias", "panels")
@@ -257,6 +256,10 @@ class PackedBank:
     @property
     def kind(self) -> _Kind:
         return self.cut.kind
+
+    @property
+    def n_panels(self) -> int:
+        return self.cut.n_panels
 
     def __repr__(self) -> str:
         return (
@@ -289,16 +292,17 @@ def pack_bank(bank: np.ndarray, bias: np.ndarray | None) -> PackedBank:
 
 
 def _panels(bank: np.ndarray, cut: _Cut) -> np.ndarray:
-    """The bank as (rows, panels, width) panels: itself when it fills whole panels, else a copy."""
-    n_channels, n_filters = bank.shape
+    """The bank as rows of whole panels, (rows, panels x width): itself when it fills whole panels,
+    else a copy."""
     if cut.group > 1:
         return _grouped_panels(bank, cut)
     flags = bank.flags
     if cut.whole_panels and flags.c_contiguous and flags.aligned:
-        return bank.reshape(n_channels, cut.n_panels, cut.width)
+        return bank
+    n_channels, n_filters = bank.shape
     matrix = np.zeros((n_channels, cut.n_panels * cut.width), dtype=bank.dtype)
     matrix[:, :n_filters] = bank
-    return matrix.reshape(n_channels, cut.n_panels, cut.width)
+    return matrix
 
 
 def _panel_bias(bias: np.ndarray | None, cut: _Cut) -> np.ndarray:
@@ -307,22 +311,22 @@ def _panel_bias(bias: np.ndarray | None, cut: _Cut) -> np.ndarray:
         return cut.zero_bias
     flags = bias.flags
     if cut.n_panels * cut.width == len(bias) and flags.c_contiguous and flags.aligned:
-        return bias.reshape(cut.n_panels, cut.width)
-    panel_bias = np.zeros((cut.n_panels, cut.width), dtype=bias.dtype)
-    panel_bias.reshape(-1)[: len(bias)] = bias
+        return bias
+    panel_bias = np.zeros(cut.n_panels * cut.width, dtype=bias.dtype)
+    panel_bias[: len(bias)] = bias
     return panel_bias
 
 
 def _grouped_panels(bank: np.ndarray, cut: _Cut) -> np.ndarray:
     """A narrow bank's panels, ``cut.group`` channels to a row (``costs.packing.channel_group``):
-    panels[q, 0, j * group + g] = bank[q * group + g, j], zero beyond the bank.  (A panel narrower
+    panels[q, j * group + g] = bank[q * group + g, j], zero beyond the bank.  (A panel narrower
     than a vector holds every filter: there is one.)  Written in one scatter through an index kept
     per channel count: the strided copies it replaced took twice as long (1.0 against 0.5 us for
     8x4, a quarter of a tiny call; 21 against 11 us for 2048x8)."""
     n_rows = -(-bank.shape[0] // cut.group)
     panels = np.zeros(n_rows * cut.width * cut.group, dtype=bank.dtype)
     panels[_scatter_index(cut, bank.shape[0])] = bank.reshape(-1)
-    return panels.reshape(n_rows, 1, cut.width * cut.group)
+    return panels.reshape(n_rows, cut.width * cut.group)
 
 
 _MAX_SCATTER_INDICES = 16  # per cut (an index holds one integer per element of the bank)
@@ -380,46 +384,56 @@ def apply_to_output(
 
 
 def apply_bank(
-    pixels: np.ndarray, bank: np.ndarray, bias: np.ndarray | None, relu: bool, threads: int | None = None
-) -> np.ndarray:
-    """act(pixels @ bank + bias) into a new array: pack_bank and apply_packed for a bank used once, as
-    conv1x1's plain calls use theirs.  ``pixels`` is (..., C), any number of pixel axes, and
-    the result (..., F).  The caller vouches for the arrays: C-contiguous pixels and a native
-    float32 or float64 (C, F) bank with F > 0, a (F,) bias or None, all of one dtype.
-
-    The bank goes to the kernel without a PackedBank (making one cost a tenth of a tiny call), as its
-    own panels when it fills them (F a multiple of the panel width, C-contiguous).
-    """
-    n_channels, n_filters = bank.shape
-    out = np.empty((*pixels.shape[:-1], n_filters), bank.dtype)
-    cut = _cuts.get((bank.dtype.char, n_filters)) or _cut(bank.dtype, n_filters)
-    # (the arguments spelt out: a helper returning them as a tuple cost a tiny call 0.1 us)
-    panels, panel_bias, block = _panels(bank, cut), _panel_bias(bias, cut), _block(n_channels, cut)
-    _run(pixels.reshape(-1, n_channels), panels, panel_bias, block, cut, out.reshape(-1, n_filters), relu, threads)
-    return out
-
-
-def apply_bank_to_output(
     pixels: np.ndarray,
     bank: np.ndarray,
     bias: np.ndarray | None,
-    out: np.ndarray,
     relu: bool,
     threads: int | None = None,
-) -> None:
-    """apply_bank into the caller's (..., F) ``out`` (conv1x1's ``out=``, C-contiguous): ``out`` may
-    share memory with the pixels, the bank or the bias, or be unaligned (the result goes through a
-    temporary then)."""
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """act(pixels @ bank + bias) into a new array, or into ``out``: pack_bank and apply_packed for a
+    bank used once, as conv1x1's plain calls use theirs.  ``pixels`` is (..., C), any number of pixel
+    axes, and the result (..., F).  The caller vouches for the arrays: C-contiguous and aligned
+    pixels, a native float32 or float64 (C, F) bank with C and F > 0, a (F,) bias or None, all of one
+    dtype; ``out`` (conv1x1's ``out=``) of the result's shape and dtype, C-contiguous and writeable,
+    which may share memory with the others or be unaligned (the result goes through a temporary then).
+
+    The bank goes to the kernel without a PackedBank (making one cost a tenth of a tiny call), as its
+    own panels when it fills them (F a multiple of the panel width, C-contiguous).  This is the path
+    of every small call, so the commonest steps are written out here rather than called: each helper
+    call, each ``.flags`` or ``.shape`` read and each reshape cost a tiny call 1-3 % (counted with
+    callgrind).
+    """
     n_channels, n_filters = bank.shape
-    cut = _cuts.get((bank.dtype.char, n_filters)) or _cut(bank.dtype, n_filters)
-    panels, panel_bias, block = _panels(bank, cut), _panel_bias(bias, cut), _block(n_channels, cut)
-    pixel_rows, out_rows = pixels.reshape(-1, n_channels), out.reshape(-1, n_filters)
-    _run_into(pixel_rows, panels, panel_bias, block, cut, out_rows, relu, threads)
+    dtype = bank.dtype
+    cut = _cuts.get((dtype.char, n_filters)) or _cut(dtype, n_filters)
+    flags = bank.flags  # (_panels' and _block's commonest answers, without their calls)
+    panels = bank if cut.whole_panels and flags.c_contiguous and flags.aligned else _panels(bank, cut)
+    panel_bias = cut.zero_bias if bias is None else _panel_bias(bias, cut)
+    block = n_channels if n_channels <= _WHOLE_CHANNELS else _block(n_channels, cut)
+    pixel_rows = pixels.reshape(-1, n_channels)
+    if out is not None:
+        _run_into(pixel_rows, panels, panel_bias, block, cut, out.reshape(-1, n_filters), relu, threads)
+        return out
+    result = np.empty((*pixels.shape[:-1], n_filters), dtype)
+    result_rows, n_pixels = result.reshape(-1, n_filters), len(pixel_rows)
+    work = n_pixels * n_channels * n_filters
+    if threads is None and work:  # (the commonest calls: _run's steps, with what is known here already)
+        kind = cut.kind if n_pixels >= cut.rows else cut.one_row_kind
+        if work < SERIAL_WORK or not _run_shared(pixel_rows, panels, panel_bias, block, kind, result_rows, relu, None):
+            args = (pixel_rows, panels, panel_bias, result_rows, relu, block, *kind.markers)
+            (kind.entry_points.get(run_alone) or _entry_point(kind, run_alone, args))(*args)
+    else:
+        _run(pixel_rows, panels, panel_bias, block, cut, result_rows, relu, threads)
+    return result
 
 
 def _run_into(pixels, panels, panel_bias, block, cut: _Cut, out, relu, threads) -> None:
-    """_run into an output that may be unaligned or share memory with what the kernel reads (the
-    panels and the panel bias may be views of the caller's bank and bias): through a temporary then."""
+    """_run for callers that vouch for less: pixels that may be unaligned, and an output that may be
+    unaligned or share memory with what the kernel reads (the panels and the panel bias may be views
+    of the caller's bank and bias): through a copy or a temporary then."""
+    if not pixels.flags.aligned:
+        pixels = pixels.copy()  # the kernel reads through typed pointers
     # (three plain calls: a generator over them cost 0.3 us)
     shared = np.may_share_memory(out, pixels) or np.may_share_memory(out, panels)
     if out.flags.aligned and not (shared or np.may_share_memory(out, panel_bias)):
@@ -436,7 +450,9 @@ def _run(pixels, panels, panel_bias, block, cut: _Cut, out, relu, threads) -> No
     Run with the caches full of the kernel's data, each step of Python here cost tenths of a
     microsecond, and the workers wait for all of it: so the order of the pairs, the blocks and the
     chunks are worked out in the compiled code (tiles.plan), and what a kind needs is looked up once.
-    (``relu`` goes to the compiled code as it is, so it must be a bool: apply_packed makes it one.)
+    (``relu`` goes to the compiled code as it is, so it must be a bool: apply_packed makes it one.  The
+    pixels must be aligned, as the compiled code reads them through typed pointers: _run_into makes
+    sure, conv1x1's plain calls check.)
     """
     n_pixels, n_channels = pixels.shape
     n_filters = out.shape[1]
@@ -444,8 +460,6 @@ def _run(pixels, panels, panel_bias, block, cut: _Cut, out, relu, threads) -> No
     alone = work < SERIAL_WORK if threads is None else _single_threaded(threads, work)  # (checks threads)
     if n_pixels == 0 or n_filters == 0:  # (no channels is still work: out = act(bias))
         return
-    if not pixels.flags.aligned:
-        pixels = pixels.copy()  # the kernel reads through typed pointers
     kind = cut.kind if n_pixels >= cut.rows else cut.one_row_kind
     if alone or not _run_shared(pixels, panels, panel_bias, block, kind, out, relu, threads):
         # alone: one thread asked for, little work, one CPU, or another thread is using the pool

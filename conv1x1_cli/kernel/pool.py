@@ -47,7 +47,7 @@ from numba.extending import intrinsic
 
 from ..costs.roofline import usable_cpus
 from ..errors import ArgumentError
-from .tiles import JOB_CHUNKS, JOB_FIELDS, compute_chunk, describe_job, plan
+from .tiles import JOB_CHUNKS, JOB_FIELDS, compute_chunk, describe_job, panels_in, plan
 
 
 def _sources_digest() -> str:
@@ -235,11 +235,11 @@ def _next_chunk(control, kind, me, n_threads):
 
 
 @njit(inline="always")
-def _chunk_count(pixels, panels, tile_group, block, n_pairs, n_threads):
+def _chunk_count(pixels, n_panels, tile_group, block, n_pairs, n_threads):
     """How many chunks a job's pairs are cut into for n_threads threads."""
     n_chunks = min(n_pairs, CHUNKS_PER_THREAD * n_threads, _MAX_CHUNKS)
-    if tile_group * panels.shape[1] >= n_pairs and block < pixels.shape[1]:  # (panel-major, in blocks)
-        n_chunks = min(n_chunks, CHUNKS_PER_PANEL * panels.shape[1])
+    if tile_group * n_panels >= n_pairs and block < pixels.shape[1]:  # (panel-major, in blocks)
+        n_chunks = min(n_chunks, CHUNKS_PER_PANEL * n_panels)
     return n_chunks
 
 
@@ -268,9 +268,10 @@ def run_pooled(
     for the chunks still running.  A worker that is asleep, or slow to wake, only means that this
     thread takes more of its segment.
     """
-    tile_group, block, n_pairs = plan(pixels, panels, out, block, len(row_marker))
-    n_chunks = _chunk_count(pixels, panels, tile_group, block, n_pairs, n_threads)
-    describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks)
+    n_panels = panels_in(panels, width_marker, lanes_marker)
+    tile_group, block, n_pairs = plan(pixels, panels, out, block, len(row_marker), n_panels)
+    n_chunks = _chunk_count(pixels, n_panels, tile_group, block, n_pairs, n_threads)
+    describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels)
     _atomic_store(control, _DONE, 0)
     main_cpu = _sched_getcpu()
     _atomic_store(control, _MAIN_CPU, main_cpu)
@@ -438,10 +439,11 @@ def run_portable(pixels, panels, panel_bias, out, relu, block, n_threads, row_ma
     with numba.set_num_threads gets that many threads at most.  (numba.set_num_threads called in
     here made the function uncacheable.)
     """
-    tile_group, block, n_pairs = plan(pixels, panels, out, block, len(row_marker))
-    n_chunks = _chunk_count(pixels, panels, tile_group, block, n_pairs, n_threads)
+    n_panels = panels_in(panels, width_marker, lanes_marker)
+    tile_group, block, n_pairs = plan(pixels, panels, out, block, len(row_marker), n_panels)
+    n_chunks = _chunk_count(pixels, n_panels, tile_group, block, n_pairs, n_threads)
     job = np.empty(JOB_FIELDS, np.int64)
-    describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks)
+    describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels)
     for thread in numba.prange(n_threads):
         for chunk in range(thread * n_chunks // n_threads, (thread + 1) * n_chunks // n_threads):
             compute_chunk(job, chunk, n_chunks, row_marker, width_marker, lanes_marker, like)

@@ -596,14 +596,14 @@ def _compute_pairs(
 
 
 @njit(inline="always")
-def describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks):
+def describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels):
     """Write the job's array addresses and shapes into ``job``, where any thread can read them."""
     job[_JOB_PIXELS] = pixels.ctypes.data
     job[_JOB_PANELS] = panels.ctypes.data
     job[_JOB_BIAS] = panel_bias.ctypes.data
     job[_JOB_OUT] = out.ctypes.data
     job[_JOB_PIXEL_COUNT], job[_JOB_CHANNELS] = pixels.shape
-    job[_JOB_PANEL_COUNT], job[_JOB_FILTERS] = panels.shape[1], out.shape[1]
+    job[_JOB_PANEL_COUNT], job[_JOB_FILTERS] = n_panels, out.shape[1]
     job[_JOB_RELU], job[_JOB_TILE_GROUP], job[_JOB_BLOCK] = relu, tile_group, block
     job[JOB_CHUNKS] = n_chunks
 
@@ -621,7 +621,7 @@ _TILE_GROUP_BYTES = 96 * 1024
 
 
 @njit(inline="always")
-def plan(pixels, panels, out, block, rows):
+def plan(pixels, panels, out, block, rows, n_panels):
     """(pixel tiles per group, channels per block, number of (pixel tile, panel) pairs) of a job.
 
     Panel-major (one group of every tile) when the bank outweighs the pixels: each panel then stays
@@ -641,15 +641,25 @@ def plan(pixels, panels, out, block, rows):
     tile_group = 1
     if n_pixels < out.shape[1]:
         tile_group = n_tiles
-    elif channels_at_once * panels.shape[1] * panels.shape[2] * panels.itemsize > _BANK_BYTES_IN_L2:
+    elif channels_at_once * panels.shape[1] * panels.itemsize > _BANK_BYTES_IN_L2:  # (a row: every panel's)
         tile_group = max(_TILE_GROUP_BYTES // (rows * channels_at_once * pixels.itemsize), 1)
-    return tile_group, block, n_tiles * panels.shape[1]
+    return tile_group, block, n_tiles * n_panels
+
+
+@njit(inline="always")
+def panels_in(panels, width_marker, lanes_marker):
+    """How many panels a packed bank holds: its rows are every panel's ``width x group`` values side
+    by side.  (The compiled code takes the bank and the bias as they are, 2-D and 1-D, and views them
+    as panels itself: a reshape in Python cost a tiny call 5 %.)"""
+    width = _marker_width_inline(width_marker)
+    return panels.shape[1] // (width * _channel_group_inline(width, _marker_lanes_inline(lanes_marker)))
 
 
 @njit(cache=True, nogil=True)
 def run_alone(pixels, panels, panel_bias, out, relu, block, row_marker, width_marker, lanes_marker, like):
     """A whole job on the calling thread.  (It calls no Linux-only function, unlike the pool's code.)"""
-    tile_group, block, _ = plan(pixels, panels, out, block, len(row_marker))
+    n_panels = panels_in(panels, width_marker, lanes_marker)
+    tile_group, block, _ = plan(pixels, panels, out, block, len(row_marker), n_panels)
     job = np.empty(JOB_FIELDS, np.int64)
-    describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, 1)
+    describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, 1, n_panels)
     compute_chunk(job, 0, 1, row_marker, width_marker, lanes_marker, like)

@@ -224,12 +224,15 @@ def test_pairs_taken_in_groups_of_tiles_are_each_computed_once(
     n_long, n_short = tile_counts(pixels, rows)
     exact = n_long * rows + n_short * (rows - 1) == pixels  # (only tiles that do not overlap use blocks)
     block = min(block_channels, channels) if exact and packed.cut.group == 1 else channels
-    n_pairs = (n_long + n_short) * packed.panels.shape[1]
+    n_pairs = (n_long + n_short) * packed.n_panels
     out = np.full((pixels, filters), np.nan, np.float32)
     markers = packed.kind.markers[:3]  # (row, width and lanes markers: the kind's compiled shape)
+    # (the views that compute_chunk makes of the job's bank and bias)
+    panels = packed.panels.reshape(len(packed.panels), packed.n_panels, -1)
+    panel_bias = packed.panel_bias.reshape(packed.n_panels, -1)
     for chunk in range(n_chunks):
         start, stop = chunk * n_pairs // n_chunks, (chunk + 1) * n_pairs // n_chunks
-        _compute_pairs(x, packed.panels, packed.panel_bias, out, True, tile_group, block, start, stop, *markers)
+        _compute_pairs(x, panels, panel_bias, out, True, tile_group, block, start, stop, *markers)
     np.testing.assert_array_equal(out, convolve(x, w, b, threads=1))
     assert_close_to_reference(out, x, w, b)
 
@@ -250,8 +253,9 @@ def test_the_pairs_order_follows_what_fits_in_l2(pixels, channels, filters, orde
 
     x = np.zeros((pixels, channels), np.float32)
     packed = kernel.pack_bank(np.zeros((channels, filters), np.float32), None)
-    tile_group, _, n_pairs = plan(x, packed.panels, np.empty((pixels, filters), np.float32), packed.block, packed.rows)
-    n_tiles = n_pairs // packed.panels.shape[1]
+    out = np.empty((pixels, filters), np.float32)
+    tile_group, _, n_pairs = plan(x, packed.panels, out, packed.block, packed.rows, packed.n_panels)
+    n_tiles = n_pairs // packed.n_panels
     if order == "pixel-major":
         assert tile_group == 1
     elif order == "panel-major":
@@ -269,8 +273,8 @@ def test_a_bank_too_big_for_l2_meets_the_pixel_tiles_in_groups_and_changes_no_bi
     x, w, b = problem(rng, 359, 800, 300, "float32")
     packed = kernel.pack_bank(w, b)
     out = np.empty((359, 300), np.float32)
-    tile_group, block, n_pairs = plan(x, packed.panels, out, packed.block, packed.rows)
-    n_tiles = n_pairs // packed.panels.shape[1]
+    tile_group, block, n_pairs = plan(x, packed.panels, out, packed.block, packed.rows, packed.n_panels)
+    n_tiles = n_pairs // packed.n_panels
     assert block == 512 and 1 < tile_group < n_tiles, (tile_group, n_tiles)
     alone = convolve(x, w, b, threads=1)
     assert_close_to_reference(alone, x, w, b)
@@ -300,12 +304,12 @@ def test_a_narrow_bank_is_packed_a_group_of_channels_to_a_row(rng):
             packed = kernel.pack_bank(bank, None)
         group = channel_group(packed.width, simd_unit().vector_bytes // bank.itemsize)
         n_rows = -(-channels // group)
-        assert packed.panels.shape == (n_rows, 1, packed.width * group)
+        assert packed.panels.shape == (n_rows, packed.width * group)
         padded = np.zeros((n_rows * group, packed.width), dtype)
         padded[:channels, :filters] = bank
         for q in range(n_rows):
             for g in range(group):
-                np.testing.assert_array_equal(packed.panels[q, 0, g::group], padded[q * group + g])
+                np.testing.assert_array_equal(packed.panels[q, g::group], padded[q * group + g])
         assert packed.block == (channels if group > 1 else 2)
 
 
@@ -341,9 +345,9 @@ def test_banks_whose_rows_would_be_4_kib_apart_get_a_spare_panel_and_the_same_re
         x, w, b = problem(rng, 25, channels, filters, dtype)
         packed = kernel.pack_bank(w, b)
         width = packed.width
-        assert packed.panels.shape[1] == panel_count(filters, itemsize, simd_unit())
+        assert packed.panels.shape[1] == width * panel_count(filters, itemsize, simd_unit())
         if width * itemsize <= 64:  # AVX2, NEON, SSE: the spare panel is there
-            assert packed.panels.shape[1] == filters // width + 1
+            assert packed.n_panels == filters // width + 1
             assert packed.panels.strides[0] % 4096 != 0
         for threads in (1, None):
             with through_the_pool():
@@ -416,7 +420,7 @@ def test_workers_take_part_in_a_large_call(rng, pause):
     packed = kernel.pack_bank(w, None)
     out = np.empty((len(x), w.shape[1]), np.float32)
     kernel.apply_packed(x[:4096], packed, out[:4096], True, threads=2)  # loads the kernel, starts the workers
-    n_chunks = min(-(-len(x) // packed.rows) * packed.panels.shape[1], 2 * kernel.pool.CHUNKS_PER_THREAD)
+    n_chunks = min(-(-len(x) // packed.rows) * packed.n_panels, 2 * kernel.pool.CHUNKS_PER_THREAD)
     taken = []
     for _ in range(3):
         time.sleep(pause)
