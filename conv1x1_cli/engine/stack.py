@@ -29,19 +29,14 @@ from .layers import Layer
 CHUNK_BYTES = 32 * 2**20
 
 
-_kernel = None  # the kernel package once imported (one_layer reads it: a call to kernel_module cost 0.03 us)
-
-
 def kernel_module():
     """The kernel package, imported on first use: the first convolution pays for importing Numba."""
-    global _kernel
-    kernel = _kernel or sys.modules.get("conv1x1_cli.kernel")
+    kernel = sys.modules.get("conv1x1_cli.kernel")
     if kernel is None:
         _check_thread_setting()
         _cache_somewhere()
         with signals_held():  # (importing Numba runs code that swallows exceptions: a signal's would be lost)
             from .. import kernel
-    _kernel = kernel
     return kernel
 
 
