@@ -378,3 +378,22 @@ def test_out_is_refused_for_a_lazy_dask_result():
     x = dask_array.ones((4, 4, 3), dtype=np.float32, chunks=2)
     with pytest.raises(ArgumentError, match=r"out= is for NumPy arrays"):
         conv1x1(x, np.ones((3, 2), np.float32), out=np.empty((4, 4, 2), np.float32))
+
+
+@pytest.mark.parametrize("threads", [None, 1, 2])
+def test_an_unaligned_input_gives_the_reference_and_the_bits_of_an_aligned_one(rng, threads):
+    """A float32 array one byte off its alignment (a view of a byte buffer) gives the bits of its
+    aligned copy, with and without out=, alone and through the pool.  (It goes the general way, which
+    copies it: the kernel reads through typed pointers.  x86 would read it in place too, so this
+    checks the results, not which path they took.)"""
+    buffer = np.zeros(7 * 9 * 48 * 4 + 1, np.uint8)
+    x = np.ndarray((7, 9, 48), np.float32, buffer=buffer[1:].data)
+    x[...] = rng.standard_normal(x.shape)
+    assert not x.flags.aligned
+    w = rng.standard_normal((48, 64)).astype(np.float32)
+    b = rng.standard_normal(64).astype(np.float32)
+    aligned = conv1x1(x.copy(), w, b, threads=threads)
+    np.testing.assert_array_equal(conv1x1(x, w, b, threads=threads), aligned)
+    out = np.empty_like(aligned)
+    np.testing.assert_array_equal(conv1x1(x, w, b, threads=threads, out=out), aligned)
+    assert_close_to_reference(aligned.reshape(-1, 64), x.reshape(-1, 48), w, b)
