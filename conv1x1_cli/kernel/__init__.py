@@ -400,9 +400,9 @@ def apply_bank(
 
     The bank goes to the kernel without a PackedBank (making one cost a tenth of a tiny call), as its
     own panels when it fills them (F a multiple of the panel width, C-contiguous).  This is the path
-    of every small call, so the commonest steps are written out here rather than called: each helper
-    call, each ``.flags`` or ``.shape`` read and each reshape cost a tiny call 1-3 % (counted with
-    callgrind).
+    of every small call, so the commonest steps are written out here rather than called: with
+    ``_panels``, ``_block`` and ``_run`` called instead, a tiny call took 14 % more instructions
+    (32.8k against 28.7k, counted with callgrind), and through the pool 15 % more.
     """
     n_channels, n_filters = bank.shape
     dtype = bank.dtype
