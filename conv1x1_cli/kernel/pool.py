@@ -47,7 +47,17 @@ from numba.extending import intrinsic
 
 from ..costs.roofline import usable_cpus
 from ..errors import ArgumentError
-from .tiles import JOB_CHUNKS, JOB_FIELDS, compute_chunk, describe_job, panels_in, plan
+from .tiles import (
+    JOB_CHUNKS,
+    JOB_FIELDS,
+    JOB_NUMBER,
+    compute_chunk,
+    copy_room,
+    describe_job,
+    kind_copies_panels,
+    panels_in,
+    plan,
+)
 
 
 def _sources_digest() -> str:
@@ -269,9 +279,12 @@ def run_pooled(
     thread takes more of its segment.
     """
     n_panels = panels_in(panels, width_marker, lanes_marker)
-    tile_group, block, n_pairs = plan(pixels, panels, out, block, len(row_marker), n_panels)
+    copies = kind_copies_panels(width_marker, lanes_marker, like)
+    tile_group, block, n_pairs = plan(pixels, panels, out, block, len(row_marker), n_panels, copies)
     n_chunks = _chunk_count(pixels, n_panels, tile_group, block, n_pairs, n_threads)
     describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels)
+    job[JOB_NUMBER] += 1  # (a worker's copy of a panel from an earlier job is stale now)
+    room, held = copy_room(like)
     _atomic_store(control, _DONE, 0)
     main_cpu = _sched_getcpu()
     _atomic_store(control, _MAIN_CPU, main_cpu)
@@ -291,7 +304,7 @@ def run_pooled(
         chunk = _next_chunk(control, kind, 0, n_threads)
         if chunk < 0:
             break
-        compute_chunk(job, chunk, n_chunks, row_marker, width_marker, lanes_marker, like)
+        compute_chunk(job, chunk, n_chunks, room, held, row_marker, width_marker, lanes_marker, like)
         _atomic_add(control, _DONE, 1)
     while _atomic_load(control, _DONE) < n_chunks:
         _sched_yield()
@@ -327,6 +340,7 @@ def serve(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_marker, w
     waited for the GIL behind the calling thread for milliseconds.
     """
     idle = 0
+    room, held = copy_room(like)  # (kept from job to job: held says whose copy it holds)
     avoided = NO_CPU  # the caller's CPU, which this worker is kept off while it is awake
     published_cpu = NO_CPU  # what this worker's line in _WORKER_CPUS says
     my_segment, my_cpu_slot = _SEGMENTS + me * _LINE, _WORKER_CPUS + me * _LINE
@@ -346,7 +360,7 @@ def serve(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_marker, w
             result = _OTHER_KIND
             break
         if chunk != _NOTHING:
-            compute_chunk(job, chunk, job[JOB_CHUNKS], row_marker, width_marker, lanes_marker, like)
+            compute_chunk(job, chunk, job[JOB_CHUNKS], room, held, row_marker, width_marker, lanes_marker, like)
             _atomic_add(control, _DONE, 1)
             idle = 0
         elif idle < idle_turns:
@@ -440,13 +454,16 @@ def run_portable(pixels, panels, panel_bias, out, relu, block, n_threads, row_ma
     here made the function uncacheable.)
     """
     n_panels = panels_in(panels, width_marker, lanes_marker)
-    tile_group, block, n_pairs = plan(pixels, panels, out, block, len(row_marker), n_panels)
+    copies = kind_copies_panels(width_marker, lanes_marker, like)
+    tile_group, block, n_pairs = plan(pixels, panels, out, block, len(row_marker), n_panels, copies)
     n_chunks = _chunk_count(pixels, n_panels, tile_group, block, n_pairs, n_threads)
     job = np.empty(JOB_FIELDS, np.int64)
     describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels)
+    job[JOB_NUMBER] = 0
     for thread in numba.prange(n_threads):
+        room, held = copy_room(like)
         for chunk in range(thread * n_chunks // n_threads, (thread + 1) * n_chunks // n_threads):
-            compute_chunk(job, chunk, n_chunks, row_marker, width_marker, lanes_marker, like)
+            compute_chunk(job, chunk, n_chunks, room, held, row_marker, width_marker, lanes_marker, like)
 
 
 # How long an idle worker spins before it sleeps, in sched_yield turns: about 2 ms on an idle

@@ -134,6 +134,11 @@ class _TileCode:
         self.n_out_vectors = width // self.out_vector.count
         self.intp = context.get_value_type(types.intp)
         self.i32 = ir.IntType(32)
+        # Pixel rows in registers of their own (see opaque): for tiles of two vectors or fewer in
+        # 256-bit registers or narrower, with six rows (with eight, the rows' registers and the loop's
+        # own outnumbered x86's 15 and spilled).  AVX-512's tiles are compiled as before: no host
+        # here since has run them, so a change to them could not be measured.
+        self.pins_rows = rows <= 6 and self.n_vectors <= 2 and self.lanes * self.itemsize <= 32
 
     # Addresses are byte offsets from an array's data pointer, with the array's own strides.
 
@@ -193,6 +198,8 @@ class _TileCode:
         Each step prefetches its share of a tile's bytes from ahead (prefetch_share).
         """
         builder, intp, group = self.builder, self.intp, self.group
+        if self.pins_rows:
+            pixel_rows = [self.opaque(row) for row in pixel_rows]
         end = builder.add(first_channel, n_channels)
         if group == 1:
             panel_step, whole_end = group_step, end
@@ -226,6 +233,20 @@ class _TileCode:
         if group == 1:
             return final
         return self.last_group(final, pixel_rows, pixel_step, panel, panel_step, whole_end, end)
+
+    def opaque(self, pointer):
+        """pointer, as a value LLVM cannot relate to any other (an empty inline assembly block that
+        returns its input in the same register).
+
+        A tile's pixel rows are one pointer plus r * the row stride; seen as such, LLVM computed each
+        row's address in the channel loop from the one before, five dependent additions a step.  With
+        12 multiply-adds a step (AVX2's two-vector tile), those made the step 30 instructions, at
+        the limit of what a Zen 3 core issues in the 6 cycles its two FMA units take.  As unrelated
+        pointers, each row keeps its own register and every load is one instruction (base + channel *
+        itemsize): 25 a step, and on Zen 3, one thread, 28x28x192->64 from 83 to 91 % of the FMA peak,
+        GoogLeNet 5b (7x7x832->384) from 69 to 78 %."""
+        byte_pointer = ir.IntType(8).as_pointer()
+        return self.builder.asm(ir.FunctionType(byte_pointer, [byte_pointer]), "", "=r,0", [pointer], False)
 
     def prefetch_share(self, ahead, done):
         """Ask for this step's share of a tile's worth of bytes from ahead into L2 (prefetcht1; a hint,
@@ -403,7 +424,7 @@ def _tile(
     typingctx,
     pixels,
     first_pixel,
-    panels,
+    panel,
     panel_bias,
     k,
     out,
@@ -419,23 +440,25 @@ def _tile(
 
         out[p + r, k*width + j] = start + pixels[p + r, c0:c1] @ bank[c0:c1, k*width + j],
 
-    (the bank's panels packed ``group`` channels to a row, panels[c // group, k, j * group + c % group])
     where start is panel_bias[k, j] when c0 is 0 and what the tile of the block before left in out
     otherwise; the activation is applied (ReLU when relu holds) once c1 reaches the last channel.
-    The accumulators are vectors of marker_lanes(lanes_marker) elements.  ``ahead`` is the address
-    from which the tile prefetches a tile's worth of bytes as it goes (_TileCode.prefetch_share)."""
+    ``panel`` is (address, step): panel k's row for channel group q is q * step bytes from address,
+    ``width x group`` elements, bank[q * group + g, k * width + j] at j * group + g (in the packed
+    bank, or in a copy of the panel's rows: _copy_panel).  The accumulators are vectors of
+    marker_lanes(lanes_marker) elements.  ``ahead`` is the address from which the tile prefetches a
+    tile's worth of bytes as it goes (_TileCode.prefetch_share)."""
     rows, width, lanes = len(row_marker), marker_width(width_marker), marker_lanes(lanes_marker)
     signature = types.void(
-        pixels, first_pixel, panels, panel_bias, k, out, relu, channels, ahead, row_marker, width_marker, lanes_marker
+        pixels, first_pixel, panel, panel_bias, k, out, relu, channels, ahead, row_marker, width_marker, lanes_marker
     )
 
     def codegen(context, builder, signature, args):
         code = _TileCode(context, builder, pixels.dtype, rows, width, lanes)
-        pixels_value, first_pixel_value, panels_value, bias_value, k_value, out_value, relu_value = args[:7]
+        pixels_value, first_pixel_value, panel_value, bias_value, k_value, out_value, relu_value = args[:7]
+        panel_address, panel_step = cgutils.unpack_tuple(builder, panel_value)
         first_channel_value, n_block_value = cgutils.unpack_tuple(builder, args[7])
         ahead = builder.inttoptr(args[8], ir.IntType(8).as_pointer())
         pixel_data, pixel_shape, pixel_strides = code.view(pixels, pixels_value)
-        panel_data, _, panel_strides = code.view(panels, panels_value)
         bias_data, _, bias_strides = code.view(panel_bias, bias_value)
         out_data, out_shape, out_strides = code.view(out, out_value)
 
@@ -450,13 +473,36 @@ def _tile(
         bias = code.load_vectors(bias_row, code.out_vector, code.n_out_vectors)
         start = code.initial(bias, out_rows, n_valid, first_channel_value)
         pixel_rows = [code.address(pixel_data, (row, pixel_strides[0])) for row in row_indices]
-        panel = code.address(panel_data, (k_value, panel_strides[1]))
+        panel_row = builder.inttoptr(panel_address, ir.IntType(8).as_pointer())
         sums = code.accumulate(
-            start, pixel_rows, pixel_strides[1], panel, panel_strides[0], first_channel_value, n_block_value, ahead
+            start, pixel_rows, pixel_strides[1], panel_row, panel_step, first_channel_value, n_block_value, ahead
         )
         last_block = builder.icmp_signed(">=", builder.add(first_channel_value, n_block_value), pixel_shape[1])
         totals = [code.gather(row) for row in sums]
         code.store(code.activate(totals, builder.and_(relu_value, last_block)), out_rows, n_valid)
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@intrinsic
+def _copy_panel(typingctx, source, source_step, target, n_rows, width_marker, lanes_marker, like):
+    """Copy n_rows panel rows (width x group elements each, as the tile of these markers packs
+    them) from ``source``, ``source_step`` bytes apart, to ``target``, one after the other: whole
+    vectors, aligned stores (target is a multiple of the cache line)."""
+    width, lanes = marker_width(width_marker), marker_lanes(lanes_marker)
+    signature = types.void(source, source_step, target, n_rows, width_marker, lanes_marker, like)
+
+    def codegen(context, builder, signature, args):
+        code = _TileCode(context, builder, like.dtype, 1, width, lanes)
+        byte_pointer = ir.IntType(8).as_pointer()
+        source_rows, target_rows = (builder.inttoptr(args[i], byte_pointer) for i in (0, 2))
+        row_bytes = code.n_vectors * code.lanes * code.itemsize
+        with cgutils.for_range(builder, args[3]) as loop:
+            source_row = builder.gep(source_rows, [builder.mul(loop.index, args[1])])
+            target_row = builder.gep(target_rows, [builder.mul(loop.index, code.intp(row_bytes))])
+            for v, value in enumerate(code.load_vectors(source_row, code.vector, code.n_vectors)):
+                builder.store(value, code.vector_pointer(target_row, v, code.vector), align=code.itemsize * code.lanes)
         return context.get_dummy_value()
 
     return signature, codegen
@@ -477,12 +523,38 @@ def _pointer(typingctx, address, like):
 _JOB_PIXELS, _JOB_PANELS, _JOB_BIAS, _JOB_OUT = 0, 1, 2, 3
 _JOB_PIXEL_COUNT, _JOB_CHANNELS, _JOB_PANEL_COUNT, _JOB_FILTERS = 4, 5, 6, 7
 _JOB_RELU, _JOB_TILE_GROUP, JOB_CHUNKS, _JOB_BLOCK = 8, 9, 10, 11
+# Which job this is, counted by a caller that publishes many in one job array (the pool's): a
+# thread's copy of a panel (see _walk_pairs) is of the bank of the job it was made for.
+JOB_NUMBER = 12
 JOB_FIELDS = 16
+
+# A thread's room for the copy of one panel's rows over one block of channels: 768 rows (the
+# largest block, kernel._WHOLE_CHANNELS) of a cache line, and a line to align them with.  A block
+# of more rows (one pass over the channels of a call whose tiles overlap) is not copied.
+_COPY_ROWS = 768
+COPY_ROOM_BYTES = (_COPY_ROWS + 1) * _CACHE_LINE
+
+
+def copies_panels(width, lanes, itemsize):
+    """Whether tiles of this panel width read their panel from a copy (_walk_pairs): panels of more
+    than one vector whose rows are a cache line or less (AVX2's 16 float32 or 8 float64 filters,
+    NEON's, SSE's).  Such rows lie a bank row apart, and a bank row of 256 float32 is 16 cache lines,
+    so a panel's rows share 4 of L1's 64 sets and evict each other; contiguous, they stay in L1
+    while a group of pixel tiles uses them.  AVX-512's panels (256-byte rows) are read in place, as
+    before: no host here since has run them, so a change could not be measured."""
+    return width > lanes and width * itemsize <= _CACHE_LINE
+
+
+@njit(inline="always")
+def copy_room(like):
+    """A thread's room for panel copies, and what it holds: (job number, panel, first channel)."""
+    return np.empty(COPY_ROOM_BYTES // like.itemsize, like.dtype), np.full(3, -1, np.int64)
 
 
 @njit(cache=True, nogil=True)
-def compute_chunk(job, chunk, n_chunks, row_marker, width_marker, lanes_marker, like):
-    """Run chunk ``chunk`` of ``n_chunks`` equal runs of the (pixel tile, panel) pairs of the job in ``job``."""
+def compute_chunk(job, chunk, n_chunks, room, held, row_marker, width_marker, lanes_marker, like):
+    """Run chunk ``chunk`` of ``n_chunks`` equal runs of the (pixel tile, panel) pairs of the job in
+    ``job``, with this thread's room for panel copies (``copy_room``)."""
     width = _marker_width_inline(width_marker)
     group = _channel_group_inline(width, _marker_lanes_inline(lanes_marker))
     n_pixels, n_channels = job[_JOB_PIXEL_COUNT], job[_JOB_CHANNELS]
@@ -494,8 +566,12 @@ def compute_chunk(job, chunk, n_chunks, row_marker, width_marker, lanes_marker, 
     out = numba.carray(_pointer(job[_JOB_OUT], like), (n_pixels, job[_JOB_FILTERS]))
     n_long, n_short = _tile_counts_inline(n_pixels, len(row_marker))
     n_pairs = (n_long + n_short) * n_panels
+    if held[0] != job[JOB_NUMBER]:  # (a copy made for another job: its bank may have changed since)
+        held[0], held[1], held[2] = job[JOB_NUMBER], -1, -1
     # This function only rebuilds the arrays from the job's addresses; the loop over the pairs works on them.
     _compute_pairs(
+        room,
+        held,
         pixels,
         panels,
         panel_bias,
@@ -529,12 +605,16 @@ _marker_lanes_inline = njit(inline="always")(marker_lanes)
 _channel_group_inline = njit(inline="always")(channel_group)
 
 
+_copies_panels_inline = njit(inline="always")(copies_panels)
+
+
 # Inlined into compute_chunk: compiled apart (and linked), LLVM optimised its code once more in
 # compute_chunk, which cost a cold start 0.12-0.15 s and ran no faster (measured on one thread).
 @njit(inline="always")
 def _compute_pairs(
-    pixels, panels, panel_bias, out, relu, tile_group, block, start, stop, row_marker, width_marker, lanes_marker
-):
+    room, held, pixels, panels, panel_bias, out, relu, tile_group, block, start, stop,
+    row_marker, width_marker, lanes_marker,
+):  # fmt: skip
     """(pixel tile, panel) pairs start..stop-1, ``block`` channels at a time: every pair over the
     first block of channels, then every pair over the next.
 
@@ -544,7 +624,39 @@ def _compute_pairs(
     stays in L1 or L2 while it meets every pixel tile), and groups in between keep a panel in L1 or
     L2 while the group's pixels stay in L2 (see plan).  Blocks of channels keep the part of the bank
     that the pairs share small enough to stay in L2 while they all use it (see kernel._block).
+
+    Where tiles copy their panels (copies_panels) and a panel meets several tiles in turn, each
+    panel's rows of the block are copied into ``room`` first, and the tiles read the copy: two
+    walks over the pairs, one that copies and one that does not, each compiled on its own (with the
+    copying steps in the one walk, the walk over a 3-channel RGB stem took 0.8x the time).
     """
+    n_pixels, n_channels = pixels.shape
+    n_long, n_short = _tile_counts_inline(n_pixels, len(row_marker))
+    if (
+        kind_copies_panels(width_marker, lanes_marker, pixels)
+        and min(tile_group, n_long + n_short) > 1
+        and panels.shape[1] > 1
+        and min(block, n_channels) <= _COPY_ROWS  # (a copying tile's panel rows are one channel each)
+    ):
+        _walk_pairs(
+            True, room, held, pixels, panels, panel_bias, out, relu, tile_group, block, start, stop,
+            row_marker, width_marker, lanes_marker,
+        )  # fmt: skip
+    else:
+        _walk_pairs(
+            False, room, held, pixels, panels, panel_bias, out, relu, tile_group, block, start, stop,
+            row_marker, width_marker, lanes_marker,
+        )  # fmt: skip
+
+
+@njit(inline="always")
+def _walk_pairs(
+    copying, room, held, pixels, panels, panel_bias, out, relu, tile_group, block, start, stop,
+    row_marker, width_marker, lanes_marker,
+):  # fmt: skip
+    """_compute_pairs' walk over its pairs, with the panels read in place or, when ``copying``, from
+    a copy in room (held says which panel and block is there, so that the next chunk of this thread
+    need not copy it again)."""
     n_pixels, n_channels = pixels.shape
     rows = len(row_marker)
     short_marker = row_marker[1:]  # the tile one row shorter: its own unrolled code
@@ -552,6 +664,8 @@ def _compute_pairs(
     n_tiles, n_panels = n_long + n_short, panels.shape[1]
     group_size = min(tile_group, n_tiles)
     row_bytes = n_channels * pixels.itemsize
+    copy_step = panels.shape[2] * panels.itemsize  # a copied panel's rows, one after the other
+    copy_address = room.ctypes.data + (-room.ctypes.data) % _CACHE_LINE
     # (one pass even without channels: it writes the bias)
     for first_channel in range(0, max(n_channels, 1), block):
         n_block = min(block, n_channels - first_channel)
@@ -571,18 +685,26 @@ def _compute_pairs(
             else:
                 ahead = pixels.ctypes.data + min(t * rows, n_pixels - rows) * row_bytes
             channels = (first_channel, n_block)
+            if copying:
+                if held[1] != k or held[2] != first_channel:
+                    source = panels.ctypes.data + first_channel * panels.strides[0] + k * panels.strides[1]
+                    _copy_panel(source, panels.strides[0], copy_address, n_block, width_marker, lanes_marker, pixels)
+                    held[1], held[2] = k, first_channel
+                panel = (copy_address - first_channel * copy_step, copy_step)  # (row c at c * copy_step)
+            else:
+                panel = (panels.ctypes.data + k * panels.strides[1], panels.strides[0])
             if t < n_long:
                 # (shifted back to end at n_pixels when there are no short tiles:
                 # it recomputes a few rows, same values, instead of a scalar remainder loop)
                 first_pixel = min(t * rows, n_pixels - rows)
                 _tile(
-                    pixels, first_pixel, panels, panel_bias, k, out, relu, channels, ahead,
+                    pixels, first_pixel, panel, panel_bias, k, out, relu, channels, ahead,
                     row_marker, width_marker, lanes_marker,
                 )  # fmt: skip
             else:
                 first_pixel = n_long * rows + (t - n_long) * (rows - 1)
                 _tile(
-                    pixels, first_pixel, panels, panel_bias, k, out, relu, channels, ahead,
+                    pixels, first_pixel, panel, panel_bias, k, out, relu, channels, ahead,
                     short_marker, width_marker, lanes_marker,
                 )  # fmt: skip
             tile_in_group += 1
@@ -618,15 +740,23 @@ def describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, 
 # or 128 KiB ran alike, 192 and 384 KiB slower.
 _BANK_BYTES_IN_L2 = 512 * 1024
 _TILE_GROUP_BYTES = 96 * 1024
+# Tiles that read their panel from a copy (copies_panels) take the pixel tiles in groups as soon as
+# the bank's block outgrows a half of L1, each copied panel meeting a whole group of tiles from L1
+# while the group's pixel rows come from L2.  Groups of about 192 KiB of pixel rows did best on a
+# Zen 3 host (512 KiB of L2 a core; AVX2, two threads, median of 13 layers: 83.1 % of the FMA peak
+# against 79.9 % with 96 KiB and 81.9 % with 320 KiB).
+_BANK_BYTES_IN_L1 = 16 * 1024
+_COPIED_TILE_GROUP_BYTES = 192 * 1024
 
 
 @njit(inline="always")
-def plan(pixels, panels, out, block, rows, n_panels):
+def plan(pixels, panels, out, block, rows, n_panels, copies):
     """(pixel tiles per group, channels per block, number of (pixel tile, panel) pairs) of a job.
 
     Panel-major (one group of every tile) when the bank outweighs the pixels: each panel then stays
     in cache while it meets every pixel tile.  Otherwise pixel-major, in groups of tiles when the
-    bank's block is too large for L2 (see _TILE_GROUP_BYTES).  ``block`` is the bank's block of
+    bank's block is too large for L2 (see _TILE_GROUP_BYTES), or, when tiles read copies of their
+    panels (``copies``: copies_panels), for L1.  ``block`` is the bank's block of
     channels (PackedBank.block), which only tiles that cover the pixels exactly may use: an
     overlapping last tile recomputes rows of the one before, which blocks would add twice.  (Worked
     out here, compiled, rather than in Python before the call: each step of Python is slow when the
@@ -639,11 +769,21 @@ def plan(pixels, panels, out, block, rows, n_panels):
     n_tiles = n_long + n_short
     channels_at_once = max(min(block, n_channels), 1)
     tile_group = 1
+    block_bytes = channels_at_once * panels.shape[1] * panels.itemsize  # (a row: every panel's)
     if n_pixels < out.shape[1]:
         tile_group = n_tiles
-    elif channels_at_once * panels.shape[1] * panels.itemsize > _BANK_BYTES_IN_L2:  # (a row: every panel's)
+    elif copies and block_bytes > _BANK_BYTES_IN_L1:
+        tile_group = max(_COPIED_TILE_GROUP_BYTES // (rows * channels_at_once * pixels.itemsize), 1)
+    elif block_bytes > _BANK_BYTES_IN_L2:
         tile_group = max(_TILE_GROUP_BYTES // (rows * channels_at_once * pixels.itemsize), 1)
     return tile_group, block, n_tiles * n_panels
+
+
+@njit(inline="always")
+def kind_copies_panels(width_marker, lanes_marker, like):
+    """copies_panels for the tile of these markers and like's dtype (a constant, compiled)."""
+    width, lanes = _marker_width_inline(width_marker), _marker_lanes_inline(lanes_marker)
+    return _copies_panels_inline(width, lanes, like.itemsize)
 
 
 @njit(inline="always")
@@ -659,7 +799,10 @@ def panels_in(panels, width_marker, lanes_marker):
 def run_alone(pixels, panels, panel_bias, out, relu, block, row_marker, width_marker, lanes_marker, like):
     """A whole job on the calling thread.  (It calls no Linux-only function, unlike the pool's code.)"""
     n_panels = panels_in(panels, width_marker, lanes_marker)
-    tile_group, block, _ = plan(pixels, panels, out, block, len(row_marker), n_panels)
+    copies = kind_copies_panels(width_marker, lanes_marker, like)
+    tile_group, block, _ = plan(pixels, panels, out, block, len(row_marker), n_panels, copies)
     job = np.empty(JOB_FIELDS, np.int64)
     describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, 1, n_panels)
-    compute_chunk(job, 0, 1, row_marker, width_marker, lanes_marker, like)
+    job[JOB_NUMBER] = 0
+    room, held = copy_room(like)
+    compute_chunk(job, 0, 1, room, held, row_marker, width_marker, lanes_marker, like)

@@ -215,8 +215,10 @@ def test_pairs_taken_in_groups_of_tiles_are_each_computed_once(
 ):
     """Whatever the group of pixel tiles that meets each panel in turn (one tile: pixel-major; all of
     them: panel-major), and however the pairs are cut into chunks, every (tile, panel) pair is
-    computed once per block of channels: the bits of one pass, and the reference."""
-    from conv1x1_cli.kernel.tiles import _compute_pairs, tile_counts
+    computed once per block of channels: the bits of one pass, and the reference.  (Where tiles read
+    copies of their panels, a chunk that goes on with the panel and block that the chunk before
+    copied reads that copy.)"""
+    from conv1x1_cli.kernel.tiles import COPY_ROOM_BYTES, _compute_pairs, tile_counts
 
     x, w, b = problem(np.random.default_rng(seed), pixels, channels, filters, "float32")
     packed = kernel.pack_bank(w, b)
@@ -230,32 +232,49 @@ def test_pairs_taken_in_groups_of_tiles_are_each_computed_once(
     # (the views that compute_chunk makes of the job's bank and bias)
     panels = packed.panels.reshape(len(packed.panels), packed.n_panels, -1)
     panel_bias = packed.panel_bias.reshape(packed.n_panels, -1)
+    # (one thread's room for panel copies, kept from chunk to chunk, as the threads keep theirs)
+    room, held = np.empty(COPY_ROOM_BYTES // 4, np.float32), np.full(3, -1, np.int64)
     for chunk in range(n_chunks):
         start, stop = chunk * n_pairs // n_chunks, (chunk + 1) * n_pairs // n_chunks
-        _compute_pairs(x, panels, panel_bias, out, True, tile_group, block, start, stop, *markers)
+        _compute_pairs(room, held, x, panels, panel_bias, out, True, tile_group, block, start, stop, *markers)
     np.testing.assert_array_equal(out, convolve(x, w, b, threads=1))
     assert_close_to_reference(out, x, w, b)
 
 
+def copies_panels_of(packed) -> bool:
+    """Whether the tiles of this packed bank's kind read copies of their panels."""
+    from conv1x1_cli.kernel.target import simd_unit
+    from conv1x1_cli.kernel.tiles import copies_panels
+
+    itemsize = packed.dtype.itemsize
+    return copies_panels(packed.width, simd_unit().lanes(itemsize), itemsize)
+
+
 @pytest.mark.parametrize(
-    ("pixels", "channels", "filters", "order"),
+    ("pixels", "channels", "filters", "order", "order_with_copies"),
     [
-        (6272, 128, 512, "pixel-major"),  # 28x28x128->512 at N=8: a 256 KiB bank stays in L2
-        (196, 256, 1024, "panel-major"),  # fewer pixels than filters
-        (1568, 2048, 512, "groups"),  # 7x7x2048->512 at N=32: 512 channels x 512 filters, 1 MiB a block
-        (3136, 256, 1024, "groups"),  # 56x56x256->1024: a 1 MiB bank in one block
+        # 28x28x128->512 at N=8: a 256 KiB bank stays in L2, but outgrows L1
+        (6272, 128, 512, "pixel-major", "groups"),
+        (6272, 3, 512, "pixel-major", "pixel-major"),  # a 6 KiB bank (RGB stem) stays in L1
+        (196, 256, 1024, "panel-major", "panel-major"),  # fewer pixels than filters
+        (1568, 2048, 512, "groups", "groups"),  # 7x7x2048->512 at N=32: 512 channels x 512 filters, 1 MiB a block
+        (3136, 256, 1024, "groups", "groups"),  # 56x56x256->1024: a 1 MiB bank in one block
     ],
 )
-def test_the_pairs_order_follows_what_fits_in_l2(pixels, channels, filters, order):
-    """Pixel-major (one tile to a group) while the bank's block fits in L2, panel-major (every tile in
-    one group) when there are fewer pixels than filters, groups of tiles in between."""
+def test_the_pairs_order_follows_what_fits_in_the_caches(pixels, channels, filters, order, order_with_copies):
+    """Pixel-major (one tile to a group) while the bank's block fits in L2 (in L1, where tiles read
+    copies of their panels), panel-major (every tile in one group) when there are fewer pixels than
+    filters, groups of tiles in between."""
     from conv1x1_cli.kernel.tiles import plan
 
     x = np.zeros((pixels, channels), np.float32)
     packed = kernel.pack_bank(np.zeros((channels, filters), np.float32), None)
     out = np.empty((pixels, filters), np.float32)
-    tile_group, _, n_pairs = plan(x, packed.panels, out, packed.block, packed.rows, packed.n_panels)
+    copies = copies_panels_of(packed)
+    tile_group, _, n_pairs = plan(x, packed.panels, out, packed.block, packed.rows, packed.n_panels, copies)
     n_tiles = n_pairs // packed.n_panels
+    if copies:
+        order = order_with_copies
     if order == "pixel-major":
         assert tile_group == 1
     elif order == "panel-major":
@@ -273,7 +292,8 @@ def test_a_bank_too_big_for_l2_meets_the_pixel_tiles_in_groups_and_changes_no_bi
     x, w, b = problem(rng, 359, 800, 300, "float32")
     packed = kernel.pack_bank(w, b)
     out = np.empty((359, 300), np.float32)
-    tile_group, block, n_pairs = plan(x, packed.panels, out, packed.block, packed.rows, packed.n_panels)
+    copies = copies_panels_of(packed)
+    tile_group, block, n_pairs = plan(x, packed.panels, out, packed.block, packed.rows, packed.n_panels, copies)
     n_tiles = n_pairs // packed.n_panels
     assert block == 512 and 1 < tile_group < n_tiles, (tile_group, n_tiles)
     alone = convolve(x, w, b, threads=1)
@@ -281,6 +301,21 @@ def test_a_bank_too_big_for_l2_meets_the_pixel_tiles_in_groups_and_changes_no_bi
     with through_the_pool():
         for threads in (None, 2):
             np.testing.assert_array_equal(convolve(x, w, b, threads=threads), alone)
+
+
+def test_a_bank_changed_in_place_is_copied_again_by_every_thread(rng):
+    """Threads keep the last panel they copied from call to call (the pool's workers) and reuse it
+    while the next chunk goes on with that panel; a new call must copy the bank again even when it is
+    the same array at the same address, changed in place (the kernel reads the caller's bank as it
+    is).  784 pixels x 192 channels -> 64 filters: a 48 KiB bank, whose panels are copied where
+    tiles read copies (AVX2); the results alone, through the pool and on two threads as the
+    reference, call after call."""
+    x, w, b = problem(rng, 784, 192, 64, "float32")
+    with through_the_pool():
+        for _ in range(3):
+            for threads in (None, 2, 1):
+                assert_close_to_reference(convolve(x, w, b, threads=threads), x, w, b)
+            w[...] = rng.standard_normal(w.shape).astype(w.dtype)  # same array, new values
 
 
 def test_a_narrow_bank_is_packed_a_group_of_channels_to_a_row(rng):
