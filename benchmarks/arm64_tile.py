@@ -12,7 +12,7 @@ tool's apple-m1 model (LLVM's Cyclone model) makes of the loop.
 
 FLOPs per cycle: each channel step is 24 fmla of 4 float32 lanes (192 FLOP).  The M1's performance
 cores issue 4 FP/SIMD operations a cycle (all four pipes do 128-bit FMA), 3 loads and 8 instructions:
-the loop's 24 fmla need 6 cycles, its 8 loads (2 ldp, 6 broadcasts) under 3 and its 38 instructions
+the loop's 24 fmla need 6 cycles, its 8 loads (2 ldp, 6 broadcasts) under 3 and its 36 instructions
 under 5, so it runs at the FMA pipes' 32 FLOP/cycle, the M1 core's float32 peak.
 """
 
@@ -39,6 +39,7 @@ def neon_tile_ir(filters: int = 64, channels: int = 64) -> str:
 
     from conv1x1_cli.costs.packing import NEON, panel_count, tile_shape
     from conv1x1_cli.kernel import _Kind, tiles
+    from conv1x1_cli.kernel.tiles import COPY_ROOM_BYTES
 
     rows, width = tile_shape(filters, 4, NEON)
     kind = _Kind(0, np.dtype(np.float32), rows, width, NEON.vector_bytes // 4)
@@ -46,7 +47,10 @@ def neon_tile_ir(filters: int = 64, channels: int = 64) -> str:
     pixels, out = np.zeros((2 * rows, channels), np.float32), np.zeros((2 * rows, filters), np.float32)
     bias = np.zeros(panels.shape[1:], np.float32)
     row_marker, width_marker, lanes_marker, _ = kind.markers
-    args = (pixels, panels, bias, out, True, 1, channels, 0, 1, row_marker, width_marker, lanes_marker)
+    # (a walk that copies its panels, into a thread's room: the NEON tile's panel rows are a cache line)
+    room, held = np.zeros(COPY_ROOM_BYTES // 4, np.float32), np.full(3, -1, np.int64)
+    walk = (True, room, held, pixels, panels, bias, out, True, 1, channels, 0, 1)
+    args = (*walk, row_marker, width_marker, lanes_marker)
     signature = tuple(numba.typeof(arg) for arg in args)
     tiles._compute_pairs.compile(signature)
     return tiles._compute_pairs.inspect_llvm(signature)
@@ -112,11 +116,16 @@ def main() -> int:
     parser.add_argument("--mca", default=shutil.which("llvm-mca") or shutil.which("llvm-mca-14"), help="llvm-mca")
     options = parser.parse_args()
     loop = channel_loops(arm64_assembly(neon_tile_ir()))[0]
-    fmla = len(re.findall(r"\bfmla\b", loop))
-    loads = len(re.findall(r"\b(ldp|ldr|ld1r)\b", loop))
+    # (LLVM may unroll the loop over channels: count per channel, 6 x 4 accumulators each)
+    passes = max(len(re.findall(r"\bfmla\b", loop)) // 24, 1)
+    fmla = len(re.findall(r"\bfmla\b", loop)) // passes
+    loads = len(re.findall(r"\b(ldp|ldr|ld1r)\b", loop)) / passes
     instructions = [line for line in loop.splitlines()[1:] if line.strip() and not line.strip().startswith(";")]
-    print(f"The NEON tile's channel loop for {CPU} ({TRIPLE}):\n{loop}\n")
-    print(f"{fmla} fmla (x 4 lanes x 2 = {8 * fmla} FLOP), {loads} loads, {len(instructions)} instructions a channel")
+    print(f"The NEON tile's channel loop for {CPU} ({TRIPLE}), {passes} channel(s) a pass:\n{loop}\n")
+    print(
+        f"{fmla} fmla (x 4 lanes x 2 = {8 * fmla} FLOP), {loads:g} loads, "
+        f"{len(instructions) / passes:g} instructions a channel"
+    )
     print(f"stack accesses (spills) in the loop: {spills(loop) or 'none'}")
     print(f"at 4 fmla a cycle: {fmla / 4:.0f} cycles a channel, {8 * fmla / (fmla / 4):.0f} FLOP/cycle")
     if options.mca:

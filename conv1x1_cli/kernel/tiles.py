@@ -56,7 +56,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from ..costs.packing import channel_group
 from .target import simd_unit
@@ -524,7 +524,7 @@ _JOB_PIXELS, _JOB_PANELS, _JOB_BIAS, _JOB_OUT = 0, 1, 2, 3
 _JOB_PIXEL_COUNT, _JOB_CHANNELS, _JOB_PANEL_COUNT, _JOB_FILTERS = 4, 5, 6, 7
 _JOB_RELU, _JOB_TILE_GROUP, JOB_CHUNKS, _JOB_BLOCK = 8, 9, 10, 11
 # Which job this is, counted by a caller that publishes many in one job array (the pool's): a
-# thread's copy of a panel (see _walk_pairs) is of the bank of the job it was made for.
+# thread's copy of a panel (see _compute_pairs) is of the bank of the job it was made for.
 JOB_NUMBER = 12
 JOB_FIELDS = 16
 
@@ -536,7 +536,7 @@ COPY_ROOM_BYTES = (_COPY_ROWS + 1) * _CACHE_LINE
 
 
 def copies_panels(width, lanes, itemsize):
-    """Whether tiles of this panel width read their panel from a copy (_walk_pairs): panels of more
+    """Whether tiles of this panel width read their panel from a copy (_compute_pairs): panels of more
     than one vector whose rows are a cache line or less (AVX2's 16 float32 or 8 float64 filters,
     NEON's, SSE's).  Such rows lie a bank row apart, and a bank row of 256 float32 is 16 cache lines,
     so a panel's rows share 4 of L1's 64 sets and evict each other; contiguous, they stay in L1
@@ -545,10 +545,26 @@ def copies_panels(width, lanes, itemsize):
     return width > lanes and width * itemsize <= _CACHE_LINE
 
 
-@njit(inline="always")
-def copy_room(like):
-    """A thread's room for panel copies, and what it holds: (job number, panel, first channel)."""
-    return np.empty(COPY_ROOM_BYTES // like.itemsize, like.dtype), np.full(3, -1, np.int64)
+def copy_room(width_marker, lanes_marker, like):
+    """A thread's room for panel copies and what it holds, (job number, panel, first channel), for a
+    kind whose tiles copy their panels (copies_panels); (None, None) for any other.  Compiled code
+    only (its overload below)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(copy_room, inline="always")
+def _copy_room_overload(width_marker, lanes_marker, like):
+    # Decided by the types, so that numba types and compiles no copying code at all for a kind whose
+    # tiles never copy (compute_chunk, _panel_at: room is None).
+    if not copies_panels(marker_width(width_marker), marker_lanes(lanes_marker), like.dtype.bitwidth // 8):
+        return lambda width_marker, lanes_marker, like: (None, None)
+
+    def room_and_held(width_marker, lanes_marker, like):
+        held = np.empty(3, np.int64)
+        held[0], held[1], held[2] = -1, -1, -1
+        return np.empty(COPY_ROOM_BYTES // like.itemsize, like.dtype), held
+
+    return room_and_held
 
 
 @njit(cache=True, nogil=True)
@@ -564,27 +580,39 @@ def compute_chunk(job, chunk, n_chunks, room, held, row_marker, width_marker, la
     panels = numba.carray(_pointer(job[_JOB_PANELS], like), (n_group_rows, n_panels, width * group))
     panel_bias = numba.carray(_pointer(job[_JOB_BIAS], like), (n_panels, width))
     out = numba.carray(_pointer(job[_JOB_OUT], like), (n_pixels, job[_JOB_FILTERS]))
+    relu, tile_group, block = job[_JOB_RELU] != 0, job[_JOB_TILE_GROUP], job[_JOB_BLOCK]
     n_long, n_short = _tile_counts_inline(n_pixels, len(row_marker))
     n_pairs = (n_long + n_short) * n_panels
+    start, stop = chunk * n_pairs // n_chunks, (chunk + 1) * n_pairs // n_chunks
+    # This function only rebuilds the arrays from the job's addresses; the walk over the pairs works
+    # on them.  Where tiles may copy their panels, two walks, one that copies and one that does not,
+    # each compiled on its own: with the copying steps in the one walk, the RGB stem's 3-channel
+    # tiles, which never copy, ran at 0.7x.  For any other kind, one walk and no copying code
+    # (room is None: numba settles that branch by the types, before typing anything; typing the
+    # copying code too cost the cold start on the samples 0.35 s).
+    if room is None:
+        _compute_pairs(
+            False, room, held, pixels, panels, panel_bias, out, relu, tile_group, block, start, stop,
+            row_marker, width_marker, lanes_marker,
+        )  # fmt: skip
+        return
     if held[0] != job[JOB_NUMBER]:  # (a copy made for another job: its bank may have changed since)
         held[0], held[1], held[2] = job[JOB_NUMBER], -1, -1
-    # This function only rebuilds the arrays from the job's addresses; the loop over the pairs works on them.
-    _compute_pairs(
-        room,
-        held,
-        pixels,
-        panels,
-        panel_bias,
-        out,
-        job[_JOB_RELU] != 0,
-        job[_JOB_TILE_GROUP],
-        job[_JOB_BLOCK],
-        chunk * n_pairs // n_chunks,
-        (chunk + 1) * n_pairs // n_chunks,
-        row_marker,
-        width_marker,
-        lanes_marker,
+    copying = (
+        min(tile_group, n_long + n_short) > 1  # (a panel meets several tiles in turn)
+        and n_panels > 1
+        and min(block, n_channels) <= _COPY_ROWS  # (a copying tile's panel rows are one channel each)
     )
+    if copying:
+        _compute_pairs(
+            True, room, held, pixels, panels, panel_bias, out, relu, tile_group, block, start, stop,
+            row_marker, width_marker, lanes_marker,
+        )  # fmt: skip
+    else:
+        _compute_pairs(
+            False, room, held, pixels, panels, panel_bias, out, relu, tile_group, block, start, stop,
+            row_marker, width_marker, lanes_marker,
+        )  # fmt: skip
 
 
 def tile_counts(n_pixels, rows):
@@ -605,14 +633,11 @@ _marker_lanes_inline = njit(inline="always")(marker_lanes)
 _channel_group_inline = njit(inline="always")(channel_group)
 
 
-_copies_panels_inline = njit(inline="always")(copies_panels)
-
-
 # Inlined into compute_chunk: compiled apart (and linked), LLVM optimised its code once more in
 # compute_chunk, which cost a cold start 0.12-0.15 s and ran no faster (measured on one thread).
 @njit(inline="always")
 def _compute_pairs(
-    room, held, pixels, panels, panel_bias, out, relu, tile_group, block, start, stop,
+    copying, room, held, pixels, panels, panel_bias, out, relu, tile_group, block, start, stop,
     row_marker, width_marker, lanes_marker,
 ):  # fmt: skip
     """(pixel tile, panel) pairs start..stop-1, ``block`` channels at a time: every pair over the
@@ -625,38 +650,11 @@ def _compute_pairs(
     L2 while the group's pixels stay in L2 (see plan).  Blocks of channels keep the part of the bank
     that the pairs share small enough to stay in L2 while they all use it (see kernel._block).
 
-    Where tiles copy their panels (copies_panels) and a panel meets several tiles in turn, each
-    panel's rows of the block are copied into ``room`` first, and the tiles read the copy: two
-    walks over the pairs, one that copies and one that does not, each compiled on its own (with the
-    copying steps in the one walk, the walk over a 3-channel RGB stem took 0.8x the time).
+    When ``copying`` (see compute_chunk), the tiles read their panel from a copy of its rows of the
+    block in this thread's ``room``, made before the first of them (_panel_at); ``held`` says which
+    panel and block the room holds, so that the next chunk of this thread that goes on with them
+    need not copy them again.
     """
-    n_pixels, n_channels = pixels.shape
-    n_long, n_short = _tile_counts_inline(n_pixels, len(row_marker))
-    if (
-        kind_copies_panels(width_marker, lanes_marker, pixels)
-        and min(tile_group, n_long + n_short) > 1
-        and panels.shape[1] > 1
-        and min(block, n_channels) <= _COPY_ROWS  # (a copying tile's panel rows are one channel each)
-    ):
-        _walk_pairs(
-            True, room, held, pixels, panels, panel_bias, out, relu, tile_group, block, start, stop,
-            row_marker, width_marker, lanes_marker,
-        )  # fmt: skip
-    else:
-        _walk_pairs(
-            False, room, held, pixels, panels, panel_bias, out, relu, tile_group, block, start, stop,
-            row_marker, width_marker, lanes_marker,
-        )  # fmt: skip
-
-
-@njit(inline="always")
-def _walk_pairs(
-    copying, room, held, pixels, panels, panel_bias, out, relu, tile_group, block, start, stop,
-    row_marker, width_marker, lanes_marker,
-):  # fmt: skip
-    """_compute_pairs' walk over its pairs, with the panels read in place or, when ``copying``, from
-    a copy in room (held says which panel and block is there, so that the next chunk of this thread
-    need not copy it again)."""
     n_pixels, n_channels = pixels.shape
     rows = len(row_marker)
     short_marker = row_marker[1:]  # the tile one row shorter: its own unrolled code
@@ -664,8 +662,6 @@ def _walk_pairs(
     n_tiles, n_panels = n_long + n_short, panels.shape[1]
     group_size = min(tile_group, n_tiles)
     row_bytes = n_channels * pixels.itemsize
-    copy_step = panels.shape[2] * panels.itemsize  # a copied panel's rows, one after the other
-    copy_address = room.ctypes.data + (-room.ctypes.data) % _CACHE_LINE
     # (one pass even without channels: it writes the bias)
     for first_channel in range(0, max(n_channels, 1), block):
         n_block = min(block, n_channels - first_channel)
@@ -685,14 +681,7 @@ def _walk_pairs(
             else:
                 ahead = pixels.ctypes.data + min(t * rows, n_pixels - rows) * row_bytes
             channels = (first_channel, n_block)
-            if copying:
-                if held[1] != k or held[2] != first_channel:
-                    source = panels.ctypes.data + first_channel * panels.strides[0] + k * panels.strides[1]
-                    _copy_panel(source, panels.strides[0], copy_address, n_block, width_marker, lanes_marker, pixels)
-                    held[1], held[2] = k, first_channel
-                panel = (copy_address - first_channel * copy_step, copy_step)  # (row c at c * copy_step)
-            else:
-                panel = (panels.ctypes.data + k * panels.strides[1], panels.strides[0])
+            panel = _panel_at(copying, room, held, panels, k, first_channel, n_block, width_marker, lanes_marker)
             if t < n_long:
                 # (shifted back to end at n_pixels when there are no short tiles:
                 # it recomputes a few rows, same values, instead of a scalar remainder loop)
@@ -715,6 +704,36 @@ def _walk_pairs(
                     k = 0
                     group += 1
                     tiles_here = min(group_size, n_tiles - group * group_size)
+
+
+def _panel_at(copying, room, held, panels, k, first_channel, n_block, width_marker, lanes_marker):
+    """Panel k's rows of the block from first_channel as _tile takes them, (address, step): in the
+    packed bank, or, when ``copying``, in this thread's room (copied there unless ``held`` says they
+    are there already).  Compiled code only (its overload below)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(_panel_at, inline="always")
+def _panel_at_overload(copying, room, held, panels, k, first_channel, n_block, width_marker, lanes_marker):
+    if isinstance(room, types.NoneType):  # (no room, no copying code: see copy_room)
+
+        def in_place(copying, room, held, panels, k, first_channel, n_block, width_marker, lanes_marker):
+            return panels.ctypes.data + k * panels.strides[1], panels.strides[0]
+
+        return in_place
+
+    def in_place_or_copied(copying, room, held, panels, k, first_channel, n_block, width_marker, lanes_marker):
+        if not copying:
+            return panels.ctypes.data + k * panels.strides[1], panels.strides[0]
+        address = room.ctypes.data + (-room.ctypes.data) % _CACHE_LINE
+        if held[1] != k or held[2] != first_channel:
+            source = panels.ctypes.data + first_channel * panels.strides[0] + k * panels.strides[1]
+            _copy_panel(source, panels.strides[0], address, n_block, width_marker, lanes_marker, panels)
+            held[1], held[2] = k, first_channel
+        step = panels.shape[2] * panels.itemsize  # (the copy's rows one after the other)
+        return address - first_channel * step, step
+
+    return in_place_or_copied
 
 
 @njit(inline="always")
@@ -781,9 +800,11 @@ def plan(pixels, panels, out, block, rows, n_panels, copies):
 
 @njit(inline="always")
 def kind_copies_panels(width_marker, lanes_marker, like):
-    """copies_panels for the tile of these markers and like's dtype (a constant, compiled)."""
-    width, lanes = _marker_width_inline(width_marker), _marker_lanes_inline(lanes_marker)
-    return _copies_panels_inline(width, lanes, like.itemsize)
+    """copies_panels for the tile of these markers and like's dtype (a constant, compiled).  (Written
+    out rather than calling the marker functions: every inlined call is numba IR copied once more,
+    and the copies of this function's calls cost a cold start 0.1 s.)"""
+    width = 2 << len(width_marker)
+    return width > 1 << len(lanes_marker) and width * like.itemsize <= _CACHE_LINE
 
 
 @njit(inline="always")
@@ -804,5 +825,5 @@ def run_alone(pixels, panels, panel_bias, out, relu, block, row_marker, width_ma
     job = np.empty(JOB_FIELDS, np.int64)
     describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, 1, n_panels)
     job[JOB_NUMBER] = 0
-    room, held = copy_room(like)
+    room, held = copy_room(width_marker, lanes_marker, like)
     compute_chunk(job, 0, 1, room, held, row_marker, width_marker, lanes_marker, like)
