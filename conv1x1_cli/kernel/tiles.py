@@ -56,7 +56,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
 
 from ..costs.packing import channel_group
 from .target import simd_unit
@@ -502,7 +502,8 @@ def _copy_panel(typingctx, source, source_step, target, n_rows, width_marker, la
             source_row = builder.gep(source_rows, [builder.mul(loop.index, args[1])])
             target_row = builder.gep(target_rows, [builder.mul(loop.index, code.intp(row_bytes))])
             for v, value in enumerate(code.load_vectors(source_row, code.vector, code.n_vectors)):
-                builder.store(value, code.vector_pointer(target_row, v, code.vector), align=code.itemsize * code.lanes)
+                target = code.vector_pointer(target_row, v, code.vector)
+                builder.store(value, target, align=code.itemsize * code.lanes)
         return context.get_dummy_value()
 
     return signature, codegen
@@ -545,26 +546,12 @@ def copies_panels(width, lanes, itemsize):
     return width > lanes and width * itemsize <= _CACHE_LINE
 
 
-def copy_room(width_marker, lanes_marker, like):
-    """A thread's room for panel copies and what it holds, (job number, panel, first channel), for a
-    kind whose tiles copy their panels (copies_panels); (None, None) for any other.  Compiled code
-    only (its overload below)."""
-    raise NotImplementedError("compiled code only")
-
-
-@overload(copy_room, inline="always")
-def _copy_room_overload(width_marker, lanes_marker, like):
-    # Decided by the types, so that numba types and compiles no copying code at all for a kind whose
-    # tiles never copy (compute_chunk, _panel_at: room is None).
-    if not copies_panels(marker_width(width_marker), marker_lanes(lanes_marker), like.dtype.bitwidth // 8):
-        return lambda width_marker, lanes_marker, like: (None, None)
-
-    def room_and_held(width_marker, lanes_marker, like):
-        held = np.empty(3, np.int64)
-        held[0], held[1], held[2] = -1, -1, -1
-        return np.empty(COPY_ROOM_BYTES // like.itemsize, like.dtype), held
-
-    return room_and_held
+@njit(inline="always")
+def copy_room(like):
+    """A thread's room for panel copies, and what it holds: (job number, panel, first channel)."""
+    held = np.empty(3, np.int64)
+    held[0], held[1], held[2] = -1, -1, -1
+    return np.empty(COPY_ROOM_BYTES // like.itemsize, like.dtype), held
 
 
 @njit(cache=True, nogil=True)
@@ -584,35 +571,19 @@ def compute_chunk(job, chunk, n_chunks, room, held, row_marker, width_marker, la
     n_long, n_short = _tile_counts_inline(n_pixels, len(row_marker))
     n_pairs = (n_long + n_short) * n_panels
     start, stop = chunk * n_pairs // n_chunks, (chunk + 1) * n_pairs // n_chunks
-    # This function only rebuilds the arrays from the job's addresses; the walk over the pairs works
-    # on them.  Where tiles may copy their panels, two walks, one that copies and one that does not,
-    # each compiled on its own: with the copying steps in the one walk, the RGB stem's 3-channel
-    # tiles, which never copy, ran at 0.7x.  For any other kind, one walk and no copying code
-    # (room is None: numba settles that branch by the types, before typing anything; typing the
-    # copying code too cost the cold start on the samples 0.35 s).
-    if room is None:
-        _compute_pairs(
-            False, room, held, pixels, panels, panel_bias, out, relu, tile_group, block, start, stop,
-            row_marker, width_marker, lanes_marker,
-        )  # fmt: skip
-        return
     if held[0] != job[JOB_NUMBER]:  # (a copy made for another job: its bank may have changed since)
         held[0], held[1], held[2] = job[JOB_NUMBER], -1, -1
     copying = (
-        min(tile_group, n_long + n_short) > 1  # (a panel meets several tiles in turn)
+        kind_copies_panels(width_marker, lanes_marker, like)
+        and min(tile_group, n_long + n_short) > 1  # (a panel meets several tiles in turn)
         and n_panels > 1
         and min(block, n_channels) <= _COPY_ROWS  # (a copying tile's panel rows are one channel each)
     )
-    if copying:
-        _compute_pairs(
-            True, room, held, pixels, panels, panel_bias, out, relu, tile_group, block, start, stop,
-            row_marker, width_marker, lanes_marker,
-        )  # fmt: skip
-    else:
-        _compute_pairs(
-            False, room, held, pixels, panels, panel_bias, out, relu, tile_group, block, start, stop,
-            row_marker, width_marker, lanes_marker,
-        )  # fmt: skip
+    # This function only rebuilds the arrays from the job's addresses; the walk over the pairs works on them.
+    _compute_pairs(
+        copying, room, held, pixels, panels, panel_bias, out, relu, tile_group, block, start, stop,
+        row_marker, width_marker, lanes_marker,
+    )  # fmt: skip
 
 
 def tile_counts(n_pixels, rows):
@@ -706,34 +677,20 @@ def _compute_pairs(
                     tiles_here = min(group_size, n_tiles - group * group_size)
 
 
+@njit(inline="always")
 def _panel_at(copying, room, held, panels, k, first_channel, n_block, width_marker, lanes_marker):
     """Panel k's rows of the block from first_channel as _tile takes them, (address, step): in the
     packed bank, or, when ``copying``, in this thread's room (copied there unless ``held`` says they
-    are there already).  Compiled code only (its overload below)."""
-    raise NotImplementedError("compiled code only")
-
-
-@overload(_panel_at, inline="always")
-def _panel_at_overload(copying, room, held, panels, k, first_channel, n_block, width_marker, lanes_marker):
-    if isinstance(room, types.NoneType):  # (no room, no copying code: see copy_room)
-
-        def in_place(copying, room, held, panels, k, first_channel, n_block, width_marker, lanes_marker):
-            return panels.ctypes.data + k * panels.strides[1], panels.strides[0]
-
-        return in_place
-
-    def in_place_or_copied(copying, room, held, panels, k, first_channel, n_block, width_marker, lanes_marker):
-        if not copying:
-            return panels.ctypes.data + k * panels.strides[1], panels.strides[0]
-        address = room.ctypes.data + (-room.ctypes.data) % _CACHE_LINE
-        if held[1] != k or held[2] != first_channel:
-            source = panels.ctypes.data + first_channel * panels.strides[0] + k * panels.strides[1]
-            _copy_panel(source, panels.strides[0], address, n_block, width_marker, lanes_marker, panels)
-            held[1], held[2] = k, first_channel
-        step = panels.shape[2] * panels.itemsize  # (the copy's rows one after the other)
-        return address - first_channel * step, step
-
-    return in_place_or_copied
+    are there already)."""
+    if not copying:
+        return panels.ctypes.data + k * panels.strides[1], panels.strides[0]
+    address = room.ctypes.data + (-room.ctypes.data) % _CACHE_LINE
+    if held[1] != k or held[2] != first_channel:
+        source = panels.ctypes.data + first_channel * panels.strides[0] + k * panels.strides[1]
+        _copy_panel(source, panels.strides[0], address, n_block, width_marker, lanes_marker, panels)
+        held[1], held[2] = k, first_channel
+    step = panels.shape[2] * panels.itemsize  # (the copy's rows one after the other)
+    return address - first_channel * step, step
 
 
 @njit(inline="always")
@@ -825,5 +782,5 @@ def run_alone(pixels, panels, panel_bias, out, relu, block, row_marker, width_ma
     job = np.empty(JOB_FIELDS, np.int64)
     describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, 1, n_panels)
     job[JOB_NUMBER] = 0
-    room, held = copy_room(width_marker, lanes_marker, like)
+    room, held = copy_room(like)
     compute_chunk(job, 0, 1, room, held, row_marker, width_marker, lanes_marker, like)

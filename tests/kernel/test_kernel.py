@@ -234,14 +234,11 @@ def test_pairs_taken_in_groups_of_tiles_are_each_computed_once(
     panel_bias = packed.panel_bias.reshape(packed.n_panels, -1)
     # (one thread's room for panel copies, kept from chunk to chunk, as the threads keep theirs; and
     # whether the tiles copy, as compute_chunk decides it)
-    copies = copies_panels_of(packed)
-    room, held = (np.empty(COPY_ROOM_BYTES // 4, np.float32), np.full(3, -1, np.int64)) if copies else (None, None)
-    copying = copies and min(tile_group, n_long + n_short) > 1 and packed.n_panels > 1
+    room, held = np.empty(COPY_ROOM_BYTES // 4, np.float32), np.full(3, -1, np.int64)
+    copying = copies_panels_of(packed) and min(tile_group, n_long + n_short) > 1 and packed.n_panels > 1
     for chunk in range(n_chunks):
         start, stop = chunk * n_pairs // n_chunks, (chunk + 1) * n_pairs // n_chunks
-        _compute_pairs(
-            copying, room, held, x, panels, panel_bias, out, True, tile_group, block, start, stop, *markers
-        )
+        _compute_pairs(copying, room, held, x, panels, panel_bias, out, True, tile_group, block, start, stop, *markers)
     np.testing.assert_array_equal(out, convolve(x, w, b, threads=1))
     assert_close_to_reference(out, x, w, b)
 
