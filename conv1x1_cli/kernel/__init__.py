@@ -30,7 +30,9 @@ how pixels are covered by tiles.
   (``_grouped_panels``: a few KiB, as such banks are narrow).  The bank is not copied into
   a panel-major layout (``panels[k, c, :]``): the public API packs on every
   call, and on few-pixel, big-bank layers (7x7x2048->512) such a copy costs as
-  much as the product itself.
+  much as the product itself.  Tiles whose panel rows are a cache line or less
+  (AVX2) copy one panel at a time instead, as a group of pixel tiles needs it
+  (``tiles.copies_panels``).
 * Work split.  The (pixel tile, panel) pairs are ordered pixel-major (a pixel
   tile stays in L1 while it meets every panel) unless there are fewer pixels
   than filters, where they are panel-major (a panel stays in L2 while it meets
