@@ -284,7 +284,7 @@ def run_pooled(
     n_chunks = _chunk_count(pixels, n_panels, tile_group, block, n_pairs, n_threads)
     describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels)
     job[JOB_NUMBER] += 1  # (a worker's copy of a panel from an earlier job is stale now)
-    room, held = copy_room(like)
+    room, held = copy_room(like, copies and tile_group > 1 and n_panels > 1)
     _atomic_store(control, _DONE, 0)
     main_cpu = _sched_getcpu()
     _atomic_store(control, _MAIN_CPU, main_cpu)
@@ -340,7 +340,8 @@ def serve(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_marker, w
     waited for the GIL behind the calling thread for milliseconds.
     """
     idle = 0
-    room, held = copy_room(like)  # (kept from job to job: held says whose copy it holds)
+    # (kept from job to job: held says whose copy it holds)
+    room, held = copy_room(like, kind_copies_panels(width_marker, lanes_marker, like))
     avoided = NO_CPU  # the caller's CPU, which this worker is kept off while it is awake
     published_cpu = NO_CPU  # what this worker's line in _WORKER_CPUS says
     my_segment, my_cpu_slot = _SEGMENTS + me * _LINE, _WORKER_CPUS + me * _LINE
@@ -461,7 +462,7 @@ def run_portable(pixels, panels, panel_bias, out, relu, block, n_threads, row_ma
     describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels)
     job[JOB_NUMBER] = 0
     for thread in numba.prange(n_threads):
-        room, held = copy_room(like)
+        room, held = copy_room(like, copies and tile_group > 1 and n_panels > 1)
         for chunk in range(thread * n_chunks // n_threads, (thread + 1) * n_chunks // n_threads):
             compute_chunk(job, chunk, n_chunks, room, held, row_marker, width_marker, lanes_marker, like)
 

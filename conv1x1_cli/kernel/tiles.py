@@ -555,11 +555,12 @@ def copies_panels(width, lanes, itemsize):
 
 
 @njit(inline="always")
-def copy_room(like):
-    """A thread's room for panel copies, and what it holds: (job number, panel, first channel)."""
+def copy_room(like, copies):
+    """A thread's room for panel copies, and what it holds: (job number, panel, first channel).  The
+    room is empty unless ``copies``: a call that will not copy allocates 48 KiB less."""
     held = np.empty(3, np.int64)
     held[0], held[1], held[2] = -1, -1, -1
-    return np.empty(COPY_ROOM_BYTES // like.itemsize, like.dtype), held
+    return np.empty(COPY_ROOM_BYTES // like.itemsize if copies else 0, like.dtype), held
 
 
 @njit(cache=True, nogil=True)
@@ -586,6 +587,7 @@ def compute_chunk(job, chunk, n_chunks, room, held, row_marker, width_marker, la
         and min(tile_group, n_long + n_short) > 1  # (a panel meets several tiles in turn)
         and n_panels > 1
         and min(block, n_channels) <= _COPY_ROWS  # (a copying tile's panel rows are one channel each)
+        and len(room) * room.itemsize >= COPY_ROOM_BYTES  # (a room was made: see copy_room)
     )
     # This function only rebuilds the arrays from the job's addresses; the walk over the pairs works on them.
     _compute_pairs(
@@ -790,5 +792,5 @@ def run_alone(pixels, panels, panel_bias, out, relu, block, row_marker, width_ma
     job = np.empty(JOB_FIELDS, np.int64)
     describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, 1, n_panels)
     job[JOB_NUMBER] = 0
-    room, held = copy_room(like)
+    room, held = copy_room(like, copies and tile_group > 1 and n_panels > 1)
     compute_chunk(job, 0, 1, room, held, row_marker, width_marker, lanes_marker, like)
