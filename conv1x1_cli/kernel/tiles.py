@@ -30,7 +30,7 @@
   (``copy_room``, ``_panel_at``), and the tiles read the copy; ``plan`` takes
   the tiles in groups for such kinds as soon as the bank's block outgrows
   16 KiB.  On a Zen 3 host (AVX2 only) bench's compute-bound layers went from a
-  median of 71-73 to 81 % of the FMA peak.
+  median of 70-73 to 80 % of the FMA peak.
 * Prefetching.  Each step of the channel loop asks for its share of the pixel
   rows a few tiles on, about a cache line a step (``_TileCode.prefetch_share``):
   the hyperspectral 512x512x200->8 reduction, which streams its input from
@@ -768,8 +768,8 @@ def plan(pixels, panels, out, block, rows, n_panels, copies):
 @njit(inline="always")
 def kind_copies_panels(width_marker, lanes_marker, like):
     """copies_panels for the tile of these markers and like's dtype (a constant, compiled).  (Written
-    out rather than calling the marker functions: every inlined call is numba IR copied once more,
-    and the copies of this function's calls cost a cold start 0.1 s.)"""
+    out rather than calling the marker functions: every inlined call is numba IR copied and typed
+    once more, and typing is most of a first compilation.)"""
     width = 2 << len(width_marker)
     return width > 1 << len(lanes_marker) and width * like.itemsize <= _CACHE_LINE
 
