@@ -612,6 +612,7 @@ _tile_counts_inline = njit(inline="always")(tile_counts)
 _marker_width_inline = njit(inline="always")(marker_width)
 _marker_lanes_inline = njit(inline="always")(marker_lanes)
 _channel_group_inline = njit(inline="always")(channel_group)
+_copies_panels_inline = njit(inline="always")(copies_panels)
 
 
 # Inlined into compute_chunk: compiled apart (and linked), LLVM optimised its code once more in
@@ -767,11 +768,9 @@ def plan(pixels, panels, out, block, rows, n_panels, copies):
 
 @njit(inline="always")
 def kind_copies_panels(width_marker, lanes_marker, like):
-    """copies_panels for the tile of these markers and like's dtype (a constant, compiled).  (Written
-    out rather than calling the marker functions: every inlined call is numba IR copied and typed
-    once more, and typing is most of a first compilation.)"""
-    width = 2 << len(width_marker)
-    return width > 1 << len(lanes_marker) and width * like.itemsize <= _CACHE_LINE
+    """copies_panels for the tile of these markers and like's dtype (a constant, compiled)."""
+    width, lanes = _marker_width_inline(width_marker), _marker_lanes_inline(lanes_marker)
+    return _copies_panels_inline(width, lanes, like.itemsize)
 
 
 @njit(inline="always")
