@@ -792,4 +792,6 @@ def run_alone(pixels, panels, panel_bias, out, relu, block, row_marker, width_ma
     describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, 1, n_panels)
     job[JOB_NUMBER] = 0
     room, held = copy_room(like, copies and tile_group > 1 and n_panels > 1)
-    compute_chunk(job, 0, 1, room, held, row_marker, width_marker, lanes_marker, like)
+    # (chunk 0 of 1 as int64s, not literal ints: numba would compile compute_chunk once more for
+    # Literal[int](0) and Literal[int](1) in a process that also runs the pool's code, which passes int64s)
+    compute_chunk(job, np.int64(0), np.int64(1), room, held, row_marker, width_marker, lanes_marker, like)
