@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .costs.volume import ACTIVATIONS, checked_choice
+from .costs.volume import ACTIVATIONS, checked_choice, checked_threads
 from .engine.arrays import checked_out, convolve_array
 from .engine.report import ApplyReport
 from .engine.stack import one_layer_function
@@ -67,6 +67,8 @@ def conv1x1(
     A ``dask.array.Array`` input (with the ``dask`` extra installed) gives a lazy Dask array: the
     kernel runs block by block through ``map_blocks``.
     """
+    if threads is not None:
+        threads = checked_threads(threads)
     if weights_layout == "cf" and _is_plain_call(x, w, bias, layout):
         relu = activation == "relu" or checked_choice(activation, ACTIVATIONS, "activation") == "relu"
         # (w is an ndarray and bias one or None, as _is_plain_call found them: typing.cast cost 0.1 us a call)
@@ -156,6 +158,7 @@ def check_apply_options(input_path: str, weight_paths: Sequence[str], output_pat
     """What ``apply`` refuses before it reads anything (ArgumentError): standard input named twice,
     and options for stores (chunks, codec, storage options) on a run of .npy files. The CLI checks
     them before its progress bar starts."""
+    checked_threads(options.threads)
     check_stdin_read_once([input_path, *weight_paths, *options.bias_paths])
     if runs_on_cluster(input_path, output_path, options.scheduler):
         return

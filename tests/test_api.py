@@ -184,6 +184,31 @@ def test_threads_option_gives_the_same_answer(rng):
     np.testing.assert_array_equal(conv1x1(x, w, threads=1), conv1x1(x, w))
 
 
+@pytest.mark.parametrize(
+    ("threads", "message"),
+    [
+        (True, "threads must be a whole number of threads"),
+        (2.0, "threads must be a whole number of threads"),
+        ("2", "threads must be a whole number of threads"),
+        (0, "threads must be >= 1, got 0"),
+        (-2, "threads must be >= 1, got -2"),
+    ],
+)
+@pytest.mark.parametrize("call", ["one bank", "a list of banks", "a Dask array"])
+def test_thread_counts_that_are_not_whole_numbers_from_one_up_are_refused(threads, message, call):
+    """threads=True would have run on one thread (True is 1); a Dask array's run took 0 as 1."""
+    x, w = np.ones((3, 4, 8), np.float32), np.ones((8, 5), np.float32)
+    if call == "a Dask array":
+        x = pytest.importorskip("dask.array").from_array(x, chunks=(3, 2, 8))
+    with pytest.raises(ArgumentError, match=message):
+        conv1x1(x, [w] if call == "a list of banks" else w, threads=threads)
+
+
+def test_numpy_integer_thread_counts_are_taken(rng):
+    x, w = rng.standard_normal((40, 8)).astype(np.float32), rng.standard_normal((8, 5)).astype(np.float32)
+    np.testing.assert_array_equal(conv1x1(x, w, threads=np.int64(2)), conv1x1(x, w, threads=2))
+
+
 LEAVES_THREADS_ALONE = """
 import json, os, sys
 import numpy as np

@@ -5,6 +5,7 @@ Pure Python: exact integers, no NumPy, so ``conv1x1 shapes`` starts instantly.
 
 from __future__ import annotations
 
+import operator
 import re
 from dataclasses import dataclass
 
@@ -54,6 +55,22 @@ def checked_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     if value not in choices:
         raise ArgumentError(f"{what} must be one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+def checked_threads(threads: object) -> int | None:
+    """``threads`` as an int if it is a whole number >= 1, or None; else an ArgumentError.  A bool is
+    refused: ``threads=True`` reads as "use threads" but, being 1, would run on one thread."""
+    if threads is None:
+        return None
+    try:
+        if isinstance(threads, bool):
+            raise TypeError
+        count = operator.index(threads)  # (ints and NumPy's integers, not floats or strings)
+    except TypeError:
+        raise ArgumentError(f"threads must be a whole number of threads (or None), got {threads!r}") from None
+    if count < 1:
+        raise ArgumentError(f"threads must be >= 1, got {count}")
+    return count
 
 
 def parse_positive(text: str, what: str) -> int:

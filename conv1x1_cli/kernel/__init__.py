@@ -586,6 +586,9 @@ def _block(n_channels: int, cut: _Cut) -> int:
 
 
 def _single_threaded(threads: int | None, work: int) -> bool:
-    if threads is not None and operator.index(threads) < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+    if threads is not None:
+        if threads.__class__ is bool:  # (True is 1: it would run on one thread)
+            raise TypeError(f"threads must be a number of threads, not a bool, got {threads}")
+        if operator.index(threads) < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
     return threads == 1 or work < SERIAL_WORK

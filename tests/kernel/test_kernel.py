@@ -799,6 +799,14 @@ def test_invalid_thread_count_is_refused_even_with_nothing_to_compute(pixels, fi
         )
 
 
+def test_a_bool_is_not_a_thread_count():
+    """threads=True is 1 to Python: it would have run on one thread, not on every core."""
+    packed = kernel.pack_bank(np.ones((4, 8), np.float32), None)
+    out = np.zeros((3000, 8), np.float32)
+    with pytest.raises(TypeError, match="not a bool"):
+        kernel.apply_packed(np.ones((3000, 4), np.float32), packed, out, True, threads=True)
+
+
 def read_only(array):
     array.setflags(write=False)
     return array
