@@ -65,7 +65,7 @@ def checked_threads(threads: object) -> int | None:
     try:
         if isinstance(threads, bool):
             raise TypeError
-        count = operator.index(threads)  # (ints and NumPy's integers, not floats or strings)
+        count = operator.index(threads)  # type: ignore[arg-type]  # (ints and NumPy's integers; TypeError else)
     except TypeError:
         raise ArgumentError(f"threads must be a whole number of threads (or None), got {threads!r}") from None
     if count < 1:
