@@ -5,7 +5,6 @@ Pure Python: exact integers, no NumPy, so ``conv1x1 shapes`` starts instantly.
 
 from __future__ import annotations
 
-import operator
 import re
 from dataclasses import dataclass
 
@@ -62,12 +61,10 @@ def checked_threads(threads: object) -> int | None:
     refused: ``threads=True`` reads as "use threads" but, being 1, would run on one thread."""
     if threads is None:
         return None
-    try:
-        if isinstance(threads, bool):
-            raise TypeError
-        count = operator.index(threads)  # type: ignore[arg-type]  # (ints and NumPy's integers; TypeError else)
-    except TypeError:
-        raise ArgumentError(f"threads must be a whole number of threads (or None), got {threads!r}") from None
+    as_index = getattr(type(threads), "__index__", None)  # (ints and NumPy's integers have one)
+    if as_index is None or isinstance(threads, bool):
+        raise ArgumentError(f"threads must be a whole number of threads (or None), got {threads!r}")
+    count = int(as_index(threads))
     if count < 1:
         raise ArgumentError(f"threads must be >= 1, got {count}")
     return count
