@@ -90,31 +90,19 @@ def channel_group(width: int, lanes: int) -> int:
 
 
 def panel_count(filters: int, itemsize: int, simd: SimdUnit = AVX512) -> int:
-    """How many panels of the tile's width the packed bank's rows hold: enough to cover ``filters``
-    filters, and one more (zeros, never stored) when their rows would be a whole number of 4 KiB
-    apart and a panel's row is one cache line or less.
+    """How many panels of the tile's width the packed bank's rows hold: enough to cover ``filters``.
 
-    Such rows (1024 float32 or 512 float64 filters in AVX2's 64-byte panels) all fall into one set
-    of a 64-set L1 and into a sixty-fourth of L2's sets (a Zen 5 core's: 1024 sets of 16 ways), so a
-    panel's rows cannot stay in either while the tiles use them. With
-    AVX2 on a Zen 5 host, one thread: 56x56x256->1024 ran at 84 GFLOP/s against 121 with 1040
-    filters, float64 at 32 against 60; 14x14x512->512 float64 at 41 against 60 with 520.  The spare
-    panel's tiles store nothing (none of its filters exists) and cost 1/65 more multiply-adds."""
+    (Banks whose rows are a whole number of 4 KiB apart, 1024 float32 or 512 float64 filters in
+    AVX2's 64-byte panels, used to get a spare panel of zeros, so that a panel's rows did not all
+    fall into one set of L1.  Tiles with panels that narrow now read a panel from a contiguous copy
+    whenever several pixel tiles use it (kernel.tiles.copies_panels), and the spare panel only cost
+    a copy of the whole bank on every call: 7x7x1024->1024 ran 1.8x faster without it on a Zen 1 host.)"""
     width = tile_shape(filters, itemsize, simd)[1]
-    count = -(-filters // width)
-    row_bytes = count * width * itemsize
-    if width * itemsize <= _CACHE_LINE_BYTES and row_bytes % _SET_STRIDE_BYTES == 0:
-        return count + 1
-    return count
-
-
-_CACHE_LINE_BYTES = 64
-_SET_STRIDE_BYTES = 4096  # addresses this far apart share a set of L1 (and of L2, in fewer ways)
+    return -(-filters // width)
 
 
 def padded_filters(filters: int, itemsize: int, simd: SimdUnit = AVX512) -> int:
-    """``filters`` rounded up to whole panels (and a spare one, see panel_count): the width of the
-    packed bank."""
+    """``filters`` rounded up to whole panels: the width of the packed bank."""
     return panel_count(filters, itemsize, simd) * tile_shape(filters, itemsize, simd)[1]
 
 

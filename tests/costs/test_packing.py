@@ -76,18 +76,18 @@ def test_the_planners_count_is_at_least_what_any_unit_packs(unit):
 @pytest.mark.parametrize(
     ("unit", "filters", "itemsize", "panels"),
     [
-        (AVX2, 1024, 4, 65),  # 64 panels of 16 float32: rows 4 KiB apart, so one spare
-        (AVX2, 2048, 4, 129),
-        (AVX2, 512, 8, 65),  # 64 panels of 8 float64
-        (AVX2, 512, 4, 32),  # rows 2 KiB apart: no spare
-        (AVX2, 1000, 4, 63),
-        (AVX512, 1024, 4, 16),  # 256-byte panel rows: four lines of a row in four sets, no spare
+        (AVX2, 1024, 4, 64),  # 64 panels of 16 float32 (rows 4 KiB apart: the tiles read copies of them)
+        (AVX2, 2048, 4, 128),
+        (AVX2, 512, 8, 64),  # 64 panels of 8 float64
+        (AVX2, 512, 4, 32),
+        (AVX2, 1000, 4, 63),  # the last one partly filled
+        (AVX512, 1024, 4, 16),
         (AVX512, 64, 4, 1),
-        (NEON, 1024, 4, 65),
-        (GENERIC, 512, 8, 129),  # 4 float64 a panel (32 bytes): 128 panels, rows 4 KiB apart
+        (NEON, 1024, 4, 64),
+        (GENERIC, 512, 8, 128),  # 4 float64 a panel (32 bytes)
     ],
 )
-def test_rows_a_whole_number_of_4_kib_apart_get_a_spare_panel(unit, filters, itemsize, panels):
+def test_the_panels_just_cover_the_filters(unit, filters, itemsize, panels):
     assert panel_count(filters, itemsize, unit) == panels
 
 
