@@ -16,7 +16,7 @@ params, not weights (the MobileNet paper counts weights only).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 
 from .layers import roofline_entry
@@ -95,9 +95,11 @@ class ModelLayerCost:
     flops: int
     bytes_moved: int  # input + output + parameters, in the model's dtype
     itemsize: int  # bytes per element of the model's weights
+    bias_name: str | None = None  # the bias tensor's name in the file (None: no bias, or not named)
 
     def as_dict(self, limits: MachineLimits | None = None) -> dict:
         row = asdict(self)
+        del row["bias_name"]  # (only for counting a shared bias once; the rows name the weight as before)
         for key in ("input", "output", "kernel", "stride"):
             row[key] = list(row[key])
         if limits is not None:
@@ -145,10 +147,8 @@ def spec_cost(spec: LayerSpec) -> ModelLayerCost:
         flops=2 * macs + (output_positions * filters if spec.bias else 0),
         bytes_moved=moved,
         itemsize=spec.itemsize,
+        bias_name=spec.bias_name,
     )
-
-
-_PARAMETER_FIELDS = ("weights", "bias", "params")
 
 
 @dataclass(frozen=True)
@@ -165,34 +165,32 @@ class ModelCost:
         return self.selected_from or self
 
     def total(self, field: str) -> int:
-        """The sum of ``field`` over the layers; in weights, bias and params, a weight tensor that
-        several layers use (one module applied twice) counts once, as PyTorch counts parameters."""
-        layers = self._one_per_weight() if field in _PARAMETER_FIELDS else self.layers
-        return sum(getattr(layer, field) for layer in layers)
+        """The sum of ``field`` over the layers; in weights, bias and params, a tensor that several
+        layers use (one module applied twice) counts once, as PyTorch counts parameters."""
+        if field == "params":
+            return self.total("weights") + self.total("bias")
+        if field == "weights":
+            return sum(layer.weights for layer in _first_use(self.layers, lambda layer: layer.weight))
+        if field == "bias":
+            return sum(layer.bias for layer in _first_use(self.layers, lambda layer: layer.bias_name))
+        return sum(getattr(layer, field) for layer in self.layers)
 
     def by_kind(self) -> dict[str, dict[str, int]]:
         """Layers, MACs, weights, params and FLOPs of each kind present, in KINDS order (weights and
-        params counting a shared weight tensor once, as ``total`` does)."""
+        params counting a shared tensor once, as ``total`` does)."""
         every_use = _by_kind(self.layers, ("macs", "flops"))
-        once = _by_kind(self._one_per_weight(), ("weights", "params"))
+        weights_once = _by_kind(_first_use(self.layers, lambda layer: layer.weight), ("weights",))
+        biases_once = _by_kind(_first_use(self.layers, lambda layer: layer.bias_name), ("bias",))
         return {
             kind: {
                 "layers": entry["layers"],
                 "macs": entry["macs"],
-                "weights": once[kind]["weights"],
-                "params": once[kind]["params"],
+                "weights": weights_once.get(kind, {}).get("weights", 0),
+                "params": weights_once.get(kind, {}).get("weights", 0) + biases_once.get(kind, {}).get("bias", 0),
                 "flops": entry["flops"],
             }
             for kind, entry in every_use.items()
         }
-
-    def _one_per_weight(self) -> list[ModelLayerCost]:
-        """The layers, the first of those sharing a weight tensor standing for them all (they share its
-        bias too: one module)."""
-        first: dict[str, ModelLayerCost] = {}
-        for layer in self.layers:
-            first.setdefault(layer.weight, layer)
-        return list(first.values())
 
     def selected(self, kinds: Iterable[str] = (), sort: str = "order") -> ModelCost:
         """Only the layers of ``kinds`` (all when empty), sorted by ``sort`` (largest first; the file's
@@ -227,6 +225,23 @@ class ModelCost:
 
 def _share(part: int, whole: int) -> float:
     return 100.0 * part / whole if whole else 0.0
+
+
+def _first_use(
+    layers: Iterable[ModelLayerCost], tensor: Callable[[ModelLayerCost], str | None]
+) -> list[ModelLayerCost]:
+    """The layers, less those that use a tensor (named by ``tensor``) that a layer before them uses: a
+    weight or a bias that several layers share is counted at its first use.  Layers whose tensor has
+    no name (no bias) are all kept."""
+    seen: set[str] = set()
+    first = []
+    for layer in layers:
+        name = tensor(layer)
+        if name is None or name not in seen:
+            first.append(layer)
+        if name is not None:
+            seen.add(name)
+    return first
 
 
 def _by_kind(items: Iterable[ModelLayerCost | TensorCost], fields: tuple[str, ...]) -> dict[str, dict[str, int]]:

@@ -58,10 +58,11 @@ def small_model(tmp_path):
 
 def costs_of_eight_channel_convs(path, nodes) -> dict:
     """``conv1x1 model``'s JSON for a graph of these nodes over a (1, 8, 10, 10) input, with an (8, 8, 1, 1)
-    weight "w" of ones and a bias "b" of zeros, saved at ``path``."""
+    weight "w" of ones and biases "b" of zeros and "b2" of ones, saved at ``path``."""
     initializers = [
         numpy_helper.from_array(np.ones((8, 8, 1, 1), np.float32), "w"),
         numpy_helper.from_array(np.zeros(8, np.float32), "b"),
+        numpy_helper.from_array(np.ones(8, np.float32), "b2"),
     ]
     graph = helper.make_graph(
         nodes,
@@ -117,6 +118,22 @@ def test_a_weight_two_layers_share_counts_once_in_the_parameters(tmp_path):
     assert data["totals"] == {"weights": 64, "bias": 8, "params": 72, "macs": 12800, "flops": 27200}
     pointwise = data["by_kind"]["pointwise"]
     assert (pointwise["layers"], pointwise["weights"], pointwise["params"], pointwise["macs"]) == (2, 64, 72, 12800)
+
+
+def test_a_weight_two_layers_share_with_biases_of_their_own_counts_each_bias(tmp_path):
+    """One weight tensor, two bias tensors (as a file whose equal initializers were merged holds them):
+    the weight counts once in the parameters, each bias once."""
+    data = costs_of_eight_channel_convs(
+        tmp_path / "shared_weight.onnx",
+        [
+            helper.make_node("Conv", ["input", "w", "b"], ["a"], name="first"),
+            helper.make_node("Conv", ["a", "w", "b2"], ["output"], name="second"),
+        ],
+    )
+    assert [(layer["name"], layer["params"]) for layer in data["layers"]] == [("first", 72), ("second", 72)]
+    assert data["totals"] == {"weights": 64, "bias": 16, "params": 80, "macs": 12800, "flops": 27200}
+    pointwise = data["by_kind"]["pointwise"]
+    assert (pointwise["layers"], pointwise["weights"], pointwise["params"]) == (2, 64, 80)
 
 
 def test_counts_worked_by_hand(small_model):

@@ -106,3 +106,17 @@ def test_listing_pairs_biases_by_name_and_counts_the_rest():
     ]
     assert (listing["other_tensors"], listing["other_values"]) == (2, 16)
     assert listing["totals"] == {"weights": 96, "params": 106, "macs": None}
+
+
+def test_a_shared_weight_counts_once_and_each_bias_tensor_once():
+    """Parameters count each tensor once, whichever layers use it: a weight two layers share, a bias
+    two layers share, and a bias of one's own (the MACs count every use)."""
+
+    def pointwise(name, weight, bias_name):
+        return LayerSpec(name, "Conv", weight, bias_name, (1, 4, 2, 2), (1, 4, 2, 2), (1, 1), (1, 1), (1, 1), 1, 4)
+
+    layers = [pointwise("a", "w", "b"), pointwise("b", "w", "b"), pointwise("c", "w", "c.bias")]
+    cost = model_cost(layers, {})
+    # 16 weights once; biases "b" and "c.bias": 4 + 4; MACs: 3 uses x 4 positions x 4 x 4
+    assert [cost.total(field) for field in ("weights", "bias", "params", "macs")] == [16, 8, 24, 192]
+    assert cost.by_kind()["pointwise"] == {"layers": 3, "macs": 192, "weights": 16, "params": 24, "flops": 432}
