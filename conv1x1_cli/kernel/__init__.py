@@ -56,7 +56,6 @@ how pixels are covered by tiles.
 
 from __future__ import annotations
 
-import operator
 import os
 import threading
 
@@ -64,6 +63,7 @@ import numba
 import numpy as np
 
 from ..costs.packing import channel_group, panel_count, tile_shape
+from ..costs.volume import checked_threads
 from .pool import (
     CPU_SET_WORDS,
     IDLE_TURNS,
@@ -587,8 +587,5 @@ def _block(n_channels: int, cut: _Cut) -> int:
 
 def _single_threaded(threads: int | None, work: int) -> bool:
     if threads is not None:
-        if threads.__class__ is bool:  # (True is 1: it would run on one thread)
-            raise TypeError(f"threads must be a number of threads, not a bool, got {threads}")
-        if operator.index(threads) < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
+        checked_threads(threads)  # (the API's rule: a whole number from 1 up, not a bool)
     return threads == 1 or work < SERIAL_WORK

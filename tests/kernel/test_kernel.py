@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from naive import assert_close_to_reference
 
 from conv1x1_cli import conv1x1, kernel
+from conv1x1_cli.errors import ArgumentError
 
 
 def problem(rng, pixels, channels, filters, dtype, with_bias=True):
@@ -795,7 +796,7 @@ def test_a_bool_is_not_a_thread_count():
     """threads=True is 1 to Python: it would have run on one thread, not on every core."""
     packed = kernel.pack_bank(np.ones((4, 8), np.float32), None)
     out = np.zeros((3000, 8), np.float32)
-    with pytest.raises(TypeError, match="not a bool"):
+    with pytest.raises(ArgumentError, match="threads must be a whole number of threads"):
         kernel.apply_packed(np.ones((3000, 4), np.float32), packed, out, True, threads=True)
 
 
@@ -1151,6 +1152,7 @@ EXITS_AFTER_POOL = """
 import sys, threading, time
 import numpy as np
 from conv1x1_cli import conv1x1, kernel
+from conv1x1_cli.errors import ArgumentError
 
 x, w = np.ones((64, 64, 64), np.float32), np.ones((64, 64), np.float32)  # 16.8M multiply-adds: pooled
 assert (conv1x1(x, w) == 64).all()
