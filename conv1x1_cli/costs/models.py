@@ -181,16 +181,18 @@ class ModelCost:
         every_use = _by_kind(self.layers, ("macs", "flops"))
         weights_once = _by_kind(_first_use(self.layers, lambda layer: layer.weight), ("weights",))
         biases_once = _by_kind(_first_use(self.layers, lambda layer: layer.bias_name), ("bias",))
-        return {
-            kind: {
+        summary = {}
+        for kind, entry in every_use.items():
+            weights = weights_once.get(kind, {}).get("weights", 0)  # (absent: its weights came first elsewhere)
+            bias = biases_once.get(kind, {}).get("bias", 0)
+            summary[kind] = {
                 "layers": entry["layers"],
                 "macs": entry["macs"],
-                "weights": weights_once.get(kind, {}).get("weights", 0),
-                "params": weights_once.get(kind, {}).get("weights", 0) + biases_once.get(kind, {}).get("bias", 0),
+                "weights": weights,
+                "params": weights + bias,
                 "flops": entry["flops"],
             }
-            for kind, entry in every_use.items()
-        }
+        return summary
 
     def selected(self, kinds: Iterable[str] = (), sort: str = "order") -> ModelCost:
         """Only the layers of ``kinds`` (all when empty), sorted by ``sort`` (largest first; the file's
