@@ -43,13 +43,14 @@ def neon_tile_ir(filters: int = 64, channels: int = 64) -> str:
 
     rows, width = tile_shape(filters, 4, NEON)
     kind = _Kind(0, np.dtype(np.float32), rows, width, NEON.vector_bytes // 4)
-    panels = np.zeros((channels, panel_count(filters, 4, NEON), width), np.float32)
+    n_panels = panel_count(filters, 4, NEON)
+    panels = np.zeros((channels, n_panels * width), np.float32)
     pixels, out = np.zeros((2 * rows, channels), np.float32), np.zeros((2 * rows, filters), np.float32)
-    bias = np.zeros(panels.shape[1:], np.float32)
+    bias, tail = np.zeros((n_panels, width), np.float32), np.zeros((0, width), np.float32)  # (whole panels)
     row_marker, width_marker, lanes_marker, _ = kind.markers
     # (a walk that copies its panels, into a thread's room: the NEON tile's panel rows are a cache line)
     room, held = np.zeros(COPY_ROOM_BYTES // 4, np.float32), np.full(3, -1, np.int64)
-    walk = (True, room, held, pixels, panels, bias, out, True, 1, channels, 0, 1)
+    walk = (True, room, held, pixels, panels, tail, bias, out, True, 1, channels, 0, 1)
     args = (*walk, row_marker, width_marker, lanes_marker)
     signature = tuple(numba.typeof(arg) for arg in args)
     tiles._compute_pairs.compile(signature)

@@ -24,8 +24,10 @@ how pixels are covered by tiles.
   unit): panel k of channel c is row c's columns k*width onwards, one
   contiguous run that the micro-kernel loads as whole vectors.  The compiled
   code takes the bank as it is, (C, F), and views it as panels itself.
-  Only a bank whose F is not a multiple of width is copied (zero-padded to a
-  whole panel); the bias is padded the same way.  A panel narrower than a
+  When F is not a multiple of width, the last panel's rows are copied, zero-padded
+  to the panel's width, after the padded bias (``_panel_tail``); a bank of at most
+  32 KiB is copied whole instead, its rows padded to whole panels (cheap, and
+  read faster so).  A panel narrower than a
   vector is copied with ``group`` channels side by side in each row
   (``_grouped_panels``: a few KiB, as such banks are narrow).  The bank is not copied into
   a panel-major layout (``panels[k, c, :]``): the public API packs on every
@@ -62,6 +64,7 @@ import threading
 import numba
 import numpy as np
 
+from ..costs.packing import PADDED_BANK_BYTES as _PADDED_BANK_BYTES  # (a global here: tests patch it)
 from ..costs.packing import channel_group, panel_count, tile_shape
 from ..costs.volume import checked_threads
 from .pool import (
@@ -186,6 +189,7 @@ class _Cut:
         "n_filters",
         "n_panels",
         "one_row_kind",
+        "partial",
         "rows",
         "scatter_indices",
         "whole_panels",
@@ -201,6 +205,9 @@ class _Cut:
         self.group = channel_group(self.width, simd.lanes(dtype.itemsize))
         # No padding and no interleaving: the bank itself is the panels.
         self.whole_panels = self.n_panels * self.width == n_filters and self.group == 1
+        # No interleaving, but the last panel is only part of one: a large bank is still read in place,
+        # with that panel's rows copied and zero-padded to the panel's width (_panel_tail).
+        self.partial = self.n_panels * self.width != n_filters and self.group == 1
         self.kind = _kind(dtype, self.rows, self.width)
         self.one_row_kind = _kind(dtype, 1, self.width)  # for calls of fewer pixels than a tile has rows
         # The bias of a bank without one, shared by every call: the kernel only reads it. (Not marked
@@ -225,17 +232,19 @@ def _cut(dtype: np.dtype, n_filters: int) -> _Cut:
 
 
 class PackedBank:
-    """A bank and bias padded to whole panels of ``width`` filters, ready for apply_packed.
+    """A bank and bias cut into panels of ``width`` filters, ready for apply_packed.
 
-    ``panels`` is the bank padded with zero columns to a multiple of width, (C, n_panels x width):
-    panel k of channel c, ``panels[c, k * width:(k + 1) * width]``, is one contiguous run.  When F is
-    already a multiple of width it is the caller's bank itself: copying a 2048x512 bank into a
-    panel-major layout cost twice the product itself on 7x7 layers.  A panel narrower than a vector
-    holds ``group`` channels to a row instead: ``panels[q, k * width * group + j * group + g] =
+    ``panels`` is the caller's bank itself, (C, F), when it is C-contiguous and aligned: panel k of
+    channel c, ``panels[c, k * width:(k + 1) * width]``, is one contiguous run (copying a 2048x512
+    bank into a panel-major layout cost twice the product itself on 7x7 layers).  Otherwise it is a
+    copy padded with zero columns to whole panels, (C, n_panels x width).  A panel narrower than a
+    vector holds ``group`` channels to a row instead: ``panels[q, k * width * group + j * group + g] =
     bank[q * group + g, k * width + j]`` (costs.packing.channel_group).  ``panel_bias`` is the bias,
-    padded the same way, (n_panels x width,) (the caller's own when F is a multiple of width; for a
-    bank without a bias, zeros shared by every bank of its dtype and filter count: read, never
-    written).  Tiles accumulate ``block`` channels at a time (see _block).
+    padded with zeros to whole panels, (n_panels x width,) (the caller's own when F is a multiple of
+    width; for a bank without a bias, zeros shared by every bank of its dtype and filter count: read,
+    never written); when the bank is read in place and F is not a multiple of width, it goes on with
+    the last panel's rows, zero-padded (``tail``, see _panel_tail).  Tiles accumulate ``block``
+    channels at a time (see _block).
     """
 
     __slots__ = ("block", "cut", "dtype", "n_channels", "n_filters", "panel_bias", "panels")
@@ -262,6 +271,14 @@ class PackedBank:
     @property
     def n_panels(self) -> int:
         return self.cut.n_panels
+
+    @property
+    def tail(self) -> np.ndarray:
+        """The copy of the last panel's rows that the tiles read, (C, width); (0, width) when they read
+        that panel in the bank."""
+        start = self.n_panels * self.width
+        rows = len(self.panels) if len(self.panel_bias) > start else 0
+        return self.panel_bias[start:].reshape(rows, self.width)
 
     def __repr__(self) -> str:
         return (
@@ -290,16 +307,17 @@ def pack_bank(bank: np.ndarray, bias: np.ndarray | None) -> PackedBank:
             raise TypeError(f"bias dtype {bias.dtype} differs from bank dtype {dtype}")
 
     cut = _cut(dtype, n_filters)
-    return PackedBank(_panels(bank, cut), _panel_bias(bias, cut), n_channels, n_filters, cut)
+    panels = _panels(bank, cut)
+    return PackedBank(panels, _panel_bias(bias, panels, cut), n_channels, n_filters, cut)
 
 
 def _panels(bank: np.ndarray, cut: _Cut) -> np.ndarray:
-    """The bank as rows of whole panels, (rows, panels x width): itself when it fills whole panels,
-    else a copy."""
+    """The bank as rows of panels, (rows, F or panels x width): itself when the tiles can read it in
+    place, else a copy padded to whole panels."""
     if cut.group > 1:
         return _grouped_panels(bank, cut)
     flags = bank.flags
-    if cut.whole_panels and flags.c_contiguous and flags.aligned:
+    if flags.c_contiguous and flags.aligned and (cut.whole_panels or bank.nbytes > _PADDED_BANK_BYTES):
         return bank
     n_channels, n_filters = bank.shape
     matrix = np.zeros((n_channels, cut.n_panels * cut.width), dtype=bank.dtype)
@@ -307,8 +325,11 @@ def _panels(bank: np.ndarray, cut: _Cut) -> np.ndarray:
     return matrix
 
 
-def _panel_bias(bias: np.ndarray | None, cut: _Cut) -> np.ndarray:
-    """The bias padded to whole panels: the cut's shared zeros, the bias itself when it fills them, or a copy."""
+def _panel_bias(bias: np.ndarray | None, panels: np.ndarray, cut: _Cut) -> np.ndarray:
+    """The bias padded to whole panels: the cut's shared zeros, the bias itself when it fills them, or a
+    copy; followed by the last panel's rows when the bank is read in place and that panel is partial."""
+    if cut.partial and panels.shape[1] == cut.n_filters:
+        return _panel_tail(bias, panels, cut)
     if bias is None:
         return cut.zero_bias
     flags = bias.flags
@@ -317,6 +338,23 @@ def _panel_bias(bias: np.ndarray | None, cut: _Cut) -> np.ndarray:
     panel_bias = np.zeros(cut.n_panels * cut.width, dtype=bias.dtype)
     panel_bias[: len(bias)] = bias
     return panel_bias
+
+
+def _panel_tail(bias: np.ndarray | None, bank: np.ndarray, cut: _Cut) -> np.ndarray:
+    """The bias padded to whole panels, then the bank's last panel, zero-padded to the panel's width:
+    (n_panels x width + C x width,).  For a bank read in place whose F is not a multiple of width,
+    in place of a padded copy of the whole bank at every call: the compiled code takes that panel's
+    rows from here (tiles._compute_pairs).  (On 7x7x1024->1000, AVX2's 16-filter panels: 63 panels, the
+    copy of the last one 37 us, a padded bank 1.9 ms, more than the product on two threads.)  Bias
+    and tail in one array, so that every entry point keeps its arguments."""
+    n_channels, width = bank.shape[0], cut.width
+    padded = cut.n_panels * width
+    first = padded - width  # the last panel's first filter
+    bias_and_tail = np.zeros(padded + n_channels * width, dtype=bank.dtype)
+    if bias is not None:
+        bias_and_tail[: cut.n_filters] = bias
+    bias_and_tail[padded:].reshape(n_channels, width)[:, : cut.n_filters - first] = bank[:, first:]
+    return bias_and_tail
 
 
 def _grouped_panels(bank: np.ndarray, cut: _Cut) -> np.ndarray:
@@ -411,7 +449,7 @@ def apply_bank(
     cut = _cuts.get((dtype.char, n_filters)) or _cut(dtype, n_filters)
     flags = bank.flags  # (_panels' and _block's commonest answers, without their calls)
     panels = bank if cut.whole_panels and flags.c_contiguous and flags.aligned else _panels(bank, cut)
-    panel_bias = cut.zero_bias if bias is None else _panel_bias(bias, cut)
+    panel_bias = cut.zero_bias if bias is None and not cut.partial else _panel_bias(bias, panels, cut)
     block = n_channels if n_channels <= _WHOLE_CHANNELS else _block(n_channels, cut)
     pixel_rows = pixels.reshape(-1, n_channels)
     if out is not None:

@@ -282,7 +282,7 @@ def run_pooled(
     copies = kind_copies_panels(width_marker, lanes_marker, like)
     tile_group, block, n_pairs = plan(pixels, panels, out, block, len(row_marker), n_panels, copies)
     n_chunks = _chunk_count(pixels, n_panels, tile_group, block, n_pairs, n_threads)
-    describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels)
+    describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels, width_marker)
     job[JOB_NUMBER] += 1  # (a worker's copy of a panel from an earlier job is stale now)
     room, held = copy_room(like, copies and tile_group > 1 and n_panels > 1)
     _atomic_store(control, _DONE, 0)
@@ -459,7 +459,7 @@ def run_portable(pixels, panels, panel_bias, out, relu, block, n_threads, row_ma
     tile_group, block, n_pairs = plan(pixels, panels, out, block, len(row_marker), n_panels, copies)
     n_chunks = _chunk_count(pixels, n_panels, tile_group, block, n_pairs, n_threads)
     job = np.empty(JOB_FIELDS, np.int64)
-    describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels)
+    describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels, width_marker)
     job[JOB_NUMBER] = 0
     for thread in numba.prange(n_threads):
         room, held = copy_room(like, copies and tile_group > 1 and n_panels > 1)

@@ -27,7 +27,7 @@
   ``copies_panels``) they lie a bank row apart, a few of L1's sets for all of
   them.  When a panel meets a group of pixel tiles in turn, the thread first
   copies its rows of the block, one after the other, into a room of its own
-  (``copy_room``, ``_panel_at``), and the tiles read the copy; ``plan`` takes
+  (``copy_room``, ``_compute_pairs``), and the tiles read the copy; ``plan`` takes
   the tiles in groups for such kinds as soon as the bank's block outgrows
   16 KiB.  On a Zen 3 host (AVX2 only) bench's compute-bound layers went from a
   median of 70-73 to 80 % of the FMA peak.
@@ -42,7 +42,8 @@
   reaches (under 20 for 6 rows) shift the last full tile back to end at P
   instead: it recomputes a few rows with identical results.  When P < rows a
   one-row tile is used.  A partial last panel is computed at full width (zero
-  padding) and stored with masked vector stores.
+  padding: in a padded bank, or in the copy of that panel alone that follows the
+  bias when the bank is read in place) and stored with masked vector stores.
 * Jobs and chunks.  A call is described as a *job* in an int64 array (array
   addresses and shapes, ``describe_job``), so that any thread can run a chunk
   of it (``compute_chunk``): a contiguous run of its (pixel tile, panel) pairs.
@@ -535,6 +536,9 @@ _JOB_RELU, _JOB_TILE_GROUP, JOB_CHUNKS, _JOB_BLOCK = 8, 9, 10, 11
 # Which job this is, counted by a caller that publishes many in one job array (the pool's): a
 # thread's copy of a panel (see _compute_pairs) is of the bank of the job it was made for.
 JOB_NUMBER = 12
+# The packed bank's row length in elements (the bank's F when it is read in place), and whether its
+# last panel comes from the tail after the packed bias (kernel._panel_tail).
+_JOB_PANEL_ROW, _JOB_TAIL = 13, 14
 JOB_FIELDS = 16
 
 # A thread's room for the copy of one panel's rows over one block of channels: 768 rows (the
@@ -573,8 +577,10 @@ def compute_chunk(job, chunk, n_chunks, room, held, row_marker, width_marker, la
     n_panels = job[_JOB_PANEL_COUNT]
     pixels = numba.carray(_pointer(job[_JOB_PIXELS], like), (n_pixels, n_channels))
     n_group_rows = (n_channels + group - 1) // group
-    panels = numba.carray(_pointer(job[_JOB_PANELS], like), (n_group_rows, n_panels, width * group))
+    panels = numba.carray(_pointer(job[_JOB_PANELS], like), (n_group_rows, job[_JOB_PANEL_ROW]))
     panel_bias = numba.carray(_pointer(job[_JOB_BIAS], like), (n_panels, width))
+    tail_address = job[_JOB_BIAS] + n_panels * width * like.itemsize  # (see kernel._panel_tail)
+    tail = numba.carray(_pointer(tail_address, like), (n_channels if job[_JOB_TAIL] else 0, width))
     out = numba.carray(_pointer(job[_JOB_OUT], like), (n_pixels, job[_JOB_FILTERS]))
     relu, tile_group, block = job[_JOB_RELU] != 0, job[_JOB_TILE_GROUP], job[_JOB_BLOCK]
     n_long, n_short = _tile_counts_inline(n_pixels, len(row_marker))
@@ -591,7 +597,7 @@ def compute_chunk(job, chunk, n_chunks, room, held, row_marker, width_marker, la
     )
     # This function only rebuilds the arrays from the job's addresses; the walk over the pairs works on them.
     _compute_pairs(
-        copying, room, held, pixels, panels, panel_bias, out, relu, tile_group, block, start, stop,
+        copying, room, held, pixels, panels, tail, panel_bias, out, relu, tile_group, block, start, stop,
         row_marker, width_marker, lanes_marker,
     )  # fmt: skip
 
@@ -619,7 +625,7 @@ _copies_panels_inline = njit(inline="always")(copies_panels)
 # compute_chunk, which cost a cold start 0.12-0.15 s and ran no faster (measured on one thread).
 @njit(inline="always")
 def _compute_pairs(
-    copying, room, held, pixels, panels, panel_bias, out, relu, tile_group, block, start, stop,
+    copying, room, held, pixels, panels, tail, panel_bias, out, relu, tile_group, block, start, stop,
     row_marker, width_marker, lanes_marker,
 ):  # fmt: skip
     """(pixel tile, panel) pairs start..stop-1, ``block`` channels at a time: every pair over the
@@ -633,7 +639,7 @@ def _compute_pairs(
     that the pairs share small enough to stay in L2 while they all use it (see kernel._block).
 
     When ``copying`` (see compute_chunk), the tiles read their panel from a copy of its rows of the
-    block in this thread's ``room``, made before the first of them (_panel_at); ``held`` says which
+    block in this thread's ``room``, made before the first of them; ``held`` says which
     panel and block the room holds, so that the next chunk of this thread that goes on with them
     need not copy them again.
     """
@@ -641,9 +647,18 @@ def _compute_pairs(
     rows = len(row_marker)
     short_marker = row_marker[1:]  # the tile one row shorter: its own unrolled code
     n_long, n_short = _tile_counts_inline(n_pixels, rows)
-    n_tiles, n_panels = n_long + n_short, panels.shape[1]
+    n_tiles, n_panels = n_long + n_short, panel_bias.shape[0]
     group_size = min(tile_group, n_tiles)
     row_bytes = n_channels * pixels.itemsize
+    # Where the panels are, as plain numbers: an array handed to a function at every pair cost a
+    # reference count up and down (two calls, and an atomic add each), 15-20 ns a pair on a Zen 1 host.
+    width = _marker_width_inline(width_marker)
+    panel_bytes = width * _channel_group_inline(width, _marker_lanes_inline(lanes_marker)) * pixels.itemsize
+    bank = (np.int64(panels.ctypes.data), panels.strides[0])
+    last = (np.int64(tail.ctypes.data), tail.strides[0])  # (the last panel, when tail has its rows)
+    tail_panel = n_panels - 1 if len(tail) else -1
+    room_address = np.int64(room.ctypes.data + (-room.ctypes.data) % _CACHE_LINE)
+    held_panel, held_channel = held[1], held[2]
     # (one pass even without channels: it writes the bias)
     for first_channel in range(0, max(n_channels, 1), block):
         n_block = min(block, n_channels - first_channel)
@@ -663,7 +678,13 @@ def _compute_pairs(
             else:
                 ahead = pixels.ctypes.data + min(t * rows, n_pixels - rows) * row_bytes
             channels = (first_channel, n_block)
-            panel = _panel_at(copying, room, held, panels, k, first_channel, n_block, width_marker, lanes_marker)
+            panel = last if k == tail_panel else (bank[0] + k * panel_bytes, bank[1])
+            if copying:  # (the rows of the block, one after the other in the room)
+                if held_panel != k or held_channel != first_channel:
+                    first_row = panel[0] + first_channel * panel[1]
+                    _copy_panel(first_row, panel[1], room_address, n_block, width_marker, lanes_marker, pixels)
+                    held_panel, held_channel = k, first_channel
+                panel = (room_address - first_channel * panel_bytes, panel_bytes)
             if t < n_long:
                 # (shifted back to end at n_pixels when there are no short tiles:
                 # it recomputes a few rows, same values, instead of a scalar remainder loop)
@@ -686,26 +707,11 @@ def _compute_pairs(
                     k = 0
                     group += 1
                     tiles_here = min(group_size, n_tiles - group * group_size)
+    held[1], held[2] = held_panel, held_channel
 
 
 @njit(inline="always")
-def _panel_at(copying, room, held, panels, k, first_channel, n_block, width_marker, lanes_marker):
-    """Panel k's rows of the block from first_channel as _tile takes them, (address, step): in the
-    packed bank, or, when ``copying``, in this thread's room (copied there unless ``held`` says they
-    are there already)."""
-    if not copying:
-        return panels.ctypes.data + k * panels.strides[1], panels.strides[0]
-    address = room.ctypes.data + (-room.ctypes.data) % _CACHE_LINE
-    if held[1] != k or held[2] != first_channel:
-        source = panels.ctypes.data + first_channel * panels.strides[0] + k * panels.strides[1]
-        _copy_panel(source, panels.strides[0], address, n_block, width_marker, lanes_marker, panels)
-        held[1], held[2] = k, first_channel
-    step = panels.shape[2] * panels.itemsize  # (the copy's rows one after the other)
-    return address - first_channel * step, step
-
-
-@njit(inline="always")
-def describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels):
+def describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels, width_marker):
     """Write the job's array addresses and shapes into ``job``, where any thread can read them."""
     job[_JOB_PIXELS] = pixels.ctypes.data
     job[_JOB_PANELS] = panels.ctypes.data
@@ -715,6 +721,9 @@ def describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, 
     job[_JOB_PANEL_COUNT], job[_JOB_FILTERS] = n_panels, out.shape[1]
     job[_JOB_RELU], job[_JOB_TILE_GROUP], job[_JOB_BLOCK] = relu, tile_group, block
     job[JOB_CHUNKS] = n_chunks
+    job[_JOB_PANEL_ROW] = panels.shape[1]
+    # (the packed bias is followed by the last panel's rows when the bank is read in place: kernel._panel_tail)
+    job[_JOB_TAIL] = len(panel_bias) > n_panels * _marker_width_inline(width_marker)
 
 
 # Pixel-major pairs take their pixel tiles in groups when the bank's block of channels (its part
@@ -779,7 +788,8 @@ def panels_in(panels, width_marker, lanes_marker):
     by side.  (The compiled code takes the bank and the bias as they are, 2-D and 1-D, and views them
     as panels itself: a reshape in Python cost a tiny call 5 %.)"""
     width = _marker_width_inline(width_marker)
-    return panels.shape[1] // (width * _channel_group_inline(width, _marker_lanes_inline(lanes_marker)))
+    panel_elements = width * _channel_group_inline(width, _marker_lanes_inline(lanes_marker))
+    return -(-panels.shape[1] // panel_elements)  # (a bank read in place may end in part of a panel)
 
 
 @njit(cache=True, nogil=True)
@@ -789,7 +799,7 @@ def run_alone(pixels, panels, panel_bias, out, relu, block, row_marker, width_ma
     copies = kind_copies_panels(width_marker, lanes_marker, like)
     tile_group, block, _ = plan(pixels, panels, out, block, len(row_marker), n_panels, copies)
     job = np.empty(JOB_FIELDS, np.int64)
-    describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, 1, n_panels)
+    describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, 1, n_panels, width_marker)
     job[JOB_NUMBER] = 0
     room, held = copy_room(like, copies and tile_group > 1 and n_panels > 1)
     # (chunk 0 of 1 as int64s, not literal ints: numba would compile compute_chunk once more for

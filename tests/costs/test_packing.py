@@ -11,6 +11,7 @@ from conv1x1_cli.costs.packing import (
     AVX512,
     GENERIC,
     NEON,
+    PADDED_BANK_BYTES,
     channel_group,
     packed_bank_bytes,
     padded_filters,
@@ -68,8 +69,10 @@ def test_tile_shapes_follow_the_registers_of_each_unit(unit, filters, itemsize, 
 def test_the_planners_count_is_at_least_what_any_unit_packs(unit):
     """The Dask planner counts packed banks by the unit that packs them largest, whatever the workers run."""
     for itemsize in (4, 8):
-        for filters in (*range(1, 300), 512, 1024, 2048, 4096):
-            assert planned_bank_bytes(7, filters, itemsize) >= packed_bank_bytes(7, filters, itemsize, unit)
+        for filters in (*range(1, 300), 512, 1000, 1024, 2048, 4096):
+            for channels in (7, 1024):  # (large banks are read in place: PADDED_BANK_BYTES)
+                planned = planned_bank_bytes(channels, filters, itemsize)
+                assert planned >= packed_bank_bytes(channels, filters, itemsize, unit)
             assert padded_filters(filters, itemsize, unit) >= filters
 
 
@@ -105,6 +108,18 @@ def test_packed_narrow_banks_round_their_channels_up_to_whole_groups():
     assert packed_bank_bytes(193, 8, 4) == 195 * 8 * 4
     assert packed_bank_bytes(193, 3, 4) == 197 * 4 * 4
     assert packed_bank_bytes(193, 8, 4, AVX2) == 194 * 8 * 4
+
+
+def test_a_large_bank_ending_in_part_of_a_panel_counts_itself_and_a_copy_of_its_last_panel():
+    # 24 float32 filters with AVX2: a panel of 16 and one of 8 padded to 16.  341 channels are
+    # 32,736 bytes, copied with padded rows: (341 + 1 bias row) x 32 x 4.  342 channels are 32,832
+    # bytes, over 32 KiB: the bank as it is (342 x 24), the padded bias (32) and the last panel (342 x 16).
+    assert PADDED_BANK_BYTES == 32 * 1024
+    assert packed_bank_bytes(341, 24, 4, AVX2) == 342 * 32 * 4 == 43_776
+    assert packed_bank_bytes(342, 24, 4, AVX2) == (342 * 24 + 32 + 342 * 16) * 4 == 54_848
+    # Whole panels, and a panel narrower than a vector (grouped channels), are never split so.
+    assert packed_bank_bytes(1024, 1024, 4, AVX2) == 1025 * 1024 * 4
+    assert packed_bank_bytes(8192, 3, 4) == 8193 * 4 * 4
 
 
 def test_the_planner_counts_the_banks_as_the_kernel_packs_them():

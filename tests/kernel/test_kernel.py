@@ -210,19 +210,23 @@ def test_real_blocks_of_channels_are_used_for_a_big_panel_and_change_no_bit(rng)
     block_channels=st.integers(1, 40),
     n_chunks=st.integers(1, 5),
     seed=st.integers(0, 2**32 - 1),
+    in_place=st.booleans(),
 )
 def test_pairs_taken_in_groups_of_tiles_are_each_computed_once(
-    pixels, channels, filters, tile_group, block_channels, n_chunks, seed
+    pixels, channels, filters, tile_group, block_channels, n_chunks, seed, in_place
 ):
     """Whatever the group of pixel tiles that meets each panel in turn (one tile: pixel-major; all of
     them: panel-major), and however the pairs are cut into chunks, every (tile, panel) pair is
     computed once per block of channels: the bits of one pass, and the reference.  (Where tiles read
     copies of their panels, a chunk that goes on with the panel and block that the chunk before
-    copied reads that copy.)"""
+    copied reads that copy.)  With ``in_place``, a bank whose last panel is partial is read in place
+    and that panel from its padded copy, however small the bank."""
     from conv1x1_cli.kernel.tiles import COPY_ROOM_BYTES, _compute_pairs, tile_counts
 
     x, w, b = problem(np.random.default_rng(seed), pixels, channels, filters, "float32")
-    packed = kernel.pack_bank(w, b)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kernel, "_PADDED_BANK_BYTES", 0 if in_place else 2**40)
+        packed = kernel.pack_bank(w, b)
     rows = packed.rows
     n_long, n_short = tile_counts(pixels, rows)
     exact = n_long * rows + n_short * (rows - 1) == pixels  # (only tiles that do not overlap use blocks)
@@ -230,16 +234,18 @@ def test_pairs_taken_in_groups_of_tiles_are_each_computed_once(
     n_pairs = (n_long + n_short) * packed.n_panels
     out = np.full((pixels, filters), np.nan, np.float32)
     markers = packed.kind.markers[:3]  # (row, width and lanes markers: the kind's compiled shape)
-    # (the views that compute_chunk makes of the job's bank and bias)
-    panels = packed.panels.reshape(len(packed.panels), packed.n_panels, -1)
-    panel_bias = packed.panel_bias.reshape(packed.n_panels, -1)
+    # (the views that compute_chunk makes of the job's bias and the last panel's copy)
+    panel_bias = packed.panel_bias[: packed.n_panels * packed.width].reshape(packed.n_panels, -1)
     # (one thread's room for panel copies, kept from chunk to chunk, as the threads keep theirs; and
     # whether the tiles copy, as compute_chunk decides it)
     room, held = np.empty(COPY_ROOM_BYTES // 4, np.float32), np.full(3, -1, np.int64)
     copying = copies_panels_of(packed) and min(tile_group, n_long + n_short) > 1 and packed.n_panels > 1
     for chunk in range(n_chunks):
         start, stop = chunk * n_pairs // n_chunks, (chunk + 1) * n_pairs // n_chunks
-        _compute_pairs(copying, room, held, x, panels, panel_bias, out, True, tile_group, block, start, stop, *markers)
+        _compute_pairs(
+            copying, room, held, x, packed.panels, packed.tail, panel_bias, out, True, tile_group, block, start, stop,
+            *markers,
+        )  # fmt: skip
     np.testing.assert_array_equal(out, convolve(x, w, b, threads=1))
     assert_close_to_reference(out, x, w, b)
 
@@ -384,6 +390,55 @@ def test_banks_whose_rows_are_4_kib_apart_are_read_in_place_with_the_same_result
                 out = convolve(x, w, b, threads=threads)
                 np.testing.assert_array_equal(out, conv1x1(x, w, b, threads=threads))
             assert_close_to_reference(out, x, w, b)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("with_bias", [False, True], ids=["no bias", "bias"])
+@pytest.mark.parametrize(
+    ("pixels", "channels", "filters"),
+    [
+        (49, 1024, 1000),  # 7x7x1024->1000 (a classifier as a 1x1 convolution): blocks of channels
+        (25, 700, 300),  # one pass, fewer pixels than filters (panel-major)
+        (1, 2048, 1000),  # one pixel: a tile of one row
+        (400, 300, 120),  # pixel-major, tiles in groups where they read copies of their panels
+    ],
+)
+def test_a_large_bank_ending_in_part_of_a_panel_is_read_in_place(rng, pixels, channels, filters, dtype, with_bias):
+    """A bank whose F is not a whole number of panels, too large to copy at every call, is read in
+    place, and only its last panel is copied, zero-padded to the panel's width; the bits are those of
+    the whole padded copy (a Fortran-ordered bank is copied so), alone and through the pool."""
+    x, w, b = problem(rng, pixels, channels, filters, dtype, with_bias)
+    packed = kernel.pack_bank(w, b)
+    if packed.cut.group > 1 or filters % packed.width == 0:
+        pytest.skip(f"{filters} filters are whole panels of {packed.width} here")
+    width, first = packed.width, (packed.n_panels - 1) * packed.width
+    assert packed.panels is w
+    expected_tail = np.zeros((channels, width), dtype)
+    expected_tail[:, : filters - first] = w[:, first:]
+    np.testing.assert_array_equal(packed.tail, expected_tail)
+    padded = kernel.pack_bank(np.asfortranarray(w), b)
+    assert padded.panels.shape == (channels, packed.n_panels * width) and padded.tail.shape == (0, width)
+    for threads in (1, None):
+        with through_the_pool():
+            out = convolve(x, w, b, threads=threads)
+            from_padded = np.full_like(out, np.nan)
+            kernel.apply_packed(x, padded, from_padded, True, threads)
+            np.testing.assert_array_equal(out, from_padded)
+            np.testing.assert_array_equal(kernel.apply_bank(x, w, b, True, threads), out)
+        assert_close_to_reference(out, x, w, b)
+
+
+def test_a_small_bank_ending_in_part_of_a_panel_is_copied_whole(rng):
+    """A bank of at most 32 KiB whose F is not whole panels is copied with its rows padded, as its
+    tiles read it faster so (rows 96 bytes apart in place here); no separate last panel then."""
+    x, w, b = problem(rng, 50, 96, 24, "float32")
+    packed = kernel.pack_bank(w, b)
+    if packed.cut.group > 1 or 24 % packed.width == 0:
+        pytest.skip(f"24 filters are whole panels of {packed.width} here")
+    assert packed.panels.shape == (96, packed.n_panels * packed.width) and len(packed.tail) == 0
+    np.testing.assert_array_equal(packed.panels[:, :24], w)
+    assert not packed.panels[:, 24:].any()
+    assert_close_to_reference(convolve(x, w, b), x, w, b)
 
 
 def test_a_bias_that_fills_whole_panels_is_read_in_place_and_an_output_over_it_is_safe(rng):
@@ -1306,7 +1361,15 @@ def test_the_one_thread_and_the_shared_code_compile_the_chunks_code_once(tmp_pat
 
 @pytest.mark.parametrize(
     ("channels", "filters", "dtype"),
-    [(192, 8, F32), (192, 40, F32), (64, 130, np.float64), (40, 1024, F32), (40, 512, np.float64)],
+    [
+        (192, 8, F32),
+        (192, 40, F32),
+        (64, 130, np.float64),  # 66,560 bytes: read in place, the last panel copied
+        (341, 24, F32),  # 32,736 bytes: copied with padded rows
+        (342, 24, F32),  # 32,832 bytes: read in place
+        (40, 1024, F32),
+        (40, 512, np.float64),
+    ],
 )
 def test_packed_banks_are_the_size_the_dask_planner_counts(channels, filters, dtype):
     """Exactly the packing rule's size for the unit compiled for, and never more than the planner's
