@@ -118,6 +118,8 @@ SUITE: tuple[BenchLayer, ...] = (
     BenchLayer("ResNet-50 conv5 reduce", 1, 7, 7, 2048, 512),
     BenchLayer("MobileNet pw 2", 1, 112, 112, 32, 64),
     BenchLayer("MobileNet pw 8", 1, 14, 14, 512, 512),
+    # 1000 float32 filters end in part of a panel with AVX-512, AVX2 and NEON (kernel._panel_tail).
+    BenchLayer("SqueezeNet conv10", 1, 13, 13, 512, 1000),
     BenchLayer("RGB stem", 1, 224, 224, 3, 64),
     BenchLayer("hyperspectral 200→8", 1, 512, 512, 200, 8),
     BenchLayer("ResNet-50 conv2 reduce N=8", 8, 56, 56, 256, 64),
