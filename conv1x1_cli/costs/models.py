@@ -279,9 +279,10 @@ def tensor_kind(shape: tuple[int, ...]) -> str | None:
     """The kind of layer a weight tensor of this shape (PyTorch's order) belongs to, or None when
     it is no convolution or linear weight (biases, norms, embeddings of other ranks).
 
-    (F, C, 1, 1) pointwise, (C, 1, K, K) depthwise (one input channel per filter), (F, C, K, K) full
-    (a grouped convolution looks the same without its graph), (F, C) fully connected; 3-D and 5-D
-    convolutions likewise.
+    (F, C, 1, 1) pointwise, (C, 1, K, K) depthwise (one input channel per filter; a full convolution
+    over a one-channel input, a grayscale stem, has the same shape and the same counts), (F, C, K, K)
+    full (a grouped convolution looks the same without its graph), (F, C) fully connected (an
+    embedding table too); 3-D and 5-D convolutions likewise.
 
     >>> tensor_kind((64, 32, 1, 1)), tensor_kind((32, 1, 3, 3)), tensor_kind((64, 3, 7, 7)), tensor_kind((10, 64))
     ('pointwise', 'depthwise', 'full', 'fully connected')
