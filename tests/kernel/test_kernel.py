@@ -441,6 +441,66 @@ def test_a_small_bank_ending_in_part_of_a_panel_is_copied_whole(rng):
     assert_close_to_reference(convolve(x, w, b), x, w, b)
 
 
+_PAGE_EDGE_SCRIPT = """
+import ctypes, mmap, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from naive import assert_close_to_reference
+from conv1x1_cli import kernel
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+PAGE, regions = mmap.PAGESIZE, []
+
+def between_guard_pages(values, at_end):
+    # A copy of values between two pages that may not be touched (PROT_NONE): ending right before
+    # the second, or starting right after the first.  Any read or write outside it is a SIGSEGV.
+    pages = -(-values.nbytes // PAGE)
+    region = mmap.mmap(-1, (pages + 2) * PAGE)
+    regions.append(region)
+    start = PAGE + (pages * PAGE - values.nbytes if at_end else 0)
+    array = np.frombuffer(region, values.dtype, values.size, start).reshape(values.shape)
+    array[...] = values
+    base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    for page in (0, pages + 1):
+        assert libc.mprotect(base + page * PAGE, PAGE, 0) == 0, ctypes.get_errno()
+    return array
+
+kernel.SERIAL_WORK = 0  # (every call through the pool unless it asks for one thread)
+rng = np.random.default_rng(7)
+cases = [(196, 192, 16, "f"), (784, 192, 64, "f"), (49, 1024, 1000, "f"), (7, 300, 120, "f"),
+         (1, 64, 24, "f"), (50, 96, 24, "f"), (37, 8, 8, "f"), (100, 3, 64, "f"), (49, 64, 130, "d")]
+for pixels, channels, filters, dtype in cases:
+    x = rng.standard_normal((pixels, channels)).astype(dtype)
+    w = rng.standard_normal((channels, filters)).astype(dtype)
+    b = rng.standard_normal(filters).astype(dtype)
+    for at_end in (True, False):
+        for threads in (1, None):
+            expected = kernel.apply_bank(x, w, b, True, threads)
+            gx, gw, gb = (between_guard_pages(a, at_end) for a in (x, w, b))
+            out = between_guard_pages(np.full_like(expected, np.nan), at_end)
+            kernel.apply_packed(gx, kernel.pack_bank(gw, gb), out, True, threads)
+            np.testing.assert_array_equal(out, expected)
+            out[...] = np.nan
+            kernel.apply_bank(gx, gw, gb, True, threads, out=out)
+            np.testing.assert_array_equal(out, expected)
+    assert_close_to_reference(expected, x, w, b)
+print("ok", len(cases))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="mprotect")
+def test_arrays_between_pages_that_may_not_be_touched_are_read_and_written_within_bounds():
+    """Pixels, bank, bias and output each ending right before (or starting right after) a page that
+    may not be touched: no access outside them (it would be a SIGSEGV), and the bits of ordinary
+    arrays, alone and through the pool.  Shapes with short tiles, one pixel, blocks of channels, a
+    bank read in place with a copied last panel, a padded one, a narrow one, three channels, float64."""
+    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = run_python(_PAGE_EDGE_SCRIPT, tests_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["ok", "9"]
+
+
 def test_a_bias_that_fills_whole_panels_is_read_in_place_and_an_output_over_it_is_safe(rng):
     """The packed bias is a view of the caller's when F fills whole panels: an out= that shares its
     memory goes through a temporary, as one over the pixels or the bank does."""
