@@ -57,11 +57,18 @@ _MIN_WIDTH = 4
 # Accumulator rows: six rows of up to four vectors (AVX-512, NEON: 24 of 32 registers) or two
 # (AVX2, SSE: 12 of 16) cover the FMA latency and leave registers for the panel row's vectors and one
 # broadcast pixel value.  Taller tiles (12 rows) measured slower, as each row is another pointer
-# and another stream from memory.  A tile of at most one vector has 8 rows: with 6 it has only 6
+# and another stream from memory.  A tile of one vector a row has 8 rows: with 6 it has only 6
 # accumulators, fewer than the FMAs a Zen 5 core keeps in flight (two units, four cycles each), and
 # 8 rows ran 7-15 % faster on 16 filters with AVX-512 and 8 with AVX2 (float64 too), on 28x28x192,
 # 56x56x64 and 7x7x832 inputs.  With two vectors or more, 8 rows measured the same as 6.
 _ROWS, _NARROW_ROWS = 6, 8
+# A panel of one vector of this many bytes (AVX2's) takes two channels a step in two vectors
+# (channel_group), in a tile of six rows: one broadcast per two multiply-adds instead of one each.
+# Broadcasts are what the one-vector tile waits on: on a Zen 1 core, a loop of one load, 8 broadcasts
+# and 8 FMAs a step (the 8x8 tile of 8 float32 filters) ran at 32 GFLOP/s in L1, one of 2 loads, 6
+# broadcasts of channel pairs and 12 FMAs at 38 (the core's FMA peak is 40-43; C intrinsics, gcc -O3).
+# AVX-512's and NEON's one-vector panels are cut as before: this host cannot run or time them.
+_PAIRED_VECTOR_BYTES = 32
 
 
 def tile_shape(filters: int, itemsize: int, simd: SimdUnit = AVX512) -> tuple[int, int]:
@@ -76,19 +83,27 @@ def tile_shape(filters: int, itemsize: int, simd: SimdUnit = AVX512) -> tuple[in
     width = _MIN_WIDTH
     while width < filters and width < widest:
         width *= 2
-    return (_NARROW_ROWS if width <= lanes else _ROWS), width
+    vectors = width * channel_group(width, lanes, itemsize) // lanes
+    return (_NARROW_ROWS if vectors == 1 else _ROWS), width
 
 
-def channel_group(width: int, lanes: int) -> int:
-    """How many channels a tile of panel ``width`` takes per step, with vectors of ``lanes`` elements.
+def channel_group(width: int, lanes: int, itemsize: int) -> int:
+    """How many channels a tile of panel ``width`` takes per step, with vectors of ``lanes`` elements
+    of ``itemsize`` bytes.
 
     A panel narrower than a vector (8 float32 filters in a 16-lane zmm register) would use half of
     each multiply-add and need one broadcast load per input element. Such a panel is packed with
     ``lanes // width`` consecutive channels side by side (``w[c, f], w[c + 1, f]`` at lanes 2f, 2f + 1),
     and the tile broadcasts that many adjacent input values at once: whole-vector multiply-adds and
     half the loads, its lanes added together at the end.
+
+    A panel of exactly one AVX2 vector (8 float32 or 4 float64 filters) takes two channels a step
+    too, packed the same way across two vectors, so that each broadcast pair of input values feeds
+    two multiply-adds instead of one (``_PAIRED_VECTOR_BYTES``).
     """
-    return lanes // width if width < lanes else 1
+    if width < lanes:
+        return lanes // width
+    return 2 if width == lanes and lanes * itemsize == _PAIRED_VECTOR_BYTES else 1
 
 
 def panel_count(filters: int, itemsize: int, simd: SimdUnit = AVX512) -> int:
@@ -134,7 +149,7 @@ def packed_bank_bytes(channels: int, filters: int, itemsize: int, simd: SimdUnit
     4165568
     """
     width = tile_shape(filters, itemsize, simd)[1]
-    group = channel_group(width, simd.lanes(itemsize))
+    group = channel_group(width, simd.lanes(itemsize), itemsize)
     padded = padded_filters(filters, itemsize, simd)
     if group == 1 and padded != filters and channels * filters * itemsize > PADDED_BANK_BYTES:
         return (channels * filters + padded + channels * width) * itemsize

@@ -202,7 +202,7 @@ class _Cut:
         self.n_filters = n_filters
         self.rows, self.width = tile_shape(n_filters, dtype.itemsize, simd)  # the rule the Dask planner counts by
         self.n_panels = panel_count(n_filters, dtype.itemsize, simd)
-        self.group = channel_group(self.width, simd.lanes(dtype.itemsize))
+        self.group = channel_group(self.width, simd.lanes(dtype.itemsize), dtype.itemsize)
         # No padding and no interleaving: the bank itself is the panels.
         self.whole_panels = self.n_panels * self.width == n_filters and self.group == 1
         # No interleaving, but the last panel is only part of one: a large bank is still read in place,
@@ -614,9 +614,10 @@ def _block(n_channels: int, cut: _Cut) -> int:
     bytes: AVX2's narrow panels (64-byte rows) gained from blocks as much as AVX-512's.
 
     Only tiles that cover the pixels exactly use the blocks (tiles.plan): an overlapping last tile
-    recomputes rows of the one before, which only a single pass may do.  A panel narrower than a
-    vector never does: its lanes hold sums of every group-th channel, which a block's partial sums
-    (one per filter) cannot carry on; and such a panel is small enough not to need blocks.
+    recomputes rows of the one before, which only a single pass may do.  A panel that takes several
+    channels a step (narrower than a vector, or AVX2's paired one) never does: its lanes hold sums
+    of every group-th channel, which a block's partial sums (one per filter) cannot carry on; and
+    such a panel is small enough not to need blocks.
     """
     if n_channels <= _WHOLE_CHANNELS or cut.group > 1:
         return max(n_channels, 1)

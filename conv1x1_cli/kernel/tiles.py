@@ -22,7 +22,10 @@
   that many adjacent pixel values at once, and each filter's lanes are added
   together at the end.  Every multiply-add is a whole vector, and there is one
   broadcast load per group instead of per value (in cache, 8 filters from 93
-  to 156 GFLOP/s on one thread).
+  to 156 GFLOP/s on one thread).  With AVX2 a panel of exactly one vector
+  (8 float32 filters) takes two channels per step too, across two vectors, so
+  that each broadcast feeds two multiply-adds (``costs.packing.channel_group``;
+  the hyperspectral 200->8 reduction 1.23x faster on a Zen 1 host).
 * Panel copies.  Where a panel's rows are a cache line or less (AVX2, NEON, SSE:
   ``copies_panels``) they lie a bank row apart, a few of L1's sets for all of
   them.  When a panel meets a group of pixel tiles in turn, the thread first
@@ -127,14 +130,16 @@ class _TileCode:
     A panel narrower than a vector takes ``group`` channels per step (``costs.packing.channel_group``):
     each accumulator lane f * group + g sums the products of channels g, g + group, g + 2 group, ...
     for filter f, and the tile adds a filter's lanes together before it activates and stores.  Bias,
-    partial sums and outputs are ``out_vector`` values of the panel's width.
+    partial sums and outputs are ``out_vector`` values of the panel's width.  A paired panel (one
+    AVX2 vector of filters, two channels a step) is laid out the same way across two accumulator
+    vectors a row: the first holds its first half of the filters, the second the rest.
     """
 
     def __init__(self, context, builder, dtype, rows, width, lanes):
         self.context, self.builder = context, builder
         self.element = context.get_value_type(dtype)
         self.itemsize = context.get_abi_sizeof(self.element)
-        self.group = channel_group(width, lanes)
+        self.group = channel_group(width, lanes, self.itemsize)
         self.lanes = min(width * self.group, lanes)  # every panel width is a multiple (a narrow one is one vector)
         self.n_vectors = width * self.group // self.lanes
         self.rows, self.width = rows, width
@@ -342,19 +347,30 @@ class _TileCode:
             return out_values
         (values,) = out_values
         zeros = ir.Constant(self.out_vector, [-0.0] * self.width)
-        lanes = [lane // self.group if lane % self.group == 0 else self.width for lane in range(self.lanes)]
-        return [self.shuffle(values, zeros, lanes)]
+        per_vector = self.lanes // self.group  # (filters in one accumulator: all of them, or half when paired)
+        group, width = self.group, self.width
+        lanes = [
+            [v * per_vector + lane // group if lane % group == 0 else width for lane in range(self.lanes)]
+            for v in range(self.n_vectors)
+        ]
+        return [self.shuffle(values, zeros, vector_lanes) for vector_lanes in lanes]
 
     def gather(self, acc_row):
         """A row's out_vector values from its accumulators: each filter's group lanes added in order."""
         if self.group == 1:
             return acc_row
-        (acc,) = acc_row
-        total = None
-        for g in range(self.group):
-            part = self.shuffle(acc, acc, [f * self.group + g for f in range(self.width)])
-            total = part if total is None else self.builder.fadd(total, part)
-        return [total]
+        per_vector = self.lanes // self.group
+        totals = []
+        for acc in acc_row:
+            total = None
+            for g in range(self.group):
+                part = self.shuffle(acc, acc, [f * self.group + g for f in range(per_vector)])
+                total = part if total is None else self.builder.fadd(total, part)
+            totals.append(total)
+        if len(totals) == 1:
+            return totals
+        first, second = totals  # (a paired panel: each vector holds half of its filters)
+        return [self.shuffle(first, second, list(range(self.width)))]
 
     def initial(self, bias, out_rows, n_valid, first_channel):
         """Where each row's accumulators start: the bias when the channels start at 0, else the partial
@@ -572,7 +588,7 @@ def compute_chunk(job, chunk, n_chunks, room, held, row_marker, width_marker, la
     """Run chunk ``chunk`` of ``n_chunks`` equal runs of the (pixel tile, panel) pairs of the job in
     ``job``, with this thread's room for panel copies (``copy_room``)."""
     width = _marker_width_inline(width_marker)
-    group = _channel_group_inline(width, _marker_lanes_inline(lanes_marker))
+    group = _channel_group_inline(width, _marker_lanes_inline(lanes_marker), like.itemsize)
     n_pixels, n_channels = job[_JOB_PIXEL_COUNT], job[_JOB_CHANNELS]
     n_panels = job[_JOB_PANEL_COUNT]
     pixels = numba.carray(_pointer(job[_JOB_PIXELS], like), (n_pixels, n_channels))
@@ -653,7 +669,8 @@ def _compute_pairs(
     # Where the panels are, as plain numbers: an array handed to a function at every pair cost a
     # reference count up and down (two calls, and an atomic add each), 15-20 ns a pair on a Zen 1 host.
     width = _marker_width_inline(width_marker)
-    panel_bytes = width * _channel_group_inline(width, _marker_lanes_inline(lanes_marker)) * pixels.itemsize
+    group = _channel_group_inline(width, _marker_lanes_inline(lanes_marker), pixels.itemsize)
+    panel_bytes = width * group * pixels.itemsize
     bank = (np.int64(panels.ctypes.data), panels.strides[0])
     last = (np.int64(tail.ctypes.data), tail.strides[0])  # (the last panel, when tail has its rows)
     tail_panel = n_panels - 1 if len(tail) else -1
@@ -793,7 +810,7 @@ def panels_in(panels, width_marker, lanes_marker):
     by side.  (The compiled code takes the bank and the bias as they are, 2-D and 1-D, and views them
     as panels itself: a reshape in Python cost a tiny call 5 %.)"""
     width = _marker_width_inline(width_marker)
-    panel_elements = width * _channel_group_inline(width, _marker_lanes_inline(lanes_marker))
+    panel_elements = width * _channel_group_inline(width, _marker_lanes_inline(lanes_marker), panels.itemsize)
     return -(-panels.shape[1] // panel_elements)  # (a bank read in place may end in part of a panel)
 
 

@@ -46,13 +46,14 @@ def test_tile_shape_and_padding(filters, itemsize, shape, padded):
     [
         # AVX2: 8 float32 a ymm register, 16 registers: panels of up to two vectors (12 accumulators).
         (AVX2, 1, 4, (8, 4)),  # half a register
-        (AVX2, 5, 4, (8, 8)),  # one register
+        (AVX2, 5, 4, (6, 8)),  # one register: two channels a step in two (six rows of 12 accumulators)
+        (AVX2, 8, 4, (6, 8)),
         (AVX2, 9, 4, (6, 16)),
         (AVX2, 64, 4, (6, 16)),
-        (AVX2, 3, 8, (8, 4)),  # float64: 4 a register, and no panel narrower than 4
+        (AVX2, 3, 8, (6, 4)),  # float64: 4 a register (paired), and no panel narrower than 4
         (AVX2, 5, 8, (6, 8)),
         # NEON: 4 float32 a register, 32 registers: up to four vectors (24 accumulators).
-        (NEON, 1, 4, (8, 4)),  # one register
+        (NEON, 1, 4, (8, 4)),  # one register (not paired: 16-byte vectors)
         (NEON, 9, 4, (6, 16)),
         (NEON, 64, 4, (6, 16)),
         (NEON, 9, 8, (6, 8)),
@@ -96,18 +97,36 @@ def test_the_panels_just_cover_the_filters(unit, filters, itemsize, panels):
 
 @pytest.mark.parametrize(
     ("width", "lanes", "group"),
-    [(4, 16, 4), (8, 16, 2), (16, 16, 1), (64, 16, 1), (4, 8, 2), (8, 8, 1), (4, 4, 1)],
+    [(4, 16, 4), (8, 16, 2), (16, 16, 1), (64, 16, 1), (4, 8, 2), (4, 4, 1)],
 )
 def test_a_panel_narrower_than_a_vector_fills_it_with_channels(width, lanes, group):
-    assert channel_group(width, lanes) == group
+    assert channel_group(width, lanes, 4) == group
+
+
+@pytest.mark.parametrize(
+    ("width", "lanes", "itemsize", "group"),
+    [
+        (8, 8, 4, 2),  # AVX2, 8 float32 filters: one vector, two channels a step across two
+        (4, 4, 8, 2),  # AVX2, 4 float64
+        (16, 16, 4, 1),  # AVX-512: as before
+        (8, 8, 8, 1),  # AVX-512, float64
+        (4, 4, 4, 1),  # NEON or SSE, 16-byte vectors
+        (16, 8, 4, 1),  # two vectors of filters
+    ],
+)
+def test_a_panel_of_one_avx2_vector_takes_two_channels_a_step(width, lanes, itemsize, group):
+    assert channel_group(width, lanes, itemsize) == group
 
 
 def test_packed_narrow_banks_round_their_channels_up_to_whole_groups():
     # F = 8 float32 with AVX-512: 2 channels a row, so C = 193 packs as 194 (+ the bias row) x 8 x 4 bytes;
-    # F = 3: 4 channels a row of a 4-wide panel, 196 + 1 rows; AVX2 packs F = 8 one channel a row.
+    # F = 3: 4 channels a row of a 4-wide panel, 196 + 1 rows; AVX2 packs F = 8 two channels a row
+    # too (a row of two vectors), as it does F = 3 float64 in a 4-wide panel; NEON F = 4 one a row.
     assert packed_bank_bytes(193, 8, 4) == 195 * 8 * 4
     assert packed_bank_bytes(193, 3, 4) == 197 * 4 * 4
-    assert packed_bank_bytes(193, 8, 4, AVX2) == 194 * 8 * 4
+    assert packed_bank_bytes(193, 8, 4, AVX2) == 195 * 8 * 4
+    assert packed_bank_bytes(193, 3, 8, AVX2) == 195 * 4 * 8
+    assert packed_bank_bytes(193, 4, 4, NEON) == 194 * 4 * 4
 
 
 def test_a_large_bank_ending_in_part_of_a_panel_counts_itself_and_a_copy_of_its_last_panel():

@@ -340,13 +340,16 @@ def test_a_narrow_bank_is_packed_a_group_of_channels_to_a_row(rng):
         ("float32", 3, 5, "F"),
         ("float32", 3, 7, "F"),
         ("float32", 5, 7, "C"),
+        ("float32", 8, 9, "C"),  # (AVX2: one vector, paired across two)
+        ("float32", 6, 9, "F"),
         ("float64", 3, 7, "C"),
         ("float64", 3, 12, "C"),
+        ("float64", 4, 5, "C"),
     ):
         bank = np.asarray(rng.standard_normal((channels, filters)).astype(dtype), order=order)
         with channel_blocks(2):
             packed = kernel.pack_bank(bank, None)
-        group = channel_group(packed.width, simd_unit().vector_bytes // bank.itemsize)
+        group = channel_group(packed.width, simd_unit().vector_bytes // bank.itemsize, bank.itemsize)
         n_rows = -(-channels // group)
         assert packed.panels.shape == (n_rows, packed.width * group)
         padded = np.zeros((n_rows * group, packed.width), dtype)
@@ -469,7 +472,8 @@ def between_guard_pages(values, at_end):
 kernel.SERIAL_WORK = 0  # (every call through the pool unless it asks for one thread)
 rng = np.random.default_rng(7)
 cases = [(196, 192, 16, "f"), (784, 192, 64, "f"), (49, 1024, 1000, "f"), (7, 300, 120, "f"),
-         (1, 64, 24, "f"), (50, 96, 24, "f"), (37, 8, 8, "f"), (100, 3, 64, "f"), (49, 64, 130, "d")]
+         (1, 64, 24, "f"), (50, 96, 24, "f"), (37, 8, 8, "f"), (37, 7, 8, "f"), (29, 5, 3, "d"),
+         (100, 3, 64, "f"), (49, 64, 130, "d")]
 for pixels, channels, filters, dtype in cases:
     x = rng.standard_normal((pixels, channels)).astype(dtype)
     w = rng.standard_normal((channels, filters)).astype(dtype)
@@ -494,11 +498,12 @@ def test_arrays_between_pages_that_may_not_be_touched_are_read_and_written_withi
     """Pixels, bank, bias and output each ending right before (or starting right after) a page that
     may not be touched: no access outside them (it would be a SIGSEGV), and the bits of ordinary
     arrays, alone and through the pool.  Shapes with short tiles, one pixel, blocks of channels, a
-    bank read in place with a copied last panel, a padded one, a narrow one, three channels, float64."""
+    bank read in place with a copied last panel, a padded one, narrow and paired ones (odd channel
+    counts: the last group's pixels read with a masked load), three channels, float64."""
     tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = run_python(_PAGE_EDGE_SCRIPT, tests_dir)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == ["ok", "9"]
+    assert result.stdout.split() == ["ok", "11"]
 
 
 def test_a_bias_that_fills_whole_panels_is_read_in_place_and_an_output_over_it_is_safe(rng):
@@ -517,10 +522,12 @@ def test_a_bias_that_fills_whole_panels_is_read_in_place_and_an_output_over_it_i
 
 @pytest.mark.parametrize("channels", [41, 42], ids=["odd channels", "even channels"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_a_narrow_bank_keeps_nan_and_inf_from_every_channel_of_a_group(channels, dtype, rng):
+@pytest.mark.parametrize("filters", [3, 5])
+def test_a_narrow_bank_keeps_nan_and_inf_from_every_channel_of_a_group(channels, dtype, filters, rng):
     """Channels of one group are summed in separate lanes, added at the end: an infinity or NaN in
-    either lane, or in the last channel alone in its group, comes out as in NumPy."""
-    x, w, b = problem(rng, 50, channels, 5, dtype)
+    either lane, or in the last channel alone in its group, comes out as in NumPy.  (With AVX2, 5
+    float32 filters or 3 float64 ones fill one vector, paired across two; 3 float32 half of one.)"""
+    x, w, b = problem(rng, 50, channels, filters, dtype)
     last = channels - 1
     w[[0, 1, 2, last]] = np.abs(w[[0, 1, 2, last]]) + 0.5
     x[3, last] = np.inf  # row 3: +inf everywhere, from the last channel
@@ -581,7 +588,7 @@ def test_workers_take_part_in_a_large_call(rng, pause):
     assert_pool_healthy(pool)
 
 
-# (dtype, pixels, channels, filters): float32 tiles 8x8, 6x16, 6x32, 6x64 and float64 tiles 8x4, 6x8, 6x16,
+# (dtype, pixels, channels, filters): with AVX-512, float32 tiles 8x8, 6x16, 6x32, 6x64 and float64 tiles 8x4, 6x8, 6x16,
 # 6x32, each also with fewer pixels than tile rows (one-row tiles), partial panels (F = 3, 200), P < F.
 KINDS = [
     ("float32", 300, 24, 8),
