@@ -588,8 +588,8 @@ def test_workers_take_part_in_a_large_call(rng, pause):
     assert_pool_healthy(pool)
 
 
-# (dtype, pixels, channels, filters): with AVX-512, float32 tiles 8x8, 6x16, 6x32, 6x64 and float64 tiles 8x4, 6x8, 6x16,
-# 6x32, each also with fewer pixels than tile rows (one-row tiles), partial panels (F = 3, 200), P < F.
+# (dtype, pixels, channels, filters): with AVX-512, float32 tiles 8x8, 6x16, 6x32, 6x64 and float64 tiles 8x4,
+# 6x8, 6x16, 6x32, each also with fewer pixels than tile rows (one-row tiles), partial panels (F = 3, 200), P < F.
 KINDS = [
     ("float32", 300, 24, 8),
     ("float32", 3, 24, 8),
