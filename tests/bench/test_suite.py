@@ -237,6 +237,30 @@ def test_an_unknown_instruction_set_is_refused():
         isa_environment("sse9")
 
 
+def test_a_full_run_takes_the_best_peak_probed_before_and_after_and_between_its_layers(tmp_path, monkeypatch):
+    """Outside --quick the peak is probed before each layer too, and the best of every probe is the
+    run's peak: its layers' percentages and the saved limits use it."""
+    monkeypatch.setenv("CONV1X1_CACHE_DIR", str(tmp_path))
+    measured = iter(
+        [(MachineLimits(80.0, 70.0, 25.0, 2, "before"), 0.0), (MachineLimits(79.0, 71.0, 26.0, 2, "after"), 0.0)]
+    )
+    monkeypatch.setattr(suite, "_limits_and_load", lambda threads, quick: next(measured))
+    between = iter([85.0, 94.0, 88.0])
+    probed = []
+    monkeypatch.setattr(suite, "peak_between_layers", lambda threads: probed.append(threads) or next(between))
+    monkeypatch.setattr(suite, "FULL_TIMING", suite.QUICK_TIMING)  # (the timing of each layer is not the point)
+    layers = [
+        BenchLayer("tiny", 1, 8, 8, 16, 8),
+        BenchLayer("tiny", 1, 8, 8, 16, 16),
+        BenchLayer("tiny", 1, 4, 4, 8, 8),
+    ]
+    report = suite.run_bench(quick=False, torch=False, layers=layers)
+    assert probed == [None, None, None]
+    assert report.limits.peak_gflops == 94.0 and report.limits.sgemm_gflops == 71.0
+    assert all(row.peak_gflops == 94.0 for row in report.rows)
+    assert report.limits_saved and load_limits().peak_gflops == 94.0
+
+
 def test_fma_peak_is_a_positive_finite_rate():
     rate = probe.fma_peak_gflops(threads=1, seconds=0.02)
     assert math.isfinite(rate) and rate > 0
