@@ -380,8 +380,8 @@ LIMITS_AGREE_WITHIN = 0.10  # the peaks measured before and after the layers, re
 def peak_between_layers(threads: int | None) -> float:
     """The FMA peak, probed briefly (about 0.1 s) before a layer.
 
-    This host's clock moves with its other tenants' load: in one run the peaks measured before and
-    after the layers were 79 GFLOP/s and a layer in between ran at 81.5 (103 % of its roof), while
+    A shared host's clock moves with its other tenants' load: on a Zen 1 guest one run probed 79
+    GFLOP/s before and after the layers while a layer in between ran at 81.5 (103 % of its roof), and
     other runs of the same hour probed 88-94.  Noise only ever lowers a probe, so the best of many,
     spread over the run, is the nearest to the peak that the layers met."""
     from ..kernel import probe
