@@ -62,8 +62,8 @@ _MIN_WIDTH = 4
 # 8 rows ran 7-15 % faster on 16 filters with AVX-512 and 8 with AVX2 (float64 too), on 28x28x192,
 # 56x56x64 and 7x7x832 inputs.  With two vectors or more, 8 rows measured the same as 6.
 _ROWS, _NARROW_ROWS = 6, 8
-# A panel of one vector of this many bytes (AVX2's) takes two channels a step in two vectors
-# (channel_group), in a tile of six rows: one broadcast per two multiply-adds instead of one each.
+# A panel of one vector or less, of this many bytes a vector (AVX2's), takes twice the channels a step
+# in two vectors (channel_group), in a tile of six rows: one broadcast per two multiply-adds, not one.
 # Broadcasts are what the one-vector tile waits on: on a Zen 1 core, a loop of one load, 8 broadcasts
 # and 8 FMAs a step (the 8x8 tile of 8 float32 filters) ran at 32 GFLOP/s in L1, one of 2 loads, 6
 # broadcasts of channel pairs and 12 FMAs at 38 (the core's FMA peak is 40-43; C intrinsics, gcc -O3).
@@ -97,13 +97,14 @@ def channel_group(width: int, lanes: int, itemsize: int) -> int:
     and the tile broadcasts that many adjacent input values at once: whole-vector multiply-adds and
     half the loads, its lanes added together at the end.
 
-    A panel of exactly one AVX2 vector (8 float32 or 4 float64 filters) takes two channels a step
-    too, packed the same way across two vectors, so that each broadcast pair of input values feeds
-    two multiply-adds instead of one (``_PAIRED_VECTOR_BYTES``).
+    With AVX2, a panel of one vector or less takes twice as many channels a step, packed the same way
+    across two vectors (8 float32 filters: 2 channels; 4: 4; 4 float64: 2), so that each broadcast of
+    input values feeds two multiply-adds instead of one (``_PAIRED_VECTOR_BYTES``).
     """
-    if width < lanes:
-        return lanes // width
-    return 2 if width == lanes and lanes * itemsize == _PAIRED_VECTOR_BYTES else 1
+    group = lanes // width if width < lanes else 1
+    if width <= lanes and lanes * itemsize == _PAIRED_VECTOR_BYTES:
+        group *= 2
+    return group
 
 
 def panel_count(filters: int, itemsize: int, simd: SimdUnit = AVX512) -> int:

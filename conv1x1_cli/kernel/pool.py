@@ -32,11 +32,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
-import hashlib
 import os
 import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 import numba
@@ -51,6 +49,7 @@ from .tiles import (
     JOB_CHUNKS,
     JOB_FIELDS,
     JOB_NUMBER,
+    cached_with_sources,
     compute_chunk,
     copy_room,
     describe_job,
@@ -58,31 +57,6 @@ from .tiles import (
     panels_in,
     plan,
 )
-
-
-def _sources_digest() -> str:
-    """A digest of the compiled code's sources: tiles.py and this file."""
-    digest = hashlib.sha256()
-    for name in ("tiles.py", "pool.py"):
-        # (without source files, in a frozen application, numba cannot cache anyway)
-        with contextlib.suppress(OSError):
-            digest.update(Path(__file__).with_name(name).read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _cached_with_tiles(function=None, *, parallel=False):
-    """njit(cache=True, nogil=True), cached under a name that changes whenever tiles.py or this file does.
-
-    numba's on-disk cache checks only the source file of the function it caches, but the pool's
-    entry points contain tiles.py's code too: after a change to tiles.py alone, pooled calls ran
-    the old tiles from the cache. An upgrade that changes
-    tiles.py would do the same to users' caches.
-    """
-    if function is None:
-        return lambda function: _cached_with_tiles(function, parallel=parallel)
-    function.__qualname__ = f"{function.__qualname__}_{_sources_digest()}"
-    return njit(cache=True, nogil=True, parallel=parallel)(function)
-
 
 # --------------------------------------------------------------------------
 # Atomics and C functions, callable without the GIL
@@ -253,7 +227,7 @@ def _chunk_count(pixels, n_panels, tile_group, block, n_pairs, n_threads):
     return n_chunks
 
 
-@_cached_with_tiles
+@cached_with_sources
 def run_pooled(
     pixels,
     panels,
@@ -329,7 +303,7 @@ def _make_way(control, main_cpu, n_threads, woken):
             return
 
 
-@_cached_with_tiles
+@cached_with_sources
 def serve(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_marker, width_marker, lanes_marker, like):
     """Worker ``me``'s loop (me >= 1): run chunks of jobs of this kind, spinning politely in
     between, and sleeping after ``idle_turns`` idle turns (sched_yield calls).
@@ -442,7 +416,7 @@ def _avoid_cpu(cpu, avoided, cpu_sets):
     return cpu
 
 
-@_cached_with_tiles(parallel=True)
+@cached_with_sources(parallel=True)
 def run_portable(pixels, panels, panel_bias, out, relu, block, n_threads, row_marker, width_marker, lanes_marker, like):
     """A whole job shared out by numba's threading layer: the same chunks as run_pooled's, each of
     n_threads threads a contiguous run of them.

@@ -63,6 +63,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+from pathlib import Path
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -72,6 +76,40 @@ from numba.extending import intrinsic
 
 from ..costs.packing import channel_group
 from .target import simd_unit
+
+# The files whose code the cached entry points contain: this one, the pool's, and the packing rule
+# (channel_group is compiled into the walk over the pairs).
+_COMPILED_SOURCES = (
+    Path(__file__),
+    Path(__file__).with_name("pool.py"),
+    Path(__file__).parent.parent / "costs" / "packing.py",
+)
+
+
+def _sources_digest() -> str:
+    """A digest of every file in _COMPILED_SOURCES."""
+    digest = hashlib.sha256()
+    for path in _COMPILED_SOURCES:
+        # (without source files, in a frozen application, numba cannot cache anyway)
+        with contextlib.suppress(OSError):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cached_with_sources(function=None, *, parallel=False):
+    """njit(cache=True, nogil=True), cached under a name that changes whenever one of the files
+    compiled into it does (_COMPILED_SOURCES).
+
+    numba's on-disk cache checks only the source file of the function it caches, but the entry points
+    contain code from the others too: after a change to tiles.py alone, pooled calls ran the old
+    tiles from the cache, and a change to the packing rule alone would have had the old walk read
+    a bank packed the new way.  An upgrade that changes either would do the same to users' caches.
+    """
+    if function is None:
+        return lambda function: cached_with_sources(function, parallel=parallel)
+    function.__qualname__ = f"{function.__qualname__}_{_sources_digest()}"
+    return njit(cache=True, nogil=True, parallel=parallel)(function)
+
 
 # A marker is a tuple of Nones whose length stands for a number: numba types and unboxes every
 # element of a tuple argument at every call (a call taking an array and a 16-element tuple: 389 ns;
@@ -583,7 +621,7 @@ def copy_room(like, copies):
     return np.empty(COPY_ROOM_BYTES // like.itemsize if copies else 0, like.dtype), held
 
 
-@njit(cache=True, nogil=True)
+@cached_with_sources
 def compute_chunk(job, chunk, n_chunks, room, held, row_marker, width_marker, lanes_marker, like):
     """Run chunk ``chunk`` of ``n_chunks`` equal runs of the (pixel tile, panel) pairs of the job in
     ``job``, with this thread's room for panel copies (``copy_room``)."""
@@ -814,7 +852,7 @@ def panels_in(panels, width_marker, lanes_marker):
     return -(-panels.shape[1] // panel_elements)  # (a bank read in place may end in part of a panel)
 
 
-@njit(cache=True, nogil=True)
+@cached_with_sources
 def run_alone(pixels, panels, panel_bias, out, relu, block, row_marker, width_marker, lanes_marker, like):
     """A whole job on the calling thread.  (It calls no Linux-only function, unlike the pool's code.)"""
     n_panels = panels_in(panels, width_marker, lanes_marker)

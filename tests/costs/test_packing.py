@@ -45,7 +45,7 @@ def test_tile_shape_and_padding(filters, itemsize, shape, padded):
     ("unit", "filters", "itemsize", "shape"),
     [
         # AVX2: 8 float32 a ymm register, 16 registers: panels of up to two vectors (12 accumulators).
-        (AVX2, 1, 4, (8, 4)),  # half a register
+        (AVX2, 1, 4, (6, 4)),  # half a register: four channels a step in two (six rows of 12 accumulators)
         (AVX2, 5, 4, (6, 8)),  # one register: two channels a step in two (six rows of 12 accumulators)
         (AVX2, 8, 4, (6, 8)),
         (AVX2, 9, 4, (6, 16)),
@@ -97,16 +97,17 @@ def test_the_panels_just_cover_the_filters(unit, filters, itemsize, panels):
 
 @pytest.mark.parametrize(
     ("width", "lanes", "group"),
-    [(4, 16, 4), (8, 16, 2), (16, 16, 1), (64, 16, 1), (4, 8, 2), (4, 4, 1)],
+    [(4, 16, 4), (8, 16, 2), (16, 16, 1), (64, 16, 1), (4, 4, 1)],
 )
 def test_a_panel_narrower_than_a_vector_fills_it_with_channels(width, lanes, group):
-    assert channel_group(width, lanes, 4) == group
+    assert channel_group(width, lanes, 4) == group  # (16- and 64-byte vectors: not AVX2's pairs)
 
 
 @pytest.mark.parametrize(
     ("width", "lanes", "itemsize", "group"),
     [
         (8, 8, 4, 2),  # AVX2, 8 float32 filters: one vector, two channels a step across two
+        (4, 8, 4, 4),  # AVX2, 4 float32 filters: half a vector, four channels a step across two
         (4, 4, 8, 2),  # AVX2, 4 float64
         (16, 16, 4, 1),  # AVX-512: as before
         (8, 8, 8, 1),  # AVX-512, float64
@@ -121,10 +122,12 @@ def test_a_panel_of_one_avx2_vector_takes_two_channels_a_step(width, lanes, item
 def test_packed_narrow_banks_round_their_channels_up_to_whole_groups():
     # F = 8 float32 with AVX-512: 2 channels a row, so C = 193 packs as 194 (+ the bias row) x 8 x 4 bytes;
     # F = 3: 4 channels a row of a 4-wide panel, 196 + 1 rows; AVX2 packs F = 8 two channels a row
-    # too (a row of two vectors), as it does F = 3 float64 in a 4-wide panel; NEON F = 4 one a row.
+    # too (a row of two vectors), as it does F = 3 float64 in a 4-wide panel, and F = 3 float32 four
+    # channels a row of a 4-wide panel (two vectors); NEON F = 4 one a row.
     assert packed_bank_bytes(193, 8, 4) == 195 * 8 * 4
     assert packed_bank_bytes(193, 3, 4) == 197 * 4 * 4
     assert packed_bank_bytes(193, 8, 4, AVX2) == 195 * 8 * 4
+    assert packed_bank_bytes(193, 3, 4, AVX2) == 197 * 4 * 4
     assert packed_bank_bytes(193, 3, 8, AVX2) == 195 * 4 * 8
     assert packed_bank_bytes(193, 4, 4, NEON) == 194 * 4 * 4
 

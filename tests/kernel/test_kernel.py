@@ -673,10 +673,13 @@ def pool_of_three_workers(monkeypatch):
         thread.join(timeout=10)
 
 
-def test_a_change_to_the_tiles_alone_gives_the_pools_compiled_code_a_new_cache_entry(tmp_path):
-    """numba's disk cache checks only the file of the cached function, but the pool's entry points
-    contain tiles.py's code: without a new name, a changed tiles.py left pooled calls running the old
-    tiles (writing 8 of 32 filters). Asked of a copy of the package, before and after changing tiles.py."""
+@pytest.mark.parametrize("changed", ["kernel/tiles.py", "kernel/pool.py", "costs/packing.py"])
+def test_a_change_to_any_file_compiled_into_the_entry_points_gives_them_new_cache_entries(tmp_path, changed):
+    """numba's disk cache checks only the file of the cached function, but the entry points contain
+    code from tiles.py, pool.py and the packing rule: without a new name, a changed tiles.py left
+    pooled calls running the old tiles (writing 8 of 32 filters), and a changed channel_group would
+    have had the old walk read banks packed the new way. Asked of a copy of the package, before and
+    after changing one of the files."""
     import shutil
 
     import conv1x1_cli
@@ -684,16 +687,17 @@ def test_a_change_to_the_tiles_alone_gives_the_pools_compiled_code_a_new_cache_e
     package = tmp_path / "conv1x1_cli"
     shutil.copytree(os.path.dirname(conv1x1_cli.__file__), package, ignore=shutil.ignore_patterns("__pycache__"))
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); from conv1x1_cli.kernel import pool; "
-        "print(*(f._cache._cache_file._index_name for f in (pool.run_pooled, pool.serve)))"
+        "import sys; sys.path.insert(0, sys.argv[1]); from conv1x1_cli.kernel import pool, tiles; "
+        "entries = (pool.run_pooled, pool.serve, pool.run_portable, tiles.compute_chunk, tiles.run_alone); "
+        "print(*(f._cache._cache_file._index_name for f in entries))"
     )
     before = run_python(code, tmp_path)
-    with open(package / "kernel" / "tiles.py", "a") as tiles:
-        tiles.write("\n_A_CHANGE = 1\n")
+    with open(package / changed, "a") as source:
+        source.write("\n_A_CHANGE = 1\n")
     after = run_python(code, tmp_path)
     assert before.returncode == after.returncode == 0, before.stderr + after.stderr
     names_before, names_after = before.stdout.split(), after.stdout.split()
-    assert len(names_before) == len(names_after) == 2
+    assert len(names_before) == len(names_after) == 5
     assert not set(names_before) & set(names_after), (names_before, names_after)
 
 
