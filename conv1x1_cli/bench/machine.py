@@ -160,22 +160,23 @@ def measure_limits(threads: int | None = None, quick: bool = False) -> MachineLi
     )
 
 
-def measure_levels(threads: int, quick: bool = False) -> tuple[MemoryLevel, ...]:
+def measure_levels(threads: int, quick: bool = False, only: str | None = None) -> tuple[MemoryLevel, ...]:
     """Read and write bandwidths of all threads in each cache level this system reports (each thread
     sweeping half of its share of the level, so that it stays there) and in memory (four times the
-    last level, at least 256 MiB)."""
+    last level, at least 256 MiB); with ``only``, of that level alone."""
     from ..kernel.streams import stream_gbs
 
     seconds = 0.02 if quick else 0.15
+    capacities = cache_capacities(threads)
+    largest = max([capacity for _, capacity in capacities] + [64 << 20])
+    memory_share = (64 << 20 if quick else max(256 << 20, 4 * largest)) // threads
+    shares = [(name, capacity, capacity // threads // 2) for name, capacity in capacities]
     levels = []
-    for name, capacity in cache_capacities(threads):
-        share = capacity // threads // 2
-        read, write = (stream_gbs(kind, share, threads, seconds) for kind in ("read", "write"))
-        levels.append(MemoryLevel(name, capacity, read, write))
-    largest = max([capacity for _, capacity in cache_capacities(threads)] + [64 << 20])
-    share = (64 << 20 if quick else max(256 << 20, 4 * largest)) // threads
-    read, write = (stream_gbs(kind, share, threads, seconds) for kind in ("read", "write"))
-    return (*levels, MemoryLevel("DRAM", None, read, write))
+    for name, capacity, share in [*shares, ("DRAM", None, memory_share)]:
+        if only is None or name == only:
+            read, write = (stream_gbs(kind, share, threads, seconds) for kind in ("read", "write"))
+            levels.append(MemoryLevel(name, capacity, read, write))
+    return tuple(levels)
 
 
 def cache_capacities(threads: int, root: str = "/sys/devices/system/cpu/cpu0/cache") -> list[tuple[str, int]]:

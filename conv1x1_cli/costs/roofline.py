@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 DEFAULT_SOURCE = "defaults (run conv1x1 bench to measure)"
@@ -165,10 +166,7 @@ def best_limits(first: MachineLimits, second: MachineLimits) -> MachineLimits:
     """
     levels = first.levels
     if [level.name for level in first.levels] == [level.name for level in second.levels]:
-        levels = tuple(
-            replace(one, read_gbs=max(one.read_gbs, other.read_gbs), write_gbs=max(one.write_gbs, other.write_gbs))
-            for one, other in zip(first.levels, second.levels, strict=True)
-        )
+        levels = best_levels(first.levels, second.levels)
     return replace(
         first,
         peak_gflops=max(first.peak_gflops, second.peak_gflops),
@@ -176,3 +174,24 @@ def best_limits(first: MachineLimits, second: MachineLimits) -> MachineLimits:
         bandwidth_gbs=max(first.bandwidth_gbs, second.bandwidth_gbs),
         levels=levels,
     )
+
+
+def best_levels(levels: tuple[MemoryLevel, ...], others: Sequence[MemoryLevel]) -> tuple[MemoryLevel, ...]:
+    """``levels``, each read and write bandwidth at the best of its own and those measured again of the
+    same level in ``others`` (which may hold some levels only, or one several times).
+
+    >>> dram = MemoryLevel("DRAM", None, 27.0, 13.0)
+    >>> best_levels((dram,), [replace(dram, write_gbs=15.0), replace(dram, read_gbs=26.0)])
+    (MemoryLevel(name='DRAM', capacity_bytes=None, read_gbs=27.0, write_gbs=15.0),)
+    """
+    best = []
+    for level in levels:
+        again = [other for other in others if other.name == level.name]
+        best.append(
+            replace(
+                level,
+                read_gbs=max([level.read_gbs, *(other.read_gbs for other in again)]),
+                write_gbs=max([level.write_gbs, *(other.write_gbs for other in again)]),
+            )
+        )
+    return tuple(best)

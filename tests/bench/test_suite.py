@@ -17,7 +17,7 @@ from conv1x1_cli.bench import machine, suite
 from conv1x1_cli.bench.isa import PinningError, isa_environment, pin, runs_here
 from conv1x1_cli.bench.machine import load_limits
 from conv1x1_cli.bench.suite import BenchLayer, LayerResult, Timing, summarize, verify
-from conv1x1_cli.costs.roofline import MachineLimits
+from conv1x1_cli.costs.roofline import MachineLimits, MemoryLevel
 from conv1x1_cli.kernel import probe
 from conv1x1_cli.kernel.target import simd_unit
 
@@ -237,27 +237,37 @@ def test_an_unknown_instruction_set_is_refused():
         isa_environment("sse9")
 
 
-def test_a_full_run_takes_the_best_peak_probed_before_and_after_and_between_its_layers(tmp_path, monkeypatch):
-    """Outside --quick the peak is probed before each layer too, and the best of every probe is the
-    run's peak: its layers' percentages and the saved limits use it."""
+def test_a_full_run_takes_the_best_limits_probed_before_and_after_and_between_its_layers(tmp_path, monkeypatch):
+    """Outside --quick the peak is probed before each layer too, and the level a memory-bound layer
+    streams from is measured again before it; the best of every probe is the run's limit, for its
+    layers' percentages and the saved limits."""
     monkeypatch.setenv("CONV1X1_CACHE_DIR", str(tmp_path))
-    measured = iter(
-        [(MachineLimits(80.0, 70.0, 25.0, 2, "before"), 0.0), (MachineLimits(79.0, 71.0, 26.0, 2, "after"), 0.0)]
-    )
+
+    def limits(peak, sgemm, read, write, source):
+        return MachineLimits(peak, sgemm, read, 2, source, (MemoryLevel("DRAM", None, read, write),))
+
+    measured = iter([(limits(80.0, 70.0, 25.0, 12.0, "before"), 0.0), (limits(79.0, 71.0, 26.0, 13.0, "after"), 0.0)])
     monkeypatch.setattr(suite, "_limits_and_load", lambda threads, quick: next(measured))
     between = iter([85.0, 94.0, 88.0])
-    probed = []
+    probed, levels_probed = [], []
     monkeypatch.setattr(suite, "peak_between_layers", lambda threads: probed.append(threads) or next(between))
+
+    def measure_levels(threads, only=None):
+        levels_probed.append(only)
+        return (MemoryLevel("DRAM", None, 24.0, 15.0),)
+
+    monkeypatch.setattr(suite, "measure_levels", measure_levels)
     monkeypatch.setattr(suite, "FULL_TIMING", suite.QUICK_TIMING)  # (the timing of each layer is not the point)
-    layers = [
-        BenchLayer("tiny", 1, 8, 8, 16, 8),
-        BenchLayer("tiny", 1, 8, 8, 16, 16),
-        BenchLayer("tiny", 1, 4, 4, 8, 8),
-    ]
+    thin = BenchLayer("thin", 1, 8, 8, 2, 8)  # 2 channels: bound by writing its output
+    layers = [BenchLayer("tiny", 1, 8, 8, 16, 8), thin, BenchLayer("tiny", 1, 8, 8, 32, 8)]
+    assert thin.roofline(limits(80.0, 70.0, 25.0, 12.0, "hand")).bound == "memory"
+    assert [layer.roofline(limits(80.0, 70.0, 25.0, 12.0, "hand")).bound for layer in layers[::2]] == ["compute"] * 2
     report = suite.run_bench(quick=False, torch=False, layers=layers)
-    assert probed == [None, None, None]
+    assert probed == [None, None, None] and levels_probed == ["DRAM"]  # (the memory-bound layer's level only)
     assert report.limits.peak_gflops == 94.0 and report.limits.sgemm_gflops == 71.0
+    assert report.limits.levels == (MemoryLevel("DRAM", None, 26.0, 15.0),)
     assert all(row.peak_gflops == 94.0 for row in report.rows)
+    assert report.rows[1].roofline == thin.roofline(report.limits)
     assert report.limits_saved and load_limits().peak_gflops == 94.0
 
 
