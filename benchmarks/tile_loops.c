@@ -5,10 +5,11 @@
  *
  * Run it alone on an idle machine, and next to a second copy of itself (two shells) for the rate a
  * core keeps while the other core works too (turbo clocks make one core alone faster).  On a Zen 1
- * core (2026-12-07; 256-bit FMAs split in two, FMA peak 40-43 GFLOP/s): "no loads" 42, 6x16 38-40,
- * 4x24 39-40, 8x8 32, 12x8 32, paired 6x8 38: a tile that broadcasts once per multiply-add waits on
- * its broadcasts, which is why AVX2's one-vector panels take two channels a step
- * (costs/packing.py, channel_group).  GFLOP/s count 2 per multiply-add of a lane.
+ * core (2026-12-07; 256-bit FMAs split in two; its clock moved with the host's load, so two runs):
+ * "no loads" 42 and 46 GFLOP/s, 6x16 38-40 and 45, 4x24 39-40 and 45.5, 8x8 32 and 38, 12x8 32 and
+ * 38, paired 6x8 38 and 45: a tile that broadcasts once per multiply-add waits on its broadcasts
+ * (76-83 % of the chains' rate, against 93-98 %), which is why AVX2's one-vector panels take two
+ * channels a step (costs/packing.py, channel_group).  GFLOP/s count 2 per multiply-add of a lane.
  */
 #include <immintrin.h>
 #include <stdio.h>
