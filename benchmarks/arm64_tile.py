@@ -30,31 +30,20 @@ TRIPLE = "arm64-apple-darwin"
 CPU = "apple-m1"
 
 
-def neon_tile_ir(filters: int = 64, channels: int = 64) -> str:
-    """The optimised LLVM IR of tiles._compute_pairs for the NEON kind of a float32 bank of this
+def neon_tile_ir(filters: int = 64) -> str:
+    """The optimised LLVM IR of tiles.compute_chunk for the NEON kind of a float32 bank of this
     many filters, as numba makes it on this (x86) machine."""
     os.environ.setdefault("NUMBA_CACHE_DIR", tempfile.mkdtemp())  # numba shows no IR of cached code
-    import numba
     import numpy as np
 
-    from conv1x1_cli.costs.packing import NEON, panel_count, tile_shape
+    from conv1x1_cli.costs.packing import NEON, tile_shape
     from conv1x1_cli.kernel import _Kind, tiles
-    from conv1x1_cli.kernel.tiles import COPY_ROOM_BYTES
 
     rows, width = tile_shape(filters, 4, NEON)
     kind = _Kind(0, np.dtype(np.float32), rows, width, NEON.vector_bytes // 4)
-    n_panels = panel_count(filters, 4, NEON)
-    panels = np.zeros((channels, n_panels * width), np.float32)
-    pixels, out = np.zeros((2 * rows, channels), np.float32), np.zeros((2 * rows, filters), np.float32)
-    bias, tail = np.zeros((n_panels, width), np.float32), np.zeros((0, width), np.float32)  # (whole panels)
-    row_marker, width_marker, lanes_marker, _ = kind.markers
-    # (a walk that copies its panels, into a thread's room: the NEON tile's panel rows are a cache line)
-    room, held = np.zeros(COPY_ROOM_BYTES // 4, np.float32), np.full(3, -1, np.int64)
-    walk = (True, room, held, pixels, panels, tail, bias, out, True, 1, channels, 0, 1)
-    args = (*walk, row_marker, width_marker, lanes_marker)
-    signature = tuple(numba.typeof(arg) for arg in args)
-    tiles._compute_pairs.compile(signature)
-    return tiles._compute_pairs.inspect_llvm(signature)
+    signature = tiles.chunk_signature(*kind.markers[1:])
+    tiles.compute_chunk.compile(signature)
+    return tiles.compute_chunk.inspect_llvm(signature)
 
 
 def _portable_decrement(match: re.Match) -> str:

@@ -54,6 +54,10 @@ how pixels are covered by tiles.
   numba falls back to its user-wide cache directory when the package directory
   is read-only).  ``prepare`` compiles a bank's kind of tile, under a lock, ahead
   of a timed call; a call of a kind not prepared compiles it first (``_entry_point``).
+  The walk over the pairs (``tiles.compute_chunk``) is compiled once per kind, and every entry
+  point calls it through its address (``_Kind.chunk_code``, ``tiles.call_chunk``), so LLVM does
+  not compile it again into each of them; the small functions they share are compiled once too
+  and linked (``tiles.helper``).
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ from .pool import (
     worker_pool,
 )
 from .target import simd_unit
-from .tiles import lanes_marker_for, marker, run_alone, width_marker_for
+from .tiles import chunk_address, compute_chunk, lanes_marker_for, marker, run_alone, width_marker_for
 
 __all__ = [
     "SERIAL_WORK",
@@ -104,9 +108,19 @@ class _Kind:
 
     def __init__(self, code: int, dtype: np.dtype, rows: int, width: int, lanes: int):
         self.code, self.rows = code, rows
-        # (the marker arguments that select this kind's code, and an empty array of its dtype; kept as
-        # one tuple: building it at every call cost a tiny call 0.06 us)
-        self.markers = (marker(rows), width_marker_for(width), lanes_marker_for(lanes), np.empty(0, dtype))
+        # The address of compute_chunk's code for this kind, once it is compiled (_entry_point), in an
+        # array that the entry points read it from at every call (tiles.call_chunk).
+        self.chunk_code = np.zeros(1, np.int64)
+        # (with the marker arguments that select this kind's code and an empty array of its dtype, the
+        # arguments every entry point ends with; kept as one tuple: building it at every call cost a
+        # tiny call 0.06 us)
+        self.markers = (
+            self.chunk_code,
+            marker(rows),
+            width_marker_for(width),
+            lanes_marker_for(lanes),
+            np.empty(0, dtype),
+        )
         # Compiled code of this kind by dispatcher (run_alone, run_pooled, run_portable, serve): calls go
         # straight to it (see _entry_point).
         self.entry_points: dict = {}
@@ -156,6 +170,8 @@ def _entry_point(kind: _Kind, dispatcher, args: tuple):
         with _setup_lock:
             entry = kind.entry_points.get(dispatcher)
             if entry is None:
+                if not kind.chunk_code[0]:  # (first the walk, which every entry point calls by address)
+                    kind.chunk_code[0] = chunk_address(*kind.markers[1:])
                 types = tuple(_writeable(numba.typeof(argument)) for argument in args)
                 entry = kind.entry_points[dispatcher] = dispatcher.compile(types)
     return entry
@@ -589,7 +605,7 @@ def prepare(packed: PackedBank, threads: int | None = None, pixels: int | None =
 def compilations() -> int:
     """How many specialisations of the kernel this process has compiled so far, for want of them in
     numba's disk cache (a call whose tiles or argument types prepare() did not foresee compiles too)."""
-    entries = (run_alone, run_pooled, serve, run_portable)
+    entries = (run_alone, run_pooled, serve, run_portable, compute_chunk)
     return sum(sum(entry.stats.cache_misses.values()) for entry in entries)
 
 

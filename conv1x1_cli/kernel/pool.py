@@ -39,7 +39,7 @@ from typing import Any
 
 import numba
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -50,9 +50,10 @@ from .tiles import (
     JOB_FIELDS,
     JOB_NUMBER,
     cached_with_sources,
-    compute_chunk,
+    call_chunk,
     copy_room,
     describe_job,
+    helper,
     kind_copies_panels,
     panels_in,
     plan,
@@ -173,13 +174,13 @@ _SEMAPHORE_BYTES = 64
 CPU_SET_WORDS = 16  # a cpu_set_t: 1024 CPUs, as glibc's
 
 
-@njit(inline="always")
+@helper
 def _threads_of(segment_word):
     """How many threads take part in the job that a segment word belongs to."""
     return (segment_word >> _THREADS_SHIFT) & 0xFF
 
 
-@njit(inline="always")
+@helper
 def _claim(control, segment, from_end, kind, me):
     """Claim one unclaimed chunk of ``segment``: its first (a thread's own segment) or its last
     (when helping another thread).  Returns the chunk, _NOTHING, or _OTHER_KIND for a job of
@@ -205,20 +206,20 @@ def _claim(control, segment, from_end, kind, me):
             return chunk
 
 
-@njit(inline="always")
+@helper
 def _next_chunk(control, kind, me, n_threads):
     """The next chunk for thread ``me``: from the front of its own segment, else from the back of
     another's (the far end from where its owner works, so each thread keeps to its own part of
     the bank or the pixels as long as it can)."""
-    chunk = _claim(control, me, False, kind, me)
+    chunk = _claim(control, me, np.bool_(False), kind, me)
     for offset in range(1, n_threads):
         if chunk != _NOTHING:
             break
-        chunk = _claim(control, (me + offset) % n_threads, True, kind, me)
+        chunk = _claim(control, (me + offset) % n_threads, np.bool_(True), kind, me)
     return chunk
 
 
-@njit(inline="always")
+@helper
 def _chunk_count(pixels, n_panels, tile_group, block, n_pairs, n_threads):
     """How many chunks a job's pairs are cut into for n_threads threads."""
     n_chunks = min(n_pairs, CHUNKS_PER_THREAD * n_threads, _MAX_CHUNKS)
@@ -240,6 +241,7 @@ def run_pooled(
     control,
     job,
     semaphore,
+    chunk_code,
     row_marker,
     width_marker,
     lanes_marker,
@@ -256,7 +258,9 @@ def run_pooled(
     copies = kind_copies_panels(width_marker, lanes_marker, like)
     tile_group, block, n_pairs = plan(pixels, panels, out, block, len(row_marker), n_panels, copies)
     n_chunks = _chunk_count(pixels, n_panels, tile_group, block, n_pairs, n_threads)
-    describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels, width_marker)
+    describe_job(
+        job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels, width_marker, lanes_marker
+    )
     job[JOB_NUMBER] += 1  # (a worker's copy of a panel from an earlier job is stale now)
     room, held = copy_room(like, copies and tile_group > 1 and n_panels > 1)
     _atomic_store(control, _DONE, 0)
@@ -275,16 +279,16 @@ def run_pooled(
         _sem_post(_address_of(semaphore))
     _make_way(control, main_cpu, n_threads, woken)
     while True:
-        chunk = _next_chunk(control, kind, 0, n_threads)
+        chunk = _next_chunk(control, kind, np.int64(0), n_threads)
         if chunk < 0:
             break
-        compute_chunk(job, chunk, n_chunks, room, held, row_marker, width_marker, lanes_marker, like)
+        call_chunk(chunk_code[0], job, chunk, n_chunks, room, held, row_marker, width_marker, lanes_marker, like)
         _atomic_add(control, _DONE, 1)
     while _atomic_load(control, _DONE) < n_chunks:
         _sched_yield()
 
 
-@njit(inline="always")
+@helper
 def _make_way(control, main_cpu, n_threads, woken):
     """Yield this thread's CPU once if a worker of this job may be waiting for it, so that the
     worker runs and moves off it (_avoid_cpu) now, instead of at the scheduler's next tick.
@@ -304,7 +308,9 @@ def _make_way(control, main_cpu, n_threads, woken):
 
 
 @cached_with_sources
-def serve(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_marker, width_marker, lanes_marker, like):
+def serve(
+    control, job, kind, me, idle_turns, semaphore, cpu_sets, chunk_code, row_marker, width_marker, lanes_marker, like
+):
     """Worker ``me``'s loop (me >= 1): run chunks of jobs of this kind, spinning politely in
     between, and sleeping after ``idle_turns`` idle turns (sched_yield calls).
 
@@ -316,7 +322,7 @@ def serve(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_marker, w
     idle = 0
     # (kept from job to job: held says whose copy it holds)
     room, held = copy_room(like, kind_copies_panels(width_marker, lanes_marker, like))
-    avoided = NO_CPU  # the caller's CPU, which this worker is kept off while it is awake
+    avoided = np.int64(NO_CPU)  # the caller's CPU, which this worker is kept off while it is awake
     published_cpu = NO_CPU  # what this worker's line in _WORKER_CPUS says
     my_segment, my_cpu_slot = _SEGMENTS + me * _LINE, _WORKER_CPUS + me * _LINE
     result = _STOPPED
@@ -335,7 +341,9 @@ def serve(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_marker, w
             result = _OTHER_KIND
             break
         if chunk != _NOTHING:
-            compute_chunk(job, chunk, job[JOB_CHUNKS], room, held, row_marker, width_marker, lanes_marker, like)
+            call_chunk(
+                chunk_code[0], job, chunk, job[JOB_CHUNKS], room, held, row_marker, width_marker, lanes_marker, like
+            )
             _atomic_add(control, _DONE, 1)
             idle = 0
         elif idle < idle_turns:
@@ -343,17 +351,17 @@ def serve(control, job, kind, me, idle_turns, semaphore, cpu_sets, row_marker, w
             idle += 1
         else:
             # Asleep, it may be woken anywhere (and is moved off the caller's CPU once awake).
-            avoided = _avoid_cpu(NO_CPU, avoided, cpu_sets)
+            avoided = _avoid_cpu(np.int64(NO_CPU), avoided, cpu_sets)
             _atomic_store(control, my_cpu_slot, NO_CPU)
             published_cpu = NO_CPU
             _sleep(control, me, semaphore)
             # A job this worker may not join (a call with fewer threads) wakes it too: back to sleep.
             idle = 0 if me < _threads_of(_atomic_load(control, my_segment)) else idle_turns
-    _avoid_cpu(NO_CPU, avoided, cpu_sets)  # back on all its CPUs
+    _avoid_cpu(np.int64(NO_CPU), avoided, cpu_sets)  # back on all its CPUs
     return result
 
 
-@njit(inline="always")
+@helper
 def _has_work(control, me):
     """Whether some segment still has unclaimed chunks that thread ``me`` may take."""
     for segment in range(MAX_THREADS):
@@ -363,7 +371,7 @@ def _has_work(control, me):
     return False
 
 
-@njit(inline="always")
+@helper
 def _sleep(control, me, semaphore):
     """Sleep on the semaphore until a job is published (or return at once if one already is).
 
@@ -386,7 +394,7 @@ def _sleep(control, me, semaphore):
         pass
 
 
-@njit(inline="always")
+@helper
 def _avoid_cpu(cpu, avoided, cpu_sets):
     """Keep this thread off ``cpu`` (the calling thread's), or let it on all its CPUs again if cpu
     is NO_CPU. ``avoided`` is the CPU it is kept off now; returns the one it is kept off from now on.
@@ -417,7 +425,9 @@ def _avoid_cpu(cpu, avoided, cpu_sets):
 
 
 @cached_with_sources(parallel=True)
-def run_portable(pixels, panels, panel_bias, out, relu, block, n_threads, row_marker, width_marker, lanes_marker, like):
+def run_portable(
+    pixels, panels, panel_bias, out, relu, block, n_threads, chunk_code, row_marker, width_marker, lanes_marker, like
+):
     """A whole job shared out by numba's threading layer: the same chunks as run_pooled's, each of
     n_threads threads a contiguous run of them.
 
@@ -433,12 +443,14 @@ def run_portable(pixels, panels, panel_bias, out, relu, block, n_threads, row_ma
     tile_group, block, n_pairs = plan(pixels, panels, out, block, len(row_marker), n_panels, copies)
     n_chunks = _chunk_count(pixels, n_panels, tile_group, block, n_pairs, n_threads)
     job = np.empty(JOB_FIELDS, np.int64)
-    describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels, width_marker)
+    describe_job(
+        job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels, width_marker, lanes_marker
+    )
     job[JOB_NUMBER] = 0
     for thread in numba.prange(n_threads):
         room, held = copy_room(like, copies and tile_group > 1 and n_panels > 1)
         for chunk in range(thread * n_chunks // n_threads, (thread + 1) * n_chunks // n_threads):
-            compute_chunk(job, chunk, n_chunks, room, held, row_marker, width_marker, lanes_marker, like)
+            call_chunk(chunk_code[0], job, chunk, n_chunks, room, held, row_marker, width_marker, lanes_marker, like)
 
 
 # How long an idle worker spins before it sleeps, in sched_yield turns: about 2 ms on an idle

@@ -50,6 +50,8 @@
 * Jobs and chunks.  A call is described as a *job* in an int64 array (array
   addresses and shapes, ``describe_job``), so that any thread can run a chunk
   of it (``compute_chunk``): a contiguous run of its (pixel tile, panel) pairs.
+  The entry points (``run_alone`` here, the pool's in ``pool.py``) call
+  compute_chunk through the address of its compiled code (``call_chunk``).
 * Floating point.  Each output is one chain of fused multiply-adds in channel
   order (a narrow panel's: one chain per lane of its group, channels g, g +
   group, ..., the chains then added in order), so the thread count never
@@ -66,6 +68,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numba
 import numpy as np
@@ -96,9 +99,10 @@ def _sources_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def cached_with_sources(function=None, *, parallel=False):
+def cached_with_sources(function=None, *, parallel=False, python_wrapper=True):
     """njit(cache=True, nogil=True), cached under a name that changes whenever one of the files
-    compiled into it does (_COMPILED_SOURCES).
+    compiled into it does (_COMPILED_SOURCES); without a wrapper for calls from Python unless
+    ``python_wrapper`` (see helper).
 
     numba's on-disk cache checks only the source file of the function it caches, but the entry points
     contain code from the others too: after a change to tiles.py alone, pooled calls ran the old
@@ -106,9 +110,20 @@ def cached_with_sources(function=None, *, parallel=False):
     a bank packed the new way.  An upgrade that changes either would do the same to users' caches.
     """
     if function is None:
-        return lambda function: cached_with_sources(function, parallel=parallel)
+        return lambda function: cached_with_sources(function, parallel=parallel, python_wrapper=python_wrapper)
     function.__qualname__ = f"{function.__qualname__}_{_sources_digest()}"
-    return njit(cache=True, nogil=True, parallel=parallel)(function)
+    options = {} if python_wrapper else _WITHOUT_WRAPPERS
+    return njit(cache=True, nogil=True, parallel=parallel, **options)(function)
+
+
+# The helpers of the compiled code, each compiled once for its argument types and linked into its
+# callers, where LLVM inlines the small ones.  numba's own inlining (inline="always") translated a
+# helper's bytecode and copied its IR again at every call: a third of a first run's compiling on a
+# Zen 1 host.  They have no wrappers for calls from Python, which no caller needs and which cost
+# a first run 0.75 s there.  numba types a literal argument as its own type (Literal[int](0)) and
+# compiles a helper again for it, so callers pass np.int64(0) or np.bool_(True) instead.
+_WITHOUT_WRAPPERS: dict[str, Any] = {"no_cpython_wrapper": True, "no_cfunc_wrapper": True}
+helper = njit(nogil=True, **_WITHOUT_WRAPPERS)
 
 
 # A marker is a tuple of Nones whose length stands for a number: numba types and unboxes every
@@ -612,48 +627,13 @@ def copies_panels(width, lanes, itemsize):
     return width > lanes and width * itemsize <= _CACHE_LINE
 
 
-@njit(inline="always")
+@helper
 def copy_room(like, copies):
     """A thread's room for panel copies, and what it holds: (job number, panel, first channel).  The
     room is empty unless ``copies``: a call that will not copy allocates 48 KiB less."""
     held = np.empty(3, np.int64)
     held[0], held[1], held[2] = -1, -1, -1
     return np.empty(COPY_ROOM_BYTES // like.itemsize if copies else 0, like.dtype), held
-
-
-@cached_with_sources
-def compute_chunk(job, chunk, n_chunks, room, held, row_marker, width_marker, lanes_marker, like):
-    """Run chunk ``chunk`` of ``n_chunks`` equal runs of the (pixel tile, panel) pairs of the job in
-    ``job``, with this thread's room for panel copies (``copy_room``)."""
-    width = _marker_width_inline(width_marker)
-    group = _channel_group_inline(width, _marker_lanes_inline(lanes_marker), like.itemsize)
-    n_pixels, n_channels = job[_JOB_PIXEL_COUNT], job[_JOB_CHANNELS]
-    n_panels = job[_JOB_PANEL_COUNT]
-    pixels = numba.carray(_pointer(job[_JOB_PIXELS], like), (n_pixels, n_channels))
-    n_group_rows = (n_channels + group - 1) // group
-    panels = numba.carray(_pointer(job[_JOB_PANELS], like), (n_group_rows, job[_JOB_PANEL_ROW]))
-    panel_bias = numba.carray(_pointer(job[_JOB_BIAS], like), (n_panels, width))
-    tail_address = job[_JOB_BIAS] + n_panels * width * like.itemsize  # (see kernel._panel_tail)
-    tail = numba.carray(_pointer(tail_address, like), (n_channels if job[_JOB_TAIL] else 0, width))
-    out = numba.carray(_pointer(job[_JOB_OUT], like), (n_pixels, job[_JOB_FILTERS]))
-    relu, tile_group, block = job[_JOB_RELU] != 0, job[_JOB_TILE_GROUP], job[_JOB_BLOCK]
-    n_long, n_short = _tile_counts_inline(n_pixels, len(row_marker))
-    n_pairs = (n_long + n_short) * n_panels
-    start, stop = chunk * n_pairs // n_chunks, (chunk + 1) * n_pairs // n_chunks
-    if held[0] != job[JOB_NUMBER]:  # (a copy made for another job: its bank may have changed since)
-        held[0], held[1], held[2] = job[JOB_NUMBER], -1, -1
-    copying = (
-        kind_copies_panels(width_marker, lanes_marker, like)
-        and min(tile_group, n_long + n_short) > 1  # (a panel meets several tiles in turn)
-        and n_panels > 1
-        and min(block, n_channels) <= _COPY_ROWS  # (a copying tile's panel rows are one channel each)
-        and len(room) * room.itemsize >= COPY_ROOM_BYTES  # (a room was made: see copy_room)
-    )
-    # This function only rebuilds the arrays from the job's addresses; the walk over the pairs works on them.
-    _compute_pairs(
-        copying, room, held, pixels, panels, tail, panel_bias, out, relu, tile_group, block, start, stop,
-        row_marker, width_marker, lanes_marker,
-    )  # fmt: skip
 
 
 def tile_counts(n_pixels, rows):
@@ -668,22 +648,47 @@ def tile_counts(n_pixels, rows):
     return (n_pixels - short * (rows - 1) + rows - 1) // rows, short
 
 
-_tile_counts_inline = njit(inline="always")(tile_counts)
-_marker_width_inline = njit(inline="always")(marker_width)
-_marker_lanes_inline = njit(inline="always")(marker_lanes)
-_channel_group_inline = njit(inline="always")(channel_group)
-_copies_panels_inline = njit(inline="always")(copies_panels)
+_tile_counts_compiled = helper(tile_counts)
 
 
-# Inlined into compute_chunk: compiled apart (and linked), LLVM optimised its code once more in
-# compute_chunk, which cost a cold start 0.12-0.15 s and ran no faster (measured on one thread).
-@njit(inline="always")
-def _compute_pairs(
-    copying, room, held, pixels, panels, tail, panel_bias, out, relu, tile_group, block, start, stop,
-    row_marker, width_marker, lanes_marker,
-):  # fmt: skip
-    """(pixel tile, panel) pairs start..stop-1, ``block`` channels at a time: every pair over the
-    first block of channels, then every pair over the next.
+@intrinsic
+def kind_numbers(typingctx, width_marker, lanes_marker, like):
+    """(panel width, vector lanes, channel group, 1 if tiles copy their panels else 0) of a kind,
+    worked out from the markers' types as the kind is compiled: four constants in the compiled code."""
+    width, lanes = marker_width(width_marker), marker_lanes(lanes_marker)
+    itemsize = like.dtype.bitwidth // 8
+    values = (width, lanes, channel_group(width, lanes, itemsize), int(copies_panels(width, lanes, itemsize)))
+    return_type = types.UniTuple(types.intp, 4)
+
+    def codegen(context, builder, signature, args):
+        return context.make_tuple(builder, return_type, [context.get_constant(types.intp, v) for v in values])
+
+    return return_type(width_marker, lanes_marker, like), codegen
+
+
+@helper
+def _job_arrays(job, width_marker, lanes_marker, like):
+    """(pixels, panels, tail, panel_bias, out): the job's arrays, rebuilt from the addresses and shapes
+    in ``job`` (describe_job)."""
+    width, _, group, _ = kind_numbers(width_marker, lanes_marker, like)
+    n_pixels, n_channels = job[_JOB_PIXEL_COUNT], job[_JOB_CHANNELS]
+    n_panels = job[_JOB_PANEL_COUNT]
+    pixels = numba.carray(_pointer(job[_JOB_PIXELS], like), (n_pixels, n_channels))
+    n_group_rows = (n_channels + group - 1) // group
+    panels = numba.carray(_pointer(job[_JOB_PANELS], like), (n_group_rows, job[_JOB_PANEL_ROW]))
+    panel_bias = numba.carray(_pointer(job[_JOB_BIAS], like), (n_panels, width))
+    tail_address = job[_JOB_BIAS] + n_panels * width * like.itemsize  # (see kernel._panel_tail)
+    tail = numba.carray(_pointer(tail_address, like), (n_channels if job[_JOB_TAIL] else 0, width))
+    out = numba.carray(_pointer(job[_JOB_OUT], like), (n_pixels, job[_JOB_FILTERS]))
+    return pixels, panels, tail, panel_bias, out
+
+
+@cached_with_sources(python_wrapper=False)
+def compute_chunk(job, chunk, n_chunks, room, held, row_marker, width_marker, lanes_marker, like):
+    """Run chunk ``chunk`` of ``n_chunks`` equal runs of the (pixel tile, panel) pairs of the job in
+    ``job``, with this thread's room for panel copies (``copy_room``): pairs start..stop-1,
+    ``block`` channels at a time, every pair over the first block of channels, then every pair
+    over the next.
 
     The pairs are ordered in groups of ``tile_group`` pixel tiles: each panel in turn meets every
     tile of a group, then the next group.  One tile to a group is pixel-major order (a pixel tile
@@ -692,23 +697,38 @@ def _compute_pairs(
     L2 while the group's pixels stay in L2 (see plan).  Blocks of channels keep the part of the bank
     that the pairs share small enough to stay in L2 while they all use it (see kernel._block).
 
-    When ``copying`` (see compute_chunk), the tiles read their panel from a copy of its rows of the
-    block in this thread's ``room``, made before the first of them; ``held`` says which
-    panel and block the room holds, so that the next chunk of this thread that goes on with them
-    need not copy them again.
+    When ``copying``, the tiles read their panel from a copy of its rows of the block in the
+    thread's ``room``, made before the first of them; ``held`` says which job, panel and block the
+    room holds, so that the next chunk of this thread that goes on with them need not copy them
+    again.
+
+    (One function: compiled as two, LLVM optimised and compiled the walk's code once more in this
+    one, and a caller's first run took 0.3-0.5 s longer.)
     """
+    pixels, panels, tail, panel_bias, out = _job_arrays(job, width_marker, lanes_marker, like)
+    relu, tile_group, block = job[_JOB_RELU] != 0, job[_JOB_TILE_GROUP], job[_JOB_BLOCK]
     n_pixels, n_channels = pixels.shape
     rows = len(row_marker)
     short_marker = row_marker[1:]  # the tile one row shorter: its own unrolled code
-    n_long, n_short = _tile_counts_inline(n_pixels, rows)
+    n_long, n_short = _tile_counts_compiled(n_pixels, rows)
     n_tiles, n_panels = n_long + n_short, panel_bias.shape[0]
+    n_pairs = n_tiles * n_panels
+    start, stop = chunk * n_pairs // n_chunks, (chunk + 1) * n_pairs // n_chunks
+    if held[0] != job[JOB_NUMBER]:  # (a copy made for another job: its bank may have changed since)
+        held[0], held[1], held[2] = job[JOB_NUMBER], -1, -1
+    width, _, step_channels, copies = kind_numbers(width_marker, lanes_marker, like)
+    copying = (
+        copies
+        and min(tile_group, n_tiles) > 1  # (a panel meets several tiles in turn)
+        and n_panels > 1
+        and min(block, n_channels) <= _COPY_ROWS  # (a copying tile's panel rows are one channel each)
+        and len(room) * room.itemsize >= COPY_ROOM_BYTES  # (a room was made: see copy_room)
+    )
     group_size = min(tile_group, n_tiles)
     row_bytes = n_channels * pixels.itemsize
     # Where the panels are, as plain numbers: an array handed to a function at every pair cost a
     # reference count up and down (two calls, and an atomic add each), 15-20 ns a pair on a Zen 1 host.
-    width = _marker_width_inline(width_marker)
-    group = _channel_group_inline(width, _marker_lanes_inline(lanes_marker), pixels.itemsize)
-    panel_bytes = width * group * pixels.itemsize
+    panel_bytes = width * step_channels * pixels.itemsize
     bank = (np.int64(panels.ctypes.data), panels.strides[0])
     last = (np.int64(tail.ctypes.data), tail.strides[0])  # (the last panel, when tail has its rows)
     tail_panel = n_panels - 1 if len(tail) else -1
@@ -770,8 +790,56 @@ def _compute_pairs(
     held[1], held[2] = held_panel, held_channel
 
 
-@njit(inline="always")
-def describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels, width_marker):
+def chunk_signature(row_marker, width_marker, lanes_marker, like) -> tuple:
+    """The argument types of compute_chunk for the kind of these markers (like: an empty array of its
+    dtype), as every caller passes them."""
+    markers = (row_marker, width_marker, lanes_marker)
+    room_type = numba.typeof(like)  # (a room is an array of the kind's dtype, as like is)
+    return (
+        types.int64[::1],
+        types.int64,
+        types.int64,
+        room_type,
+        types.int64[::1],
+        *map(numba.typeof, markers),
+        room_type,
+    )
+
+
+def chunk_address(row_marker, width_marker, lanes_marker, like) -> int:
+    """The address of compute_chunk's compiled code for the kind of these markers (compiled, or loaded
+    from numba's cache, now), for call_chunk."""
+    signature = chunk_signature(row_marker, width_marker, lanes_marker, like)
+    compute_chunk.compile(signature)
+    compiled = compute_chunk.overloads[signature]
+    # (the function itself, in numba's calling convention: compute_chunk has no wrapper for Python)
+    return compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
+
+
+@intrinsic
+def call_chunk(typingctx, address, job, chunk, n_chunks, room, held, row_marker, width_marker, lanes_marker, like):
+    """compute_chunk(job, chunk, ...) through the address of its compiled code (chunk_address).
+
+    Called by name, compute_chunk's code would be linked into every caller, and LLVM would
+    optimise and compile it once more in each (run_alone, run_pooled, serve): 0.4-0.5 s of a cold
+    start apiece.  Called through its address, it is compiled once."""
+    argument_types = (job, types.int64, types.int64, room, held, row_marker, width_marker, lanes_marker, like)
+
+    def codegen(context, builder, signature, args):
+        function_type = context.call_conv.get_function_type(types.none, argument_types)
+        function = builder.inttoptr(args[0], function_type.as_pointer())
+        status, _ = context.call_conv.call_function(builder, function, types.none, argument_types, args[1:])
+        with cgutils.if_unlikely(builder, status.is_error):
+            context.call_conv.return_status_propagate(builder, status)
+        return context.get_dummy_value()
+
+    return types.none(types.int64, *argument_types), codegen
+
+
+@helper
+def describe_job(
+    job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels, width_marker, lanes_marker
+):
     """Write the job's array addresses and shapes into ``job``, where any thread can read them."""
     job[_JOB_PIXELS] = pixels.ctypes.data
     job[_JOB_PANELS] = panels.ctypes.data
@@ -783,7 +851,8 @@ def describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, 
     job[JOB_CHUNKS] = n_chunks
     job[_JOB_PANEL_ROW] = panels.shape[1]
     # (the packed bias is followed by the last panel's rows when the bank is read in place: kernel._panel_tail)
-    job[_JOB_TAIL] = len(panel_bias) > n_panels * _marker_width_inline(width_marker)
+    width = kind_numbers(width_marker, lanes_marker, panels)[0]
+    job[_JOB_TAIL] = len(panel_bias) > n_panels * width
 
 
 # Pixel-major pairs take their pixel tiles in groups when the bank's block of channels (its part
@@ -805,7 +874,7 @@ _BANK_BYTES_IN_L1 = 16 * 1024
 _COPIED_TILE_GROUP_BYTES = 192 * 1024
 
 
-@njit(inline="always")
+@helper
 def plan(pixels, panels, out, block, rows, n_panels, copies):
     """(pixel tiles per group, channels per block, number of (pixel tile, panel) pairs) of a job.
 
@@ -819,7 +888,7 @@ def plan(pixels, panels, out, block, rows, n_panels, copies):
     caches are full of the kernel's data.)
     """
     n_pixels, n_channels = pixels.shape
-    n_long, n_short = _tile_counts_inline(n_pixels, rows)
+    n_long, n_short = _tile_counts_compiled(n_pixels, rows)
     if n_long * rows + n_short * (rows - 1) != n_pixels:
         block = max(n_channels, 1)
     n_tiles = n_long + n_short
@@ -835,33 +904,32 @@ def plan(pixels, panels, out, block, rows, n_panels, copies):
     return tile_group, block, n_tiles * n_panels
 
 
-@njit(inline="always")
+@helper
 def kind_copies_panels(width_marker, lanes_marker, like):
     """copies_panels for the tile of these markers and like's dtype (a constant, compiled)."""
-    width, lanes = _marker_width_inline(width_marker), _marker_lanes_inline(lanes_marker)
-    return _copies_panels_inline(width, lanes, like.itemsize)
+    return kind_numbers(width_marker, lanes_marker, like)[3] != 0
 
 
-@njit(inline="always")
+@helper
 def panels_in(panels, width_marker, lanes_marker):
     """How many panels a packed bank holds: its rows are every panel's ``width x group`` values side
     by side.  (The compiled code takes the bank and the bias as they are, 2-D and 1-D, and views them
     as panels itself: a reshape in Python cost a tiny call 5 %.)"""
-    width = _marker_width_inline(width_marker)
-    panel_elements = width * _channel_group_inline(width, _marker_lanes_inline(lanes_marker), panels.itemsize)
+    width, _, group, _ = kind_numbers(width_marker, lanes_marker, panels)
+    panel_elements = width * group
     return -(-panels.shape[1] // panel_elements)  # (a bank read in place may end in part of a panel)
 
 
 @cached_with_sources
-def run_alone(pixels, panels, panel_bias, out, relu, block, row_marker, width_marker, lanes_marker, like):
+def run_alone(pixels, panels, panel_bias, out, relu, block, chunk_code, row_marker, width_marker, lanes_marker, like):
     """A whole job on the calling thread.  (It calls no Linux-only function, unlike the pool's code.)"""
     n_panels = panels_in(panels, width_marker, lanes_marker)
     copies = kind_copies_panels(width_marker, lanes_marker, like)
     tile_group, block, _ = plan(pixels, panels, out, block, len(row_marker), n_panels, copies)
     job = np.empty(JOB_FIELDS, np.int64)
-    describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, 1, n_panels, width_marker)
+    describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, 1, n_panels, width_marker, lanes_marker)
     job[JOB_NUMBER] = 0
     room, held = copy_room(like, copies and tile_group > 1 and n_panels > 1)
     # (chunk 0 of 1 as int64s, not literal ints: numba would compile compute_chunk once more for
     # Literal[int](0) and Literal[int](1) in a process that also runs the pool's code, which passes int64s)
-    compute_chunk(job, np.int64(0), np.int64(1), room, held, row_marker, width_marker, lanes_marker, like)
+    call_chunk(chunk_code[0], job, 0, 1, room, held, row_marker, width_marker, lanes_marker, like)

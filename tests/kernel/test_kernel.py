@@ -26,6 +26,7 @@ from naive import assert_close_to_reference
 
 from conv1x1_cli import conv1x1, kernel
 from conv1x1_cli.errors import ArgumentError
+from conv1x1_cli.kernel import tiles
 
 
 def problem(rng, pixels, channels, filters, dtype, with_bias=True):
@@ -221,7 +222,7 @@ def test_pairs_taken_in_groups_of_tiles_are_each_computed_once(
     copies of their panels, a chunk that goes on with the panel and block that the chunk before
     copied reads that copy.)  With ``in_place``, a bank whose last panel is partial is read in place
     and that panel from its padded copy, however small the bank."""
-    from conv1x1_cli.kernel.tiles import COPY_ROOM_BYTES, _compute_pairs, tile_counts
+    from conv1x1_cli.kernel.tiles import COPY_ROOM_BYTES, tile_counts
 
     x, w, b = problem(np.random.default_rng(seed), pixels, channels, filters, "float32")
     with pytest.MonkeyPatch.context() as patch:
@@ -231,23 +232,34 @@ def test_pairs_taken_in_groups_of_tiles_are_each_computed_once(
     n_long, n_short = tile_counts(pixels, rows)
     exact = n_long * rows + n_short * (rows - 1) == pixels  # (only tiles that do not overlap use blocks)
     block = min(block_channels, channels) if exact and packed.cut.group == 1 else channels
-    n_pairs = (n_long + n_short) * packed.n_panels
     out = np.full((pixels, filters), np.nan, np.float32)
-    markers = packed.kind.markers[:3]  # (row, width and lanes markers: the kind's compiled shape)
-    # (the views that compute_chunk makes of the job's bias and the last panel's copy)
-    panel_bias = packed.panel_bias[: packed.n_panels * packed.width].reshape(packed.n_panels, -1)
-    # (one thread's room for panel copies, kept from chunk to chunk, as the threads keep theirs; and
-    # whether the tiles copy, as compute_chunk decides it)
+    # (one thread's room for panel copies, kept from chunk to chunk, as the threads keep theirs)
     room, held = np.empty(COPY_ROOM_BYTES // 4, np.float32), np.full(3, -1, np.int64)
-    copying = copies_panels_of(packed) and min(tile_group, n_long + n_short) > 1 and packed.n_panels > 1
-    for chunk in range(n_chunks):
-        start, stop = chunk * n_pairs // n_chunks, (chunk + 1) * n_pairs // n_chunks
-        _compute_pairs(
-            copying, room, held, x, packed.panels, packed.tail, panel_bias, out, True, tile_group, block, start, stop,
-            *markers,
-        )  # fmt: skip
+    _every_chunk(
+        x, packed.panels, packed.panel_bias, out, tile_group, block, n_chunks, room, held, *packed.kind.markers[1:]
+    )
     np.testing.assert_array_equal(out, convolve(x, w, b, threads=1))
     assert_close_to_reference(out, x, w, b)
+
+
+@numba.njit
+def _every_chunk(pixels, panels, panel_bias, out, tile_group, block, n_chunks, room, held, *markers):
+    """A job with this group of pixel tiles and block of channels, cut into n_chunks chunks that one
+    thread runs in turn with its room for panel copies (as run_alone runs one chunk of one)."""
+    job = np.empty(tiles.JOB_FIELDS, np.int64)
+    n_panels = tiles.panels_in(panels, markers[1], markers[2])
+    tiles.describe_job(
+        job, pixels, panels, panel_bias, out, True, tile_group, block, n_chunks, n_panels, markers[1], markers[2]
+    )
+    job[tiles.JOB_NUMBER] = 0
+    for chunk in range(n_chunks):
+        tiles.compute_chunk(job, chunk, n_chunks, room, held, *markers)
+
+
+@numba.njit
+def _plan(*arguments):
+    """tiles.plan, a helper of the compiled code that Python cannot call itself."""
+    return tiles.plan(*arguments)
 
 
 def copies_panels_of(packed) -> bool:
@@ -274,13 +286,11 @@ def test_the_pairs_order_follows_what_fits_in_the_caches(pixels, channels, filte
     """Pixel-major (one tile to a group) while the bank's block fits in L2 (in L1, where tiles read
     copies of their panels), panel-major (every tile in one group) when there are fewer pixels than
     filters, groups of tiles in between."""
-    from conv1x1_cli.kernel.tiles import plan
-
     x = np.zeros((pixels, channels), np.float32)
     packed = kernel.pack_bank(np.zeros((channels, filters), np.float32), None)
     out = np.empty((pixels, filters), np.float32)
     copies = copies_panels_of(packed)
-    tile_group, _, n_pairs = plan(x, packed.panels, out, packed.block, packed.rows, packed.n_panels, copies)
+    tile_group, _, n_pairs = _plan(x, packed.panels, out, packed.block, packed.rows, packed.n_panels, copies)
     n_tiles = n_pairs // packed.n_panels
     if copies:
         order = order_with_copies
@@ -296,13 +306,11 @@ def test_a_bank_too_big_for_l2_meets_the_pixel_tiles_in_groups_and_changes_no_bi
     """359 pixels (59 tiles of 6 rows and one of 5, or their like for other units) x 800 channels
     (blocks of 512) -> 300 filters: the bank's block is over 512 KiB, so pixel-major order takes the
     tiles in groups; results alone and through the pool as the reference."""
-    from conv1x1_cli.kernel.tiles import plan
-
     x, w, b = problem(rng, 359, 800, 300, "float32")
     packed = kernel.pack_bank(w, b)
     out = np.empty((359, 300), np.float32)
     copies = copies_panels_of(packed)
-    tile_group, block, n_pairs = plan(x, packed.panels, out, packed.block, packed.rows, packed.n_panels, copies)
+    tile_group, block, n_pairs = _plan(x, packed.panels, out, packed.block, packed.rows, packed.n_panels, copies)
     n_tiles = n_pairs // packed.n_panels
     assert block == 512 and 1 < tile_group < n_tiles, (tile_group, n_tiles)
     alone = convolve(x, w, b, threads=1)
