@@ -23,7 +23,8 @@
   together at the end.  Every multiply-add is a whole vector, and there is one
   broadcast load per group instead of per value (in cache, 8 filters from 93
   to 156 GFLOP/s on one thread).  With AVX2 a panel of exactly one vector
-  (8 float32 filters) takes two channels per step too, across two vectors, so
+  (5-8 float32 or 1-4 float64 filters) takes two channels per step too, and
+  one of half a vector (1-4 float32 filters) four, across two vectors, so
   that each broadcast feeds two multiply-adds (``costs.packing.channel_group``;
   the hyperspectral 200->8 reduction 1.23x faster on a Zen 1 host).
 * Panel copies.  Where a panel's rows are a cache line or less (AVX2, NEON, SSE:
@@ -66,6 +67,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,7 @@ _COMPILED_SOURCES = (
 )
 
 
+@functools.cache  # (read once: every cached entry point asks)
 def _sources_digest() -> str:
     """A digest of every file in _COMPILED_SOURCES."""
     digest = hashlib.sha256()
