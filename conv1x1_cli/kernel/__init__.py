@@ -360,7 +360,7 @@ def _panel_tail(bias: np.ndarray | None, bank: np.ndarray, cut: _Cut) -> np.ndar
     """The bias padded to whole panels, then the bank's last panel, zero-padded to the panel's width:
     (n_panels x width + C x width,).  For a bank read in place whose F is not a multiple of width,
     in place of a padded copy of the whole bank at every call: the compiled code takes that panel's
-    rows from here (tiles._compute_pairs).  (On 7x7x1024->1000, AVX2's 16-filter panels: 63 panels, the
+    rows from here (tiles.compute_chunk).  (On 7x7x1024->1000, AVX2's 16-filter panels: 63 panels, the
     copy of the last one 37 us, a padded bank 1.9 ms, more than the product on two threads.)  Bias
     and tail in one array, so that every entry point keeps its arguments."""
     n_channels, width = bank.shape[0], cut.width

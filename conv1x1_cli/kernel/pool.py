@@ -55,6 +55,7 @@ from .tiles import (
     describe_job,
     helper,
     kind_copies_panels,
+    on_stack,
     panels_in,
     plan,
 )
@@ -262,7 +263,7 @@ def run_pooled(
         job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels, width_marker, lanes_marker
     )
     job[JOB_NUMBER] += 1  # (a worker's copy of a panel from an earlier job is stale now)
-    room, held = copy_room(like, copies and tile_group > 1 and n_panels > 1)
+    room, held = copy_room(like)
     _atomic_store(control, _DONE, 0)
     main_cpu = _sched_getcpu()
     _atomic_store(control, _MAIN_CPU, main_cpu)
@@ -321,7 +322,7 @@ def serve(
     """
     idle = 0
     # (kept from job to job: held says whose copy it holds)
-    room, held = copy_room(like, kind_copies_panels(width_marker, lanes_marker, like))
+    room, held = copy_room(like)
     avoided = np.int64(NO_CPU)  # the caller's CPU, which this worker is kept off while it is awake
     published_cpu = NO_CPU  # what this worker's line in _WORKER_CPUS says
     my_segment, my_cpu_slot = _SEGMENTS + me * _LINE, _WORKER_CPUS + me * _LINE
@@ -442,13 +443,13 @@ def run_portable(
     copies = kind_copies_panels(width_marker, lanes_marker, like)
     tile_group, block, n_pairs = plan(pixels, panels, out, block, len(row_marker), n_panels, copies)
     n_chunks = _chunk_count(pixels, n_panels, tile_group, block, n_pairs, n_threads)
-    job = np.empty(JOB_FIELDS, np.int64)
+    job = on_stack(JOB_FIELDS)
     describe_job(
         job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels, width_marker, lanes_marker
     )
     job[JOB_NUMBER] = 0
     for thread in numba.prange(n_threads):
-        room, held = copy_room(like, copies and tile_group > 1 and n_panels > 1)
+        room, held = copy_room(like)
         for chunk in range(thread * n_chunks // n_threads, (thread + 1) * n_chunks // n_threads):
             call_chunk(chunk_code[0], job, chunk, n_chunks, room, held, row_marker, width_marker, lanes_marker, like)
 

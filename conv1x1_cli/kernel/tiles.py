@@ -1,7 +1,7 @@
 """The micro-kernel: one tile of pixels x one panel of filters, accumulated in registers.
 
 * Micro-kernel.  A tile of ``rows`` pixels x one panel is accumulated over all
-  channels (or one block of them, see ``_compute_pairs``) in accumulator
+  channels (or one block of them, see ``compute_chunk``) in accumulator
   registers shaped for the SIMD unit compiled for (``target.simd_unit``,
   ``costs.packing.tile_shape``): with AVX-512, 6x64 float32 = 24 zmm registers,
   per channel 4 vector loads of the panel row, 6 broadcasts of pixel values
@@ -31,7 +31,7 @@
   ``copies_panels``) they lie a bank row apart, a few of L1's sets for all of
   them.  When a panel meets a group of pixel tiles in turn, the thread first
   copies its rows of the block, one after the other, into a room of its own
-  (``copy_room``, ``_compute_pairs``), and the tiles read the copy; ``plan`` takes
+  (``copy_room``, ``compute_chunk``), and the tiles read the copy; ``plan`` takes
   the tiles in groups for such kinds as soon as the bank's block outgrows
   16 KiB.  On a Zen 3 host (AVX2 only) bench's compute-bound layers went from a
   median of 70-73 to 80 % of the FMA peak.
@@ -78,6 +78,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+from numba.np.arrayobj import populate_array
 
 from ..costs.packing import channel_group
 from .target import simd_unit
@@ -168,7 +169,7 @@ def lanes_marker_for(lanes: int) -> tuple:
     return marker(lanes.bit_length() - 1)
 
 
-# How far beyond the next pixel tile the pixel rows are prefetched (see _compute_pairs). On the
+# How far beyond the next pixel tile the pixel rows are prefetched (see compute_chunk). On the
 # hyperspectral 512x512x200->8 reduction, 8 KiB ran as fast as 16 KiB and faster than 32 KiB.
 _PREFETCH_AHEAD_BYTES = 8192
 _CACHE_LINE = 64
@@ -606,7 +607,7 @@ _JOB_PIXELS, _JOB_PANELS, _JOB_BIAS, _JOB_OUT = 0, 1, 2, 3
 _JOB_PIXEL_COUNT, _JOB_CHANNELS, _JOB_PANEL_COUNT, _JOB_FILTERS = 4, 5, 6, 7
 _JOB_RELU, _JOB_TILE_GROUP, JOB_CHUNKS, _JOB_BLOCK = 8, 9, 10, 11
 # Which job this is, counted by a caller that publishes many in one job array (the pool's): a
-# thread's copy of a panel (see _compute_pairs) is of the bank of the job it was made for.
+# thread's copy of a panel (see compute_chunk) is of the bank of the job it was made for.
 JOB_NUMBER = 12
 # The packed bank's row length in elements (the bank's F when it is read in place), and whether its
 # last panel comes from the tail after the packed bias (kernel._panel_tail).
@@ -621,7 +622,7 @@ COPY_ROOM_BYTES = (_COPY_ROWS + 1) * _CACHE_LINE
 
 
 def copies_panels(width, lanes, itemsize):
-    """Whether tiles of this panel width read their panel from a copy (_compute_pairs): panels of more
+    """Whether tiles of this panel width read their panel from a copy (compute_chunk): panels of more
     than one vector whose rows are a cache line or less (AVX2's 16 float32 or 8 float64 filters,
     NEON's, SSE's).  Such rows lie a bank row apart, and a bank row of 256 float32 is 16 cache lines,
     so a panel's rows share 4 of L1's 64 sets and evict each other; contiguous, they stay in L1
@@ -630,13 +631,53 @@ def copies_panels(width, lanes, itemsize):
     return width > lanes and width * itemsize <= _CACHE_LINE
 
 
-@helper
-def copy_room(like, copies):
-    """A thread's room for panel copies, and what it holds: (job number, panel, first channel).  The
-    room is empty unless ``copies``: a call that will not copy allocates 48 KiB less."""
-    held = np.empty(3, np.int64)
-    held[0], held[1], held[2] = -1, -1, -1
-    return np.empty(COPY_ROOM_BYTES // like.itemsize if copies else 0, like.dtype), held
+# An entry point's small arrays (its job, a thread's room for panel copies) live in its stack frame:
+# np.empty's code is compiled in every process that compiles a caller of it, 0.25 s of a first run
+# on a Zen 1 host.  Compiled into the entry point itself (an intrinsic), not into a helper, whose
+# frame would be gone when it returned.
+
+
+def _stack_array(context, builder, element_type, n_elements: int):
+    """The IR of an array of n_elements element_type in the entry block's stack frame."""
+    element = context.get_data_type(element_type)
+    data = cgutils.alloca_once(builder, element, size=max(n_elements, 1))
+    array_type = types.Array(element_type, 1, "C")
+    array = context.make_array(array_type)(context, builder)
+    intp = context.get_value_type(types.intp)
+    itemsize = ir.Constant(intp, context.get_abi_sizeof(element))
+    populate_array(array, data, [ir.Constant(intp, n_elements)], [itemsize], itemsize, meminfo=None)
+    return array
+
+
+@intrinsic
+def on_stack(typingctx, length):
+    """An int64 array of ``length`` (a constant) elements in the stack frame of the function it is
+    compiled into, for as long as that function runs."""
+    if not isinstance(length, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _stack_array(context, builder, types.int64, length.literal_value)._getvalue()
+
+    return types.Array(types.int64, 1, "C")(length), codegen
+
+
+@intrinsic
+def copy_room(typingctx, like):
+    """A thread's room for panel copies (COPY_ROOM_BYTES of like's dtype), and what it holds: (job
+    number, panel, first channel), -1 each until a copy is made; both in the stack frame of the
+    function it is compiled into."""
+    room_type, held_type = types.Array(like.dtype, 1, "C"), types.Array(types.int64, 1, "C")
+
+    def codegen(context, builder, signature, args):
+        itemsize = context.get_abi_sizeof(context.get_data_type(like.dtype))
+        room = _stack_array(context, builder, like.dtype, COPY_ROOM_BYTES // itemsize)
+        held = _stack_array(context, builder, types.int64, 3)
+        for i in range(3):
+            builder.store(ir.Constant(ir.IntType(64), -1), cgutils.gep(builder, held.data, i))
+        return context.make_tuple(builder, signature.return_type, [room._getvalue(), held._getvalue()])
+
+    return types.Tuple((room_type, held_type))(like), codegen
 
 
 def tile_counts(n_pixels, rows):
@@ -725,7 +766,7 @@ def compute_chunk(job, chunk, n_chunks, room, held, row_marker, width_marker, la
         and min(tile_group, n_tiles) > 1  # (a panel meets several tiles in turn)
         and n_panels > 1
         and min(block, n_channels) <= _COPY_ROWS  # (a copying tile's panel rows are one channel each)
-        and len(room) * room.itemsize >= COPY_ROOM_BYTES  # (a room was made: see copy_room)
+        and len(room) * room.itemsize >= COPY_ROOM_BYTES  # (a room that holds them: see copy_room)
     )
     group_size = min(tile_group, n_tiles)
     row_bytes = n_channels * pixels.itemsize
@@ -929,10 +970,10 @@ def run_alone(pixels, panels, panel_bias, out, relu, block, chunk_code, row_mark
     n_panels = panels_in(panels, width_marker, lanes_marker)
     copies = kind_copies_panels(width_marker, lanes_marker, like)
     tile_group, block, _ = plan(pixels, panels, out, block, len(row_marker), n_panels, copies)
-    job = np.empty(JOB_FIELDS, np.int64)
+    job = on_stack(JOB_FIELDS)
     describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, 1, n_panels, width_marker, lanes_marker)
     job[JOB_NUMBER] = 0
-    room, held = copy_room(like, copies and tile_group > 1 and n_panels > 1)
+    room, held = copy_room(like)
     # (chunk 0 of 1 as int64s, not literal ints: numba would compile compute_chunk once more for
     # Literal[int](0) and Literal[int](1) in a process that also runs the pool's code, which passes int64s)
     call_chunk(chunk_code[0], job, 0, 1, room, held, row_marker, width_marker, lanes_marker, like)

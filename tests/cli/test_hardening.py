@@ -623,7 +623,7 @@ def compile_like_numba(*args, **kwargs):
         callback()
     HalfBuilt()  # dropped at once: its __del__ error can only be printed
     if sys.argv[1] == "interrupted":
-        raise RuntimeError("no compiled object yet for <Library '_compute_pairs'>")
+        raise RuntimeError("no compiled object yet for <Library 'compute_chunk'>")
     return 0
 
 cli.main.main = compile_like_numba
