@@ -747,7 +747,7 @@ def compute_chunk(job, chunk, n_chunks, room, held, row_marker, width_marker, la
     again.
 
     (One function: compiled as two, LLVM optimised and compiled the walk's code once more in this
-    one, and a caller's first run took 0.3-0.5 s longer.)
+    one, and a first run took 0.5 s longer on a Zen 1 host.)
     """
     pixels, panels, tail, panel_bias, out = _job_arrays(job, width_marker, lanes_marker, like)
     relu, tile_group, block = job[_JOB_RELU] != 0, job[_JOB_TILE_GROUP], job[_JOB_BLOCK]
@@ -865,8 +865,8 @@ def call_chunk(typingctx, address, job, chunk, n_chunks, room, held, row_marker,
     """compute_chunk(job, chunk, ...) through the address of its compiled code (chunk_address).
 
     Called by name, compute_chunk's code would be linked into every caller, and LLVM would
-    optimise and compile it once more in each (run_alone, run_pooled, serve): 0.4-0.5 s of a cold
-    start apiece.  Called through its address, it is compiled once."""
+    optimise and compile it once more in each (run_alone, run_pooled, serve): 0.2-0.25 s of a first
+    run apiece on a Zen 1 host.  Called through its address, it is compiled once."""
     argument_types = (job, types.int64, types.int64, room, held, row_marker, width_marker, lanes_marker, like)
 
     def codegen(context, builder, signature, args):
