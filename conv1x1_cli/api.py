@@ -221,5 +221,6 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __package__), name)
+        value = globals()[name] = getattr(importlib.import_module(f".{_LAZY[name]}", __package__), name)
+        return value  # (bound once found: see conv1x1_cli.__getattr__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
