@@ -1440,8 +1440,9 @@ def test_the_one_thread_and_the_shared_code_compile_the_chunks_code_once(tmp_pat
 
 def test_the_entry_points_call_the_chunks_code_and_allocate_nothing(tmp_path):
     """compute_chunk's code is compiled once, and the entry points call it by its address: none of them
-    holds a copy of it (LLVM compiled one into each, 0.4-0.5 s of a first run apiece on a Zen 1
-    host), and none allocates (np.empty's code cost a first run 0.25 s): their arrays are on the stack."""
+    holds a copy of it (LLVM compiled one into each, 0.2-0.25 s of a first run apiece on a Zen 1
+    host), and none allocates (np.empty's code and its typing cost the sample's first run 0.6 s
+    there): their arrays are on the stack."""
     code = (
         "import numpy as np; from conv1x1_cli import kernel; from conv1x1_cli.kernel import pool, tiles; "
         "kernel.prepare(kernel.pack_bank(np.ones((32, 32), np.float32), None)); "
