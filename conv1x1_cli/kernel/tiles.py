@@ -974,6 +974,5 @@ def run_alone(pixels, panels, panel_bias, out, relu, block, chunk_code, row_mark
     describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, 1, n_panels, width_marker, lanes_marker)
     job[JOB_NUMBER] = 0
     room, held = copy_room(like)
-    # (chunk 0 of 1 as int64s, not literal ints: numba would compile compute_chunk once more for
-    # Literal[int](0) and Literal[int](1) in a process that also runs the pool's code, which passes int64s)
+    # (chunk 0 of 1: call_chunk casts them to compute_chunk's int64s, so literals compile nothing more)
     call_chunk(chunk_code[0], job, 0, 1, room, held, row_marker, width_marker, lanes_marker, like)
