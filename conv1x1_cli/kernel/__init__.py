@@ -487,21 +487,21 @@ def apply_bank(
 def _run_into(pixels, panels, panel_bias, block, cut: _Cut, out, relu, threads) -> None:
     """_run for callers that vouch for less: pixels that may be unaligned, and an output that may be
     unaligned or share memory with what the kernel reads (the panels and the panel bias may be views
-    of the caller's bank and bias): through a copy or a temporary then."""
+    of the caller's bank and bias): through a copy or a temporary then.  (The compiled code checks
+    for shared memory itself, and refuses such an out before it writes: tiles.out_overlaps.)"""
     if not pixels.flags.aligned:
         pixels = pixels.copy()  # the kernel reads through typed pointers
-    # (three plain calls: a generator over them cost 0.3 us)
-    shared = np.may_share_memory(out, pixels) or np.may_share_memory(out, panels)
-    if out.flags.aligned and not (shared or np.may_share_memory(out, panel_bias)):
-        _run(pixels, panels, panel_bias, block, cut, out, relu, threads)
+    if out.flags.aligned and _run(pixels, panels, panel_bias, block, cut, out, relu, threads):
         return
     result = np.empty_like(out)
     _run(pixels, panels, panel_bias, block, cut, result, relu, threads)
     out[...] = result
 
 
-def _run(pixels, panels, panel_bias, block, cut: _Cut, out, relu, threads) -> None:
+def _run(pixels, panels, panel_bias, block, cut: _Cut, out, relu, threads) -> bool:
     """One call of the compiled code: alone, or shared out over the pool (or numba's threads).
+    Whether it ran: not when out shares memory with the pixels, the panels or the panel bias
+    (tiles.out_overlaps), which only _run_into's callers may pass.
 
     Run with the caches full of the kernel's data, each step of Python here cost tenths of a
     microsecond, and the workers wait for all of it: so the order of the pairs, the blocks and the
@@ -515,17 +515,19 @@ def _run(pixels, panels, panel_bias, block, cut: _Cut, out, relu, threads) -> No
     work = n_pixels * n_channels * n_filters
     alone = work < SERIAL_WORK if threads is None else _single_threaded(threads, work)  # (checks threads)
     if n_pixels == 0 or n_filters == 0:  # (no channels is still work: out = act(bias))
-        return
+        return True
     kind = cut.kind if n_pixels >= cut.rows else cut.one_row_kind
-    if alone or not _run_shared(pixels, panels, panel_bias, block, kind, out, relu, threads):
-        # alone: one thread asked for, little work, one CPU, or another thread is using the pool
-        args = (pixels, panels, panel_bias, out, relu, block, *kind.markers)
-        (kind.entry_points.get(run_alone) or _entry_point(kind, run_alone, args))(*args)
+    if not alone and _run_shared(pixels, panels, panel_bias, block, kind, out, relu, threads):
+        return True
+    # alone: one thread asked for, little work, one CPU, or another thread is using the pool (or
+    # the pool's code refused out, which run_alone then refuses too)
+    args = (pixels, panels, panel_bias, out, relu, block, *kind.markers)
+    return (kind.entry_points.get(run_alone) or _entry_point(kind, run_alone, args))(*args)
 
 
 def _run_shared(pixels, panels, panel_bias, block, kind: _Kind, out, relu, threads) -> bool:
     """_run shared out over the pool's threads (or numba's), if there are several and no other thread
-    is using them; whether it ran."""
+    is using them; whether it ran (not either when the compiled code refused out: see _run)."""
     pool = worker_pool()
     if pool.max_threads < 2 or not pool.busy.acquire(blocking=False):
         return False
@@ -533,24 +535,23 @@ def _run_shared(pixels, panels, panel_bias, block, kind: _Kind, out, relu, threa
         n_threads = pool.max_threads if threads is None else min(int(threads), pool.max_threads)
         arrays = (pixels, panels, panel_bias, out, relu, block, n_threads)
         if not pool.n_workers:  # portable mode: numba's threading layer
-            _run_portable(pool, arrays, kind)
-            return True
+            return _run_portable(pool, arrays, kind)
         if pool.latest_kind is not kind or pool.workers_missing():
             _prepare_serving(kind, pool)  # (a kind is announced only once its workers' code is ready)
             if not pool.announce(kind):
                 return False
         args = (*arrays, kind.code, *pool.shared_arrays, *kind.markers)
-        (kind.entry_points.get(run_pooled) or _entry_point(kind, run_pooled, args))(*args)
-        return True
+        return (kind.entry_points.get(run_pooled) or _entry_point(kind, run_pooled, args))(*args)
     finally:
         pool.busy.release()
 
 
-def _run_portable(pool: WorkerPool, arrays: tuple, kind: _Kind) -> None:
-    """run_portable on arrays' thread count (at most: numba's own thread count is left as it is)."""
+def _run_portable(pool: WorkerPool, arrays: tuple, kind: _Kind) -> bool:
+    """run_portable on arrays' thread count (at most: numba's own thread count is left as it is);
+    whether it ran (see _run)."""
     pool.portable_launched = True
     args = (*arrays, *kind.markers)
-    _entry_point(kind, run_portable, args)(*args)
+    return _entry_point(kind, run_portable, args)(*args)
 
 
 def prepare(packed: PackedBank, threads: int | None = None, pixels: int | None = None) -> bool:

@@ -52,12 +52,10 @@ from .tiles import (
     cached_with_sources,
     call_chunk,
     copy_room,
-    describe_job,
+    describe_call,
     helper,
-    kind_copies_panels,
     on_stack,
-    panels_in,
-    plan,
+    out_overlaps,
 )
 
 # --------------------------------------------------------------------------
@@ -221,8 +219,9 @@ def _next_chunk(control, kind, me, n_threads):
 
 
 @helper
-def _chunk_count(pixels, n_panels, tile_group, block, n_pairs, n_threads):
-    """How many chunks a job's pairs are cut into for n_threads threads."""
+def _chunk_count(pixels, n_pairs, n_panels, tile_group, block, n_threads):
+    """How many chunks a job's pairs are cut into for n_threads threads (describe_call says the
+    pairs, the panels, the group of tiles and the block)."""
     n_chunks = min(n_pairs, CHUNKS_PER_THREAD * n_threads, _MAX_CHUNKS)
     if tile_group * n_panels >= n_pairs and block < pixels.shape[1]:  # (panel-major, in blocks)
         n_chunks = min(n_chunks, CHUNKS_PER_PANEL * n_panels)
@@ -253,15 +252,17 @@ def run_pooled(
     Each of the ``n_threads`` threads (this one is thread 0) gets a segment of the chunks; this
     thread works through its own and then helps with the others' until none is left, and waits
     for the chunks still running.  A worker that is asleep, or slow to wake, only means that this
-    thread takes more of its segment.
+    thread takes more of its segment.  Returns True; False, with nothing published or written, when
+    out shares memory with what the tiles read (tiles.out_overlaps: the caller goes through a
+    temporary).
     """
-    n_panels = panels_in(panels, width_marker, lanes_marker)
-    copies = kind_copies_panels(width_marker, lanes_marker, like)
-    tile_group, block, n_pairs = plan(pixels, panels, out, block, len(row_marker), n_panels, copies)
-    n_chunks = _chunk_count(pixels, n_panels, tile_group, block, n_pairs, n_threads)
-    describe_job(
-        job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels, width_marker, lanes_marker
+    if out_overlaps(out, pixels, panels, panel_bias):
+        return False
+    call = describe_call(
+        job, pixels, panels, panel_bias, out, relu, block, row_marker, width_marker, lanes_marker, like
     )
+    n_chunks = _chunk_count(pixels, *call, n_threads)
+    job[JOB_CHUNKS] = n_chunks
     job[JOB_NUMBER] += 1  # (a worker's copy of a panel from an earlier job is stale now)
     room, held = copy_room(like)
     _atomic_store(control, _DONE, 0)
@@ -287,6 +288,7 @@ def run_pooled(
         _atomic_add(control, _DONE, 1)
     while _atomic_load(control, _DONE) < n_chunks:
         _sched_yield()
+    return True
 
 
 @helper
@@ -437,21 +439,22 @@ def run_portable(
     prange is over the n_threads runs rather than the chunks, so that numba's own thread count (the
     caller's setting, for its own parallel code too) is never touched: a caller that lowered it
     with numba.set_num_threads gets that many threads at most.  (numba.set_num_threads called in
-    here made the function uncacheable.)
+    here made the function uncacheable.)  Returns True, or False as run_pooled does.
     """
-    n_panels = panels_in(panels, width_marker, lanes_marker)
-    copies = kind_copies_panels(width_marker, lanes_marker, like)
-    tile_group, block, n_pairs = plan(pixels, panels, out, block, len(row_marker), n_panels, copies)
-    n_chunks = _chunk_count(pixels, n_panels, tile_group, block, n_pairs, n_threads)
+    if out_overlaps(out, pixels, panels, panel_bias):
+        return False
     job = on_stack(JOB_FIELDS)
-    describe_job(
-        job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels, width_marker, lanes_marker
+    call = describe_call(
+        job, pixels, panels, panel_bias, out, relu, block, row_marker, width_marker, lanes_marker, like
     )
+    n_chunks = _chunk_count(pixels, *call, n_threads)
+    job[JOB_CHUNKS] = n_chunks
     job[JOB_NUMBER] = 0
     for thread in numba.prange(n_threads):
         room, held = copy_room(like)
         for chunk in range(thread * n_chunks // n_threads, (thread + 1) * n_chunks // n_threads):
             call_chunk(chunk_code[0], job, chunk, n_chunks, room, held, row_marker, width_marker, lanes_marker, like)
+    return True
 
 
 # How long an idle worker spins before it sleeps, in sched_yield turns: about 2 ms on an idle

@@ -949,12 +949,6 @@ def plan(pixels, panels, out, block, rows, n_panels, copies):
 
 
 @helper
-def kind_copies_panels(width_marker, lanes_marker, like):
-    """copies_panels for the tile of these markers and like's dtype (a constant, compiled)."""
-    return kind_numbers(width_marker, lanes_marker, like)[3] != 0
-
-
-@helper
 def panels_in(panels, width_marker, lanes_marker):
     """How many panels a packed bank holds: its rows are every panel's ``width x group`` values side
     by side.  (The compiled code takes the bank and the bias as they are, 2-D and 1-D, and views them
@@ -964,15 +958,48 @@ def panels_in(panels, width_marker, lanes_marker):
     return -(-panels.shape[1] // panel_elements)  # (a bank read in place may end in part of a panel)
 
 
+@helper
+def describe_call(job, pixels, panels, panel_bias, out, relu, block, row_marker, width_marker, lanes_marker, like):
+    """Plan a call (plan) and describe it in ``job`` as one chunk (describe_job); returns (pairs,
+    panels, pixel tiles per group, channels per block), from which a caller that shares the call
+    out works out its chunks."""
+    n_panels = panels_in(panels, width_marker, lanes_marker)
+    copies = kind_numbers(width_marker, lanes_marker, like)[3] != 0
+    tile_group, block, n_pairs = plan(pixels, panels, out, block, len(row_marker), n_panels, copies)
+    describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, 1, n_panels, width_marker, lanes_marker)
+    return n_pairs, n_panels, tile_group, block
+
+
+@helper
+def out_overlaps(out, pixels, panels, panel_bias):
+    """Whether out's bytes overlap those of the pixels, the bank or the bias (each C-contiguous, so
+    one range of addresses each), which the tiles read while others write out.  Asked here rather than
+    with np.may_share_memory before the call: its three calls cost 2.2 us of a tiny call with out=,
+    and a check of Python's own (flags.owndata, .base) misses memory shared through a foreign buffer
+    (np.frombuffer)."""
+    start = out.ctypes.data
+    end = start + out.nbytes
+    meets = False
+    for other_start, other_bytes in (
+        (pixels.ctypes.data, pixels.nbytes),
+        (panels.ctypes.data, panels.nbytes),
+        (panel_bias.ctypes.data, panel_bias.nbytes),
+    ):
+        meets = meets or (other_bytes > 0 and other_start < end and start < other_start + other_bytes)
+    return start < end and meets
+
+
 @cached_with_sources
 def run_alone(pixels, panels, panel_bias, out, relu, block, chunk_code, row_marker, width_marker, lanes_marker, like):
-    """A whole job on the calling thread.  (It calls no Linux-only function, unlike the pool's code.)"""
-    n_panels = panels_in(panels, width_marker, lanes_marker)
-    copies = kind_copies_panels(width_marker, lanes_marker, like)
-    tile_group, block, _ = plan(pixels, panels, out, block, len(row_marker), n_panels, copies)
+    """A whole job on the calling thread; False, with nothing written, when out shares memory with
+    what the tiles read (out_overlaps: the caller goes through a temporary).  (It calls no
+    Linux-only function, unlike the pool's code.)"""
+    if out_overlaps(out, pixels, panels, panel_bias):
+        return False
     job = on_stack(JOB_FIELDS)
-    describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, 1, n_panels, width_marker, lanes_marker)
+    describe_call(job, pixels, panels, panel_bias, out, relu, block, row_marker, width_marker, lanes_marker, like)
     job[JOB_NUMBER] = 0
     room, held = copy_room(like)
     # (chunk 0 of 1: call_chunk casts them to compute_chunk's int64s, so literals compile nothing more)
     call_chunk(chunk_code[0], job, 0, 1, room, held, row_marker, width_marker, lanes_marker, like)
+    return True

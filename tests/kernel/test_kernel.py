@@ -853,6 +853,46 @@ def test_output_sharing_memory_with_the_pixels_is_computed_as_if_apart(shift, th
     np.testing.assert_array_equal(buffer[shift:], expected)
 
 
+@pytest.mark.parametrize("threads", [None, 1], ids=["shared out", "alone"])
+@pytest.mark.parametrize("target", ["pixels", "bank", "bias"])
+def test_the_compiled_code_refuses_an_output_over_what_it_reads_and_writes_nothing(target, threads, rng, monkeypatch):
+    """The entry points compare out's addresses with the pixels', the bank's and the bias's before
+    they write anything (tiles.out_overlaps) and refuse an out that shares a byte with one of them;
+    conv1x1 then computes through a temporary.  Every array here is a view of one foreign buffer
+    (np.frombuffer of a bytearray), as memory from another library would be, with a gap after each:
+    out over the target's last element is refused, out right after it is not."""
+    monkeypatch.setattr(kernel, "SERIAL_WORK", 0)  # (through the pool, or numba's threads, when shared out)
+    n_pixels, n_channels, n_filters = 60, 64, 64  # (whole panels: the bank and the bias are read in place)
+    sizes = {"pixels": n_pixels * n_channels, "bank": n_channels * n_filters, "bias": n_filters}
+    gap = n_pixels * n_filters + 16
+    memory = np.frombuffer(bytearray(4 * (sum(sizes.values()) + 3 * gap)), np.float32)
+    starts = dict(zip(sizes, np.cumsum([0] + [size + gap for size in sizes.values()])[:3], strict=True))
+    views = {name: memory[starts[name] : starts[name] + size] for name, size in sizes.items()}
+    views["pixels"][...] = rng.standard_normal(sizes["pixels"])
+    views["bank"][...] = rng.standard_normal(sizes["bank"])
+    views["bias"][...] = rng.standard_normal(sizes["bias"])
+    pixels, bank = views["pixels"].reshape(n_pixels, n_channels), views["bank"].reshape(n_channels, n_filters)
+    bias = views["bias"]
+    cut = kernel._cut(np.dtype(np.float32), n_filters)
+    panel_bias = kernel._panel_bias(bias, bank, cut)
+    assert cut.whole_panels and np.shares_memory(panel_bias, bias)
+    expected = convolve(pixels.copy(), bank.copy(), bias.copy(), threads=1)
+    target_end = starts[target] + sizes[target]
+
+    def out_at(start):
+        return memory[start : start + n_pixels * n_filters].reshape(n_pixels, n_filters)
+
+    before = memory.copy()
+    assert not kernel._run(pixels, bank, panel_bias, n_channels, cut, out_at(target_end - 1), True, threads)
+    np.testing.assert_array_equal(memory, before)  # (not a bit written)
+    assert conv1x1(pixels, bank, bias, out=out_at(target_end - 1)) is not None
+    np.testing.assert_array_equal(out_at(target_end - 1), expected)
+
+    memory[...] = before
+    assert kernel._run(pixels, bank, panel_bias, n_channels, cut, out_at(target_end), True, threads)
+    np.testing.assert_array_equal(out_at(target_end), expected)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("relu", [True, False], ids=["relu", "identity"])
 def test_nan_and_inf_propagate_through_the_pool_as_in_numpy(dtype, relu, rng, monkeypatch):
