@@ -226,6 +226,14 @@ class _TileCode:
             offset = self.builder.add(offset, self.builder.mul(index, stride))
         return self.builder.gep(base, [offset], inbounds=True)
 
+    def rows_from(self, first, stride):
+        """The tile's row pointers: first, then each stride bytes after the one before.  (Worked out
+        from each row's index, they took a multiplication each, 12 a pair in a 6-row tile.)"""
+        rows = []  # (none for the empty short tile of a one-row kind, never run)
+        for r in range(self.rows):
+            rows.append(first if r == 0 else self.builder.gep(rows[-1], [stride], inbounds=True))
+        return rows
+
     def vector_pointer(self, base, v, vector_type):
         """Pointer to the v-th vector_type from base (a panel row, a bias row or an output row)."""
         offset = ir.Constant(self.intp, v * vector_type.count * self.itemsize)
@@ -544,17 +552,16 @@ def _tile(
         bias_data, _, bias_strides = code.view(panel_bias, bias_value)
         out_data, out_shape, out_strides = code.view(out, out_value)
 
-        row_indices = [builder.add(first_pixel_value, code.intp(r)) for r in range(rows)]
         first_filter = builder.mul(k_value, code.intp(width))
         n_valid = builder.sub(out_shape[1], first_filter)
 
-        out_rows = [
-            code.address(out_data, (row, out_strides[0]), (first_filter, out_strides[1])) for row in row_indices
-        ]
+        out_rows = code.rows_from(
+            code.address(out_data, (first_pixel_value, out_strides[0]), (first_filter, out_strides[1])), out_strides[0]
+        )
         bias_row = code.address(bias_data, (k_value, bias_strides[0]))
         bias = code.load_vectors(bias_row, code.out_vector, code.n_out_vectors)
         start = code.initial(bias, out_rows, n_valid, first_channel_value)
-        pixel_rows = [code.address(pixel_data, (row, pixel_strides[0])) for row in row_indices]
+        pixel_rows = code.rows_from(code.address(pixel_data, (first_pixel_value, pixel_strides[0])), pixel_strides[0])
         panel_row = builder.inttoptr(panel_address, ir.IntType(8).as_pointer())
         sums = code.accumulate(
             start, pixel_rows, pixel_strides[1], panel_row, panel_step, first_channel_value, n_block_value, ahead
