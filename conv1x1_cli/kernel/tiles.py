@@ -956,44 +956,51 @@ def plan(pixels, panels, out, block, rows, n_panels, copies):
 
 
 @helper
-def panels_in(panels, width_marker, lanes_marker):
-    """How many panels a packed bank holds: its rows are every panel's ``width x group`` values side
-    by side.  (The compiled code takes the bank and the bias as they are, 2-D and 1-D, and views them
-    as panels itself: a reshape in Python cost a tiny call 5 %.)"""
-    width, _, group, _ = kind_numbers(width_marker, lanes_marker, panels)
-    panel_elements = width * group
-    return -(-panels.shape[1] // panel_elements)  # (a bank read in place may end in part of a panel)
-
-
-@helper
 def describe_call(job, pixels, panels, panel_bias, out, relu, block, row_marker, width_marker, lanes_marker, like):
     """Plan a call (plan) and describe it in ``job`` as one chunk (describe_job); returns (pairs,
     panels, pixel tiles per group, channels per block), from which a caller that shares the call
-    out works out its chunks."""
-    n_panels = panels_in(panels, width_marker, lanes_marker)
-    copies = kind_numbers(width_marker, lanes_marker, like)[3] != 0
-    tile_group, block, n_pairs = plan(pixels, panels, out, block, len(row_marker), n_panels, copies)
+    out works out its chunks.
+
+    The bank's rows are every panel's ``width x group`` values side by side.  (The compiled code
+    takes the bank and the bias as they are, 2-D and 1-D, and views them as panels itself: a reshape
+    in Python cost a tiny call 5 %.)"""
+    width, _, group, copies = kind_numbers(width_marker, lanes_marker, like)
+    n_panels = -(-panels.shape[1] // (width * group))  # (a bank read in place may end in part of a panel)
+    tile_group, block, n_pairs = plan(pixels, panels, out, block, len(row_marker), n_panels, copies != 0)
     describe_job(job, pixels, panels, panel_bias, out, relu, tile_group, block, 1, n_panels, width_marker, lanes_marker)
     return n_pairs, n_panels, tile_group, block
 
 
-@helper
-def out_overlaps(out, pixels, panels, panel_bias):
+@intrinsic
+def out_overlaps(typingctx, out, pixels, panels, panel_bias):
     """Whether out's bytes overlap those of the pixels, the bank or the bias (each C-contiguous, so
-    one range of addresses each), which the tiles read while others write out.  Asked here rather than
-    with np.may_share_memory before the call: its three calls cost 2.2 us of a tiny call with out=,
-    and a check of Python's own (flags.owndata, .base) misses memory shared through a foreign buffer
-    (np.frombuffer)."""
-    start = out.ctypes.data
-    end = start + out.nbytes
-    meets = False
-    for other_start, other_bytes in (
-        (pixels.ctypes.data, pixels.nbytes),
-        (panels.ctypes.data, panels.nbytes),
-        (panel_bias.ctypes.data, panel_bias.nbytes),
-    ):
-        meets = meets or (other_bytes > 0 and other_start < end and start < other_start + other_bytes)
-    return start < end and meets
+    one range of addresses each), which the tiles read while others write out.
+
+    Asked here rather than with np.may_share_memory before the call: its three calls cost 2.2 us of
+    a tiny call with out=, and a check of Python's own (flags.owndata, .base) misses memory shared
+    through a foreign buffer (np.frombuffer).  An intrinsic, a few instructions in the entry point:
+    as a compiled helper it cost a first run 0.1 s."""
+
+    def codegen(context, builder, signature, args):
+        def byte_range(array_type, value):
+            array = context.make_array(array_type)(context, builder, value)
+            start = builder.ptrtoint(array.data, context.get_value_type(types.intp))
+            return start, builder.add(start, builder.mul(array.nitems, array.itemsize))
+
+        start, end = byte_range(out, args[0])
+        meets = builder.icmp_unsigned("<", start, end)  # (an empty out meets nothing)
+        any_other = cgutils.false_bit
+        for array_type, value in zip(signature.args[1:], args[1:], strict=True):
+            other_start, other_end = byte_range(array_type, value)
+            conditions = (
+                builder.icmp_unsigned("<", other_start, other_end),  # (not empty)
+                builder.icmp_unsigned("<", other_start, end),
+                builder.icmp_unsigned("<", start, other_end),
+            )
+            any_other = builder.or_(any_other, functools.reduce(builder.and_, conditions))
+        return builder.and_(meets, any_other)
+
+    return types.boolean(out, pixels, panels, panel_bias), codegen
 
 
 @cached_with_sources
