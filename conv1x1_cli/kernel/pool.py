@@ -52,10 +52,13 @@ from .tiles import (
     cached_with_sources,
     call_chunk,
     copy_room,
-    describe_call,
+    describe_job,
     helper,
+    kind_numbers,
     on_stack,
     out_overlaps,
+    panels_in,
+    plan,
 )
 
 # --------------------------------------------------------------------------
@@ -219,9 +222,8 @@ def _next_chunk(control, kind, me, n_threads):
 
 
 @helper
-def _chunk_count(pixels, n_pairs, n_panels, tile_group, block, n_threads):
-    """How many chunks a job's pairs are cut into for n_threads threads (describe_call says the
-    pairs, the panels, the group of tiles and the block)."""
+def _chunk_count(pixels, n_panels, tile_group, block, n_pairs, n_threads):
+    """How many chunks a job's pairs are cut into for n_threads threads."""
     n_chunks = min(n_pairs, CHUNKS_PER_THREAD * n_threads, _MAX_CHUNKS)
     if tile_group * n_panels >= n_pairs and block < pixels.shape[1]:  # (panel-major, in blocks)
         n_chunks = min(n_chunks, CHUNKS_PER_PANEL * n_panels)
@@ -258,11 +260,13 @@ def run_pooled(
     """
     if out_overlaps(out, pixels, panels, panel_bias):
         return False
-    call = describe_call(
-        job, pixels, panels, panel_bias, out, relu, block, row_marker, width_marker, lanes_marker, like
+    n_panels = panels_in(panels, width_marker, lanes_marker)  # (as run_alone does)
+    copies = kind_numbers(width_marker, lanes_marker, like)[3] != 0
+    tile_group, block, n_pairs = plan(pixels, panels, out, block, len(row_marker), n_panels, copies)
+    n_chunks = _chunk_count(pixels, n_panels, tile_group, block, n_pairs, n_threads)
+    describe_job(
+        job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels, width_marker, lanes_marker
     )
-    n_chunks = _chunk_count(pixels, *call, n_threads)
-    job[JOB_CHUNKS] = n_chunks
     job[JOB_NUMBER] += 1  # (a worker's copy of a panel from an earlier job is stale now)
     room, held = copy_room(like)
     _atomic_store(control, _DONE, 0)
@@ -444,11 +448,13 @@ def run_portable(
     if out_overlaps(out, pixels, panels, panel_bias):
         return False
     job = on_stack(JOB_FIELDS)
-    call = describe_call(
-        job, pixels, panels, panel_bias, out, relu, block, row_marker, width_marker, lanes_marker, like
+    n_panels = panels_in(panels, width_marker, lanes_marker)  # (as run_alone does)
+    copies = kind_numbers(width_marker, lanes_marker, like)[3] != 0
+    tile_group, block, n_pairs = plan(pixels, panels, out, block, len(row_marker), n_panels, copies)
+    n_chunks = _chunk_count(pixels, n_panels, tile_group, block, n_pairs, n_threads)
+    describe_job(
+        job, pixels, panels, panel_bias, out, relu, tile_group, block, n_chunks, n_panels, width_marker, lanes_marker
     )
-    n_chunks = _chunk_count(pixels, *call, n_threads)
-    job[JOB_CHUNKS] = n_chunks
     job[JOB_NUMBER] = 0
     for thread in numba.prange(n_threads):
         room, held = copy_room(like)

@@ -247,8 +247,8 @@ def _every_chunk(pixels, panels, panel_bias, out, tile_group, block, n_chunks, r
     """A job with this group of pixel tiles and block of channels, cut into n_chunks chunks that one
     thread runs in turn with its room for panel copies (as run_alone runs one chunk of one)."""
     job = np.empty(tiles.JOB_FIELDS, np.int64)
-    _, n_panels, _, _ = tiles.describe_call(job, pixels, panels, panel_bias, out, True, block, *markers)
-    tiles.describe_job(  # (again, with this group and block)
+    n_panels = tiles.panels_in(panels, markers[1], markers[2])
+    tiles.describe_job(
         job, pixels, panels, panel_bias, out, True, tile_group, block, n_chunks, n_panels, markers[1], markers[2]
     )
     job[tiles.JOB_NUMBER] = 0
