@@ -29,9 +29,10 @@
   the hyperspectral 200->8 reduction 1.23x faster on a Zen 1 host).
 * Panel copies.  Where a panel's rows are a cache line or less (AVX2, NEON, SSE:
   ``copies_panels``) they lie a bank row apart, a few of L1's sets for all of
-  them.  When a panel meets a group of pixel tiles in turn, the thread first
-  copies its rows of the block, one after the other, into a room of its own
-  (``copy_room``, ``compute_chunk``), and the tiles read the copy; ``plan`` takes
+  them.  When a panel meets a group of pixel tiles in turn, the first of them
+  copies its rows of the block as it reads them, one after the other, into the
+  thread's room (``copy_room``, ``compute_chunk``), and the others read the
+  copy (a tile that copies is a loop of its own: _TileCode.accumulate); ``plan`` takes
   the tiles in groups for such kinds as soon as the bank's block outgrows
   16 KiB.  On a Zen 3 host (AVX2 only) bench's compute-bound layers went from a
   median of 70-73 to 80 % of the FMA peak.
@@ -264,7 +265,7 @@ class _TileCode:
 
     # The tile: accumulate, activate, store.
 
-    def accumulate(self, initial, pixel_rows, pixel_step, panel, group_step, first_channel, n_channels, ahead):
+    def accumulate(self, initial, pixel_rows, pixel_step, panel, group_step, first_channel, n_channels, ahead, copy_to):
         """The accumulators after channels first_channel .. first_channel + n_channels - 1:
         initial[r][v] + sum over those c of pixel[r, c] * panel[c, v].
 
@@ -275,6 +276,12 @@ class _TileCode:
         row and spilled two accumulators to the stack, at half the speed.)  first_channel is a whole
         number of groups; when n_channels is not, the last group's missing channels are left out.
         Each step prefetches its share of a tile's bytes from ahead (prefetch_share).
+
+        ``copy_to``, when given (only for panels of one channel a step), is an address or null: if
+        not null, each step also stores the panel row it read there, the rows one after the other
+        (whole vectors, aligned: see compute_chunk).  That is a loop of its own, taken by the tiles
+        that copy: stores in every tile's loop (to a line of scratch) cost the others 8 % on a Zen 1
+        host.
         """
         builder, intp, group = self.builder, self.intp, self.group
         if self.pins_rows:
@@ -286,29 +293,46 @@ class _TileCode:
             panel_step = builder.udiv(group_step, intp(group))  # per channel: channels start whole groups
             whole_end = builder.sub(end, builder.srem(n_channels, intp(group)))
         entry = builder.basic_block
-        loop = builder.append_basic_block("tile.channel")
+        plain = builder.append_basic_block("tile.channel")
         done = builder.append_basic_block("tile.done")
         # (Tested as n_channels >= group rather than first_channel < whole_end: with the latter LLVM
         # unrolled the loop and chained every pixel address through one register, at 0.8x the speed.)
-        builder.cbranch(builder.icmp_signed(">=", n_channels, intp(group)), loop, done)
-
-        builder.position_at_end(loop)
-        channel = builder.phi(intp)
-        acc = [[builder.phi(self.vector) for _ in range(self.n_vectors)] for _ in range(self.rows)]
-        updated = self.step(acc, pixel_rows, pixel_step, panel, panel_step, channel, None)
-        self.prefetch_share(ahead, builder.sub(channel, first_channel))
-        next_channel = builder.add(channel, intp(group))
-        builder.cbranch(builder.icmp_signed("<", next_channel, whole_end), loop, done)
-
-        channel.add_incoming(first_channel, entry)
-        channel.add_incoming(next_channel, loop)
+        any_channels = builder.icmp_signed(">=", n_channels, intp(group))
+        loops, loop_entry = [(plain, None)], entry
+        if copy_to is None:
+            builder.cbranch(any_channels, plain, done)
+        else:
+            copying, loop_entry = (builder.append_basic_block(name) for name in ("tile.copying", "tile.choose"))
+            loops.append((copying, copy_to))
+            builder.cbranch(any_channels, loop_entry, done)
+            builder.position_at_end(loop_entry)
+            builder.cbranch(builder.icmp_unsigned("!=", builder.ptrtoint(copy_to, intp), intp(0)), copying, plain)
+        ends = []
+        for loop, target in loops:
+            builder.position_at_end(loop)
+            channel = builder.phi(intp)
+            acc = [[builder.phi(self.vector) for _ in range(self.n_vectors)] for _ in range(self.rows)]
+            done_channels = builder.sub(channel, first_channel)
+            row_bytes = intp(self.n_vectors * self.lanes * self.itemsize)
+            copy_row = None if target is None else builder.gep(target, [builder.mul(done_channels, row_bytes)])
+            updated = self.step(acc, pixel_rows, pixel_step, panel, panel_step, channel, None, copy_row)
+            self.prefetch_share(ahead, done_channels)
+            next_channel = builder.add(channel, intp(group))
+            builder.cbranch(builder.icmp_signed("<", next_channel, whole_end), loop, done)
+            channel.add_incoming(first_channel, loop_entry)
+            channel.add_incoming(next_channel, loop)
+            for acc_row, initial_row, updated_row in zip(acc, initial, updated, strict=True):
+                for phi, start, value in zip(acc_row, initial_row, updated_row, strict=True):
+                    phi.add_incoming(start, loop_entry)
+                    phi.add_incoming(value, loop)
+            ends.append((loop, updated))
         builder.position_at_end(done)
         final = [[builder.phi(self.vector) for _ in range(self.n_vectors)] for _ in range(self.rows)]
         for r in range(self.rows):
             for v in range(self.n_vectors):
-                for phi in (acc[r][v], final[r][v]):
-                    phi.add_incoming(initial[r][v], entry)
-                    phi.add_incoming(updated[r][v], loop)
+                final[r][v].add_incoming(initial[r][v], entry)
+                for loop, updated in ends:
+                    final[r][v].add_incoming(updated[r][v], loop)
         if group == 1:
             return final
         return self.last_group(final, pixel_rows, pixel_step, panel, panel_step, whole_end, end)
@@ -344,15 +368,19 @@ class _TileCode:
             # (address, 0 = read, 2 = moderate locality: L2, 1 = data cache)
             builder.call(prefetch, [address, self.i32(0), self.i32(2), self.i32(1)])
 
-    def step(self, acc, pixel_rows, pixel_step, panel, panel_step, channel, n_present):
+    def step(self, acc, pixel_rows, pixel_step, panel, panel_step, channel, n_present, copy_row=None):
         """acc after the group of channels from channel (its panel row channel * panel_step bytes on):
-        every channel of it, or the first n_present."""
+        every channel of it, or the first n_present; the panel row stored at copy_row too, if given
+        (a line, aligned)."""
         builder = self.builder
         # Without FMA instructions llvm.fma is a C library call per lane; llvm.fmuladd is then a
         # multiply and an add (rounded in between), and on every unit with FMA the same as llvm.fma.
         fma_name = "fma" if simd_unit().fused else "fmuladd"
         fma = self.intrinsic(fma_name, self.vector, self.vector, [self.vector] * 3)
         panel_row = self.load_vectors(self.address(panel, (channel, panel_step)), self.vector, self.n_vectors)
+        if copy_row is not None:
+            for v, weights in enumerate(panel_row):
+                builder.store(weights, self.vector_pointer(copy_row, v, self.vector), align=self.itemsize * self.lanes)
         updated = []
         for pixel_row, acc_row in zip(pixel_rows, acc, strict=True):
             pixel = self.broadcast_pixels(self.address(pixel_row, (channel, pixel_step)), n_present)
@@ -521,6 +549,7 @@ def _tile(
     relu,
     channels,
     ahead,
+    copy_to,
     row_marker,
     width_marker,
     lanes_marker,
@@ -534,13 +563,17 @@ def _tile(
     otherwise; the activation is applied (ReLU when relu holds) once c1 reaches the last channel.
     ``panel`` is (address, step): panel k's row for channel group q is q * step bytes from address,
     ``width x group`` elements, bank[q * group + g, k * width + j] at j * group + g (in the packed
-    bank, or in a copy of the panel's rows: _copy_panel).  The accumulators are vectors of
+    bank, or in a copy of the panel's rows: compute_chunk).  The accumulators are vectors of
     marker_lanes(lanes_marker) elements.  ``ahead`` is the address from which the tile prefetches a
-    tile's worth of bytes as it goes (_TileCode.prefetch_share)."""
+    tile's worth of bytes as it goes (_TileCode.prefetch_share).  ``copy_to``: where a tile of a
+    kind that copies its panels (copies_panels) stores the panel rows it reads, or 0 (aligned to a
+    cache line; _TileCode.accumulate); other kinds ignore it."""
     rows, width, lanes = len(row_marker), marker_width(width_marker), marker_lanes(lanes_marker)
+    copies = copies_panels(width, lanes, pixels.dtype.bitwidth // 8)
     signature = types.void(
-        pixels, first_pixel, panel, panel_bias, k, out, relu, channels, ahead, row_marker, width_marker, lanes_marker
-    )
+        pixels, first_pixel, panel, panel_bias, k, out, relu, channels, ahead, copy_to, row_marker, width_marker,
+        lanes_marker,
+    )  # fmt: skip
 
     def codegen(context, builder, signature, args):
         code = _TileCode(context, builder, pixels.dtype, rows, width, lanes)
@@ -548,6 +581,7 @@ def _tile(
         panel_address, panel_step = cgutils.unpack_tuple(builder, panel_value)
         first_channel_value, n_block_value = cgutils.unpack_tuple(builder, args[7])
         ahead = builder.inttoptr(args[8], ir.IntType(8).as_pointer())
+        copy_to = builder.inttoptr(args[9], ir.IntType(8).as_pointer()) if copies else None
         pixel_data, pixel_shape, pixel_strides = code.view(pixels, pixels_value)
         bias_data, _, bias_strides = code.view(panel_bias, bias_value)
         out_data, out_shape, out_strides = code.view(out, out_value)
@@ -564,35 +598,12 @@ def _tile(
         pixel_rows = code.rows_from(code.address(pixel_data, (first_pixel_value, pixel_strides[0])), pixel_strides[0])
         panel_row = builder.inttoptr(panel_address, ir.IntType(8).as_pointer())
         sums = code.accumulate(
-            start, pixel_rows, pixel_strides[1], panel_row, panel_step, first_channel_value, n_block_value, ahead
-        )
+            start, pixel_rows, pixel_strides[1], panel_row, panel_step, first_channel_value, n_block_value, ahead,
+            copy_to,
+        )  # fmt: skip
         last_block = builder.icmp_signed(">=", builder.add(first_channel_value, n_block_value), pixel_shape[1])
         totals = [code.gather(row) for row in sums]
         code.store(code.activate(totals, builder.and_(relu_value, last_block)), out_rows, n_valid)
-        return context.get_dummy_value()
-
-    return signature, codegen
-
-
-@intrinsic
-def _copy_panel(typingctx, source, source_step, target, n_rows, width_marker, lanes_marker, like):
-    """Copy n_rows panel rows (width x group elements each, as the tile of these markers packs
-    them) from ``source``, ``source_step`` bytes apart, to ``target``, one after the other: whole
-    vectors, aligned stores (target is a multiple of the cache line)."""
-    width, lanes = marker_width(width_marker), marker_lanes(lanes_marker)
-    signature = types.void(source, source_step, target, n_rows, width_marker, lanes_marker, like)
-
-    def codegen(context, builder, signature, args):
-        code = _TileCode(context, builder, like.dtype, 1, width, lanes)
-        byte_pointer = ir.IntType(8).as_pointer()
-        source_rows, target_rows = (builder.inttoptr(args[i], byte_pointer) for i in (0, 2))
-        row_bytes = code.n_vectors * code.lanes * code.itemsize
-        with cgutils.for_range(builder, args[3]) as loop:
-            source_row = builder.gep(source_rows, [builder.mul(loop.index, args[1])])
-            target_row = builder.gep(target_rows, [builder.mul(loop.index, code.intp(row_bytes))])
-            for v, value in enumerate(code.load_vectors(source_row, code.vector, code.n_vectors)):
-                target = code.vector_pointer(target_row, v, code.vector)
-                builder.store(value, target, align=code.itemsize * code.lanes)
         return context.get_dummy_value()
 
     return signature, codegen
@@ -749,7 +760,7 @@ def compute_chunk(job, chunk, n_chunks, room, held, row_marker, width_marker, la
     that the pairs share small enough to stay in L2 while they all use it (see kernel._block).
 
     When ``copying``, the tiles read their panel from a copy of its rows of the block in the
-    thread's ``room``, made before the first of them; ``held`` says which job, panel and block the
+    thread's ``room``, which the first of them makes as it reads the bank; ``held`` says which job, panel and block the
     room holds, so that the next chunk of this thread that goes on with them need not copy them
     again.
 
@@ -810,24 +821,27 @@ def compute_chunk(job, chunk, n_chunks, room, held, row_marker, width_marker, la
                 ahead = pixels.ctypes.data + min(t * rows, n_pixels - rows) * row_bytes
             channels = (first_channel, n_block)
             panel = last if k == tail_panel else (bank[0] + k * panel_bytes, bank[1])
+            copy_to = np.int64(0)
             if copying:  # (the rows of the block, one after the other in the room)
                 if held_panel != k or held_channel != first_channel:
-                    first_row = panel[0] + first_channel * panel[1]
-                    _copy_panel(first_row, panel[1], room_address, n_block, width_marker, lanes_marker, pixels)
+                    # This tile reads the bank's rows and copies them as it goes: a copy of its
+                    # own, before the tile, took 8 % of a 7x7x2048->512 call (Zen 1, AVX2).
+                    copy_to = room_address
                     held_panel, held_channel = k, first_channel
-                panel = (room_address - first_channel * panel_bytes, panel_bytes)
+                else:
+                    panel = (room_address - first_channel * panel_bytes, panel_bytes)
             if t < n_long:
                 # (shifted back to end at n_pixels when there are no short tiles:
                 # it recomputes a few rows, same values, instead of a scalar remainder loop)
                 first_pixel = min(t * rows, n_pixels - rows)
                 _tile(
-                    pixels, first_pixel, panel, panel_bias, k, out, relu, channels, ahead,
+                    pixels, first_pixel, panel, panel_bias, k, out, relu, channels, ahead, copy_to,
                     row_marker, width_marker, lanes_marker,
                 )  # fmt: skip
             else:
                 first_pixel = n_long * rows + (t - n_long) * (rows - 1)
                 _tile(
-                    pixels, first_pixel, panel, panel_bias, k, out, relu, channels, ahead,
+                    pixels, first_pixel, panel, panel_bias, k, out, relu, channels, ahead, copy_to,
                     short_marker, width_marker, lanes_marker,
                 )  # fmt: skip
             tile_in_group += 1
