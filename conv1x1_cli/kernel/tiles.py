@@ -782,9 +782,9 @@ def compute_chunk(job, chunk, n_chunks, room, held, row_marker, width_marker, la
     that the pairs share small enough to stay in L2 while they all use it (see kernel._block).
 
     When ``copying``, the tiles read their panel from a copy of its rows of the block in the
-    thread's ``room``, which the first of them makes as it reads the bank; ``held`` says which job, panel and block the
-    room holds, so that the next chunk of this thread that goes on with them need not copy them
-    again.
+    thread's ``room``, which the first of them makes as it reads the bank; ``held`` says which job,
+    panel and block the room holds, so that the next chunk of this thread that goes on with them
+    need not copy them again.
 
     (One function: compiled as two, LLVM optimised and compiled the walk's code once more in this
     one, and a first run took 0.5 s longer on a Zen 1 host.)
@@ -846,8 +846,8 @@ def compute_chunk(job, chunk, n_chunks, room, held, row_marker, width_marker, la
             copy_to = np.int64(0)
             if copying:  # (the rows of the block, one after the other in the room)
                 if held_panel != k or held_channel != first_channel:
-                    # This tile reads the bank's rows and copies them as it goes: a copy of its
-                    # own, before the tile, took 8 % of a 7x7x2048->512 call (Zen 1, AVX2).
+                    # This tile reads the bank's rows and copies them as it goes: a copy loop of
+                    # its own before the tiles cost 49x2048->512 about 9 % (Zen 1, AVX2).
                     copy_to = room_address
                     held_panel, held_channel = k, first_channel
                 else:
