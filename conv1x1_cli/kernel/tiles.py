@@ -176,7 +176,7 @@ _PREFETCH_AHEAD_BYTES = 8192
 _CACHE_LINE = 64
 # How many channels ahead a tile that copies its panel asks for the panel's rows (into L1).  They
 # lie a bank row apart, often in L3 or memory; a tile's channel loop keeps too few of them in
-# flight by itself.  7x7x2048->512 (a 4 MiB bank) on two threads, Zen 1, AVX2: 58.7-61.7 GFLOP/s
+# flight by itself.  7x7x2048->512 (a 4 MiB bank) on two threads, Zen 1, AVX2: 56-59 GFLOP/s
 # with the copying tile asking for nothing, 62-71 with 24 to 64 rows ahead (60-63 for the copy of
 # its own this replaced); N=32 60-64 against 67-69 (66-67).
 _COPY_PREFETCH_ROWS = 32
@@ -286,7 +286,7 @@ class _TileCode:
         ``copy_to``, when given (only for panels of one channel a step), is an address or null: if
         not null, each step also stores the panel row it read there, the rows one after the other
         (whole vectors, aligned: see compute_chunk).  That is a loop of its own, taken by the tiles
-        that copy: stores in every tile's loop (to a line of scratch) cost the others 8 % on a Zen 1
+        that copy: stores in every tile's loop (to a line of scratch) cost the others 6-9 % on a Zen 1
         host.
         """
         builder, intp, group = self.builder, self.intp, self.group
@@ -313,13 +313,12 @@ class _TileCode:
             builder.cbranch(any_channels, loop_entry, done)
             builder.position_at_end(loop_entry)
             builder.cbranch(builder.icmp_unsigned("!=", builder.ptrtoint(copy_to, intp), intp(0)), copying, plain)
-        ends = []
+        ends, row_bytes = [], intp(self.n_vectors * self.lanes * self.itemsize)  # (a copied row's)
         for loop, target in loops:
             builder.position_at_end(loop)
             channel = builder.phi(intp)
             acc = [[builder.phi(self.vector) for _ in range(self.n_vectors)] for _ in range(self.rows)]
             done_channels = builder.sub(channel, first_channel)
-            row_bytes = intp(self.n_vectors * self.lanes * self.itemsize)
             copy_row = None if target is None else builder.gep(target, [builder.mul(done_channels, row_bytes)])
             updated = self.step(acc, pixel_rows, pixel_step, panel, panel_step, channel, None, copy_row)
             self.prefetch_share(ahead, done_channels)
